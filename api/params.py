@@ -1,0 +1,55 @@
+"""Query parameters, parsed strictly: a bad value is a 400 that names the parameter."""
+
+from __future__ import annotations
+
+from flask import request
+
+from api.errors import ApiError
+
+
+def boolean(name: str, default: bool = False) -> bool:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0"):
+        return False
+    raise ApiError(400, "invalid_parameter", f"{name} must be true or false, not {raw[:40]!r}", field=name)
+
+
+def integer(name: str, default: int, *, minimum: int, maximum: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_parameter", f"{name} must be a whole number, not {raw[:40]!r}", field=name)
+    if not minimum <= value <= maximum:
+        raise ApiError(400, "invalid_parameter", f"{name} must be between {minimum} and {maximum}", field=name)
+    return value
+
+
+def number(name: str, default: float, *, minimum: float, maximum: float) -> float:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_parameter", f"{name} must be a number of seconds, not {raw[:40]!r}",
+                       field=name)
+    if not minimum <= value <= maximum:  # also rejects nan
+        raise ApiError(400, "invalid_parameter", f"{name} must be between {minimum:g} and {maximum:g}", field=name)
+    return value
+
+
+def choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw not in allowed:
+        raise ApiError(400, "invalid_parameter", f"{name} must be one of {', '.join(allowed)}", field=name)
+    return raw

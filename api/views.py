@@ -1,0 +1,133 @@
+"""The public routes: validate, hand over, answer."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from flask import Blueprint, Response, g, jsonify, request, stream_with_context, url_for
+
+from api import params
+from api.auth import authenticate
+from api.errors import ApiError
+from api.intake import parse_batch, submit
+from api.services import services
+
+jobs = Blueprint("jobs", __name__, url_prefix="/v2/integrations/customer/upsert")
+
+JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+MAX_WAIT_SECONDS = 60
+MAX_PAGE = 1000
+
+
+@jobs.before_request
+def _authenticate() -> None:
+    g.tenant = authenticate(services().tenants)
+
+
+@jobs.post("/bulk")
+def submit_bulk():
+    """Accept a batch; 202 with the job, or with ``wait=`` 200 and the synchronous API's shape."""
+    skip = params.boolean("skipChangeIdentifier", False)
+    wait = params.number("wait", 0, minimum=0, maximum=MAX_WAIT_SECONDS)
+    svc = services()
+    elements = parse_batch(request.get_data(cache=False), svc.settings.max_items_per_job)
+    job_id = submit(svc.store, svc.celery, tenant=g.tenant.id, elements=elements, skip_change_identifier=skip)
+    location = url_for("jobs.get_job", job_id=job_id)
+    if wait:
+        job = _wait_for(job_id, wait)
+        if job.get("finishedAt"):
+            items = list(svc.store.iter_results(job_id))
+            return jsonify(
+                {"response": items, "totalCount": job["totalCount"], "failureCount": job["failureCount"]}
+            ), 200, {"Location": location}
+    return jsonify(svc.store.get_job(job_id)), 202, {"Location": location}
+
+
+@jobs.get("/jobs")
+def list_jobs():
+    state = request.args.get("state") or None
+    if state is not None:
+        state = params.choice("state", "", ("QUEUED", "RUNNING", "COMPLETED", "CANCELLED"))
+    limit = params.integer("limit", 20, minimum=1, maximum=100)
+    return jsonify({"jobs": services().store.list_jobs(g.tenant.id, state=state, limit=limit)})
+
+
+@jobs.get("/jobs/<job_id>")
+def get_job(job_id: str):
+    return jsonify(_own_job(job_id))
+
+
+@jobs.delete("/jobs/<job_id>")
+def cancel_job(job_id: str):
+    _own_job(job_id)
+    services().store.cancel(job_id)
+    return jsonify(_own_job(job_id))
+
+
+@jobs.get("/jobs/<job_id>/results")
+def job_results(job_id: str):
+    job = _own_job(job_id)
+    outcome = params.choice("outcome", "all", ("all", "failed", "succeeded"))
+    fmt = params.choice("format", "json", ("json", "ndjson"))
+    store = services().store
+    if fmt == "ndjson":
+        lines = (json.dumps(item, separators=(",", ":")) + "\n" for item in store.iter_results(job_id, outcome=outcome))
+        return Response(stream_with_context(lines), mimetype="application/x-ndjson",
+                        headers={"Content-Disposition": f'attachment; filename="{job_id}-{outcome}.ndjson"'})
+    offset = params.integer("offset", 0, minimum=0, maximum=10_000_000)
+    limit = params.integer("limit", 100, minimum=1, maximum=MAX_PAGE)
+    return jsonify({
+        "response": store.results(job_id, offset=offset, limit=limit, outcome=outcome),
+        "totalCount": job["totalCount"],
+        "failureCount": job["failureCount"],
+        "offset": offset,
+        "limit": limit,
+    })
+
+
+def _own_job(job_id: str) -> dict:
+    """The job if it exists and belongs to the caller; otherwise 404, so ids of others leak nothing."""
+    store = services().store
+    if JOB_ID_RE.match(job_id) and store.job_tenant(job_id) == g.tenant.id:
+        job = store.get_job(job_id)
+        if job is not None:
+            return job
+    raise ApiError(404, "job_not_found", f"no job {job_id[:64]!r} for this token", field="jobId")
+
+
+def _wait_for(job_id: str, seconds: float) -> dict:
+    store = services().store
+    deadline = time.monotonic() + seconds
+    delay = 0.02
+    while True:
+        job = store.get_job(job_id) or {}
+        if job.get("finishedAt") or time.monotonic() >= deadline:
+            return job
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 0.25)
+
+
+health = Blueprint("health", __name__)
+
+
+@health.get("/healthz")
+def healthz():
+    return jsonify({"status": "ok"})
+
+
+@health.get("/readyz")
+def readyz():
+    if not services().store.ping():
+        raise ApiError(503, "not_ready", "Redis is not reachable")
+    return jsonify({"status": "ready"})
+
+
+@health.get("/metrics")
+def metrics():
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+
+

@@ -1,0 +1,81 @@
+"""Flask app factory and the shared state behind it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from flask import Flask, current_app, jsonify
+from werkzeug.exceptions import HTTPException
+
+from .auth import TokenRegistry
+from .calls import CallLog
+from .config import SimulatorConfig, apply_patch
+from .faults import Faults
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+class SimulatorState:
+    """Everything one running simulator owns. The config is swapped whole, never mutated in place."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self._config = config.validate()
+        self._config_lock = threading.Lock()
+        self.store = Store(config.db)
+        self.faults = Faults(config.seed)
+        self.tokens = TokenRegistry()
+        self.calls = CallLog()
+
+    @property
+    def config(self) -> SimulatorConfig:
+        return self._config
+
+    def reconfigure(self, patch: Any) -> SimulatorConfig:
+        """Apply a camelCase patch; raises ValueError (and changes nothing) if any value is bad."""
+        with self._config_lock:
+            new = apply_patch(self._config, patch)
+            if isinstance(patch, dict) and "seed" in patch:
+                self.faults.reseed(new.seed)
+            self._config = new
+            return new
+
+    def reset(self) -> None:
+        self.store.reset()
+        self.calls.clear()
+        self.tokens.clear()
+        self.faults.limiter.reset()
+
+
+def state() -> SimulatorState:
+    return current_app.extensions["simulator"]
+
+
+def create_app(config: SimulatorConfig) -> Flask:
+    """Build the simulator app for ``config``; the store is opened here, never at import."""
+    from .admin import admin
+    from .v2 import v2
+
+    app = Flask(__name__)
+    app.json.sort_keys = False
+    app.extensions["simulator"] = SimulatorState(config)
+    app.register_blueprint(v2)
+    app.register_blueprint(admin)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        body = {
+            "errors": [{"status": False, "code": error.code, "message": error.description}],
+            "warnings": [],
+        }
+        return jsonify(body), error.code
+
+    @app.errorhandler(Exception)
+    def unexpected_error(error: Exception):
+        log.exception("simulator bug")
+        body = {"errors": [{"status": False, "code": 500, "message": "Requests have failed due to errors"}]}
+        return jsonify(body), 500
+
+    return app

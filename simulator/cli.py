@@ -1,0 +1,112 @@
+"""Command line: ``python -m simulator --port 8100 ...``, served by werkzeug's threaded server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+
+from werkzeug.serving import make_server
+
+from .app import create_app
+from .config import NOT_FOUND_STATUSES, SimulatorConfig, parse_rate_limits
+
+CREDENTIAL_ENV = {
+    "till": "SIMULATOR_TILL",
+    "password": "SIMULATOR_PASSWORD",
+    "oauth_key": "SIMULATOR_OAUTH_KEY",
+    "oauth_secret": "SIMULATOR_OAUTH_SECRET",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m simulator",
+        description="Local stand-in for Capillary's v2 customer API. With no till and no OAuth key "
+        "configured (flags or SIMULATOR_* env), every request is accepted without authentication.",
+    )
+    parser.add_argument("--host", default=None, help="address to listen on (env SIMULATOR_HOST; 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--db", default=":memory:", help="SQLite file (default: in memory)")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="mean latency added to each v2 call")
+    parser.add_argument(
+        "--latency-jitter-ms",
+        type=float,
+        default=None,
+        help="uniform +- spread around the mean (default: half the mean)",
+    )
+    parser.add_argument("--error-rate", type=float, default=0.0, help="share of v2 calls answered 503")
+    parser.add_argument("--error-521-rate", type=float, default=0.0, help="share of v2 calls answered 521")
+    parser.add_argument("--hang-rate", type=float, default=0.0, help="share of v2 calls that hang first")
+    parser.add_argument("--hang-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--rate-limit-rps",
+        type=float,
+        default=0.0,
+        help="requests per second for all v2 calls together (0: no limit)",
+    )
+    parser.add_argument(
+        "--rate-limits",
+        type=parse_rate_limits,
+        default={},
+        help='per-endpoint requests per minute, e.g. "add=600,update=3000"',
+    )
+    parser.add_argument("--not-found-status", type=int, choices=NOT_FOUND_STATUSES, default=400)
+    parser.add_argument("--till", help="Basic auth till code (env SIMULATOR_TILL)")
+    parser.add_argument("--password", help="Basic auth password (env SIMULATOR_PASSWORD)")
+    parser.add_argument("--oauth-key", help="OAuth client key (env SIMULATOR_OAUTH_KEY)")
+    parser.add_argument("--oauth-secret", help="OAuth client secret (env SIMULATOR_OAUTH_SECRET)")
+    parser.add_argument("--token-ttl", type=float, default=300.0, help="OAuth token lifetime in seconds")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for the faults")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, environ=os.environ) -> SimulatorConfig:
+    credentials = {
+        name: getattr(args, name) or environ.get(var) or None for name, var in CREDENTIAL_ENV.items()
+    }
+    return SimulatorConfig(
+        host=args.host or environ.get("SIMULATOR_HOST") or "127.0.0.1",
+        port=args.port,
+        db=args.db,
+        latency_ms=args.latency_ms,
+        latency_jitter_ms=args.latency_jitter_ms,
+        error_rate=args.error_rate,
+        error_521_rate=args.error_521_rate,
+        hang_rate=args.hang_rate,
+        hang_seconds=args.hang_seconds,
+        rate_limit_rps=args.rate_limit_rps,
+        rate_limits=args.rate_limits,
+        not_found_status=args.not_found_status,
+        token_ttl_seconds=args.token_ttl,
+        seed=args.seed,
+        **credentials,
+    ).validate()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+    server = make_server(config.host, config.port, create_app(config), threaded=True)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    serving = threading.Thread(target=server.serve_forever, name="simulator-server", daemon=True)
+    serving.start()
+    print(f"simulator listening on http://{config.host}:{server.port}", flush=True)
+    try:
+        while not stop.wait(0.5) and serving.is_alive():
+            pass
+    finally:
+        server.shutdown()
+        server.server_close()
+    return 0

@@ -1,0 +1,284 @@
+"""The downstream v2 customer API client.
+
+One pooled ``requests.Session`` per tenant and process, a timeout on every call, and every
+transport or HTTP failure turned into our own exception types, so tasks never look at
+``requests``. Business outcomes (8015 not found, 8006 already exists, ...) are not exceptions:
+they come back in :class:`ApiResult` and the upsert logic decides on ``errors[].code``, never on the
+HTTP status alone (the vendor does not document which status goes with which code).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from worker.settings import Tenant
+
+#: HTTP statuses worth another try: throttling, gateway trouble, and Capillary's
+#: 521 "Multiple actions are running for the same customer".
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504, 521})
+CODE_MULTIPLE_ACTIONS = 521
+
+
+class DownstreamError(Exception):
+    """A call that did not produce a usable answer."""
+
+    def __init__(self, message: str, *, endpoint: str, status: int | None = None, code: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.endpoint = endpoint
+        self.status = status
+        self.code = code
+
+
+class RetryableError(DownstreamError):
+    """Transient: the same call may succeed later (timeouts, connection errors, 429, 5xx gateway, 521)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class PermanentError(DownstreamError):
+    """Repeating the call cannot help (bad credentials, a body the downstream cannot parse)."""
+
+
+@dataclass
+class ApiResult:
+    status: int
+    body: dict[str, Any]
+
+    @property
+    def errors(self) -> list[dict]:
+        return list(self.body.get("errors") or [])
+
+    @property
+    def warnings(self) -> list[dict]:
+        return list(self.body.get("warnings") or [])
+
+    @property
+    def error_codes(self) -> set[int]:
+        return {_as_int(e.get("code")) for e in self.errors}
+
+
+#: Called before each request with the endpoint name; the rate limiter hooks in here.
+BeforeCall = Callable[[str], None]
+
+
+@dataclass
+class _Token:
+    value: str = ""
+    expires_at: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class CapillaryClient:
+    """Calls the four v2 customer endpoints for one tenant.
+
+    Thread-safe: the worker runs items on a thread pool that shares one client (and so one
+    connection pool and one OAuth token) per tenant.
+    """
+
+    #: Renew an OAuth token this long before the downstream says it expires.
+    TOKEN_RENEW_MARGIN_SECONDS = 30
+
+    def __init__(
+        self,
+        tenant: Tenant,
+        *,
+        timeout: float = 10.0,
+        pool_size: int = 32,
+        before_call: BeforeCall | None = None,
+    ) -> None:
+        self.tenant = tenant
+        self.base_url = tenant.base_url.rstrip("/")
+        self.timeout = timeout
+        self.before_call = before_call
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update({"Accept": "application/json", "Content-Type": "application/json"})
+        self._token = _Token()
+
+    # -- the four endpoints -------------------------------------------------------------------
+
+    def lookup(self, *, source: str, account_id: str | None, identifier_name: str, identifier_value: str):
+        params = _params(source, account_id)
+        params.update(identifierName=identifier_name, identifierValue=identifier_value)
+        return self._call("lookup", "GET", "/v2/customers/lookup/customerDetails", params=params)
+
+    def add(self, body: dict) -> ApiResult:
+        return self._call("add", "POST", "/v2/customers", json=body)
+
+    def update(self, user_id: int, *, source: str, account_id: str | None, body: dict) -> ApiResult:
+        return self._call(
+            "update", "PUT", f"/v2/customers/{int(user_id)}", params=_params(source, account_id), json=body
+        )
+
+    def change_identifier(
+        self, user_id: int, *, source: str, account_id: str | None, add: list[dict], remove: list[dict]
+    ) -> ApiResult:
+        return self._call(
+            "changeIdentifier",
+            "POST",
+            f"/v2/customers/{int(user_id)}/changeIdentifier",
+            params=_params(source, account_id),
+            json={"add": add, "remove": remove},
+        )
+
+    # -- transport ----------------------------------------------------------------------------
+
+    def _call(self, endpoint: str, method: str, path: str, **kwargs: Any) -> ApiResult:
+        renewed = False
+        while True:
+            if self.before_call is not None:
+                self.before_call(endpoint)
+            headers = self._auth_headers(endpoint)
+            try:
+                response = self.session.request(
+                    method, self.base_url + path, headers=headers, timeout=self.timeout, **kwargs
+                )
+            except requests.Timeout as exc:
+                raise RetryableError(f"{endpoint}: no answer within {self.timeout:g}s", endpoint=endpoint) from exc
+            except requests.RequestException as exc:
+                raise RetryableError(
+                    f"{endpoint}: connection failed ({type(exc).__name__})", endpoint=endpoint
+                ) from exc
+            if response.status_code == 401 and self._uses_oauth and not renewed:
+                # A token may expire between our check and the call, or be revoked: renew once.
+                self._forget_token()
+                renewed = True
+                continue
+            return self._interpret(endpoint, response)
+
+    def _interpret(self, endpoint: str, response: requests.Response) -> ApiResult:
+        status = response.status_code
+        body = _json_object(response)
+        codes = {_as_int(e.get("code")) for e in (body or {}).get("errors") or []} if body else set()
+        if status in RETRYABLE_STATUSES or CODE_MULTIPLE_ACTIONS in codes:
+            raise RetryableError(
+                f"{endpoint}: downstream answered HTTP {status}" + _first_message(body),
+                endpoint=endpoint,
+                status=status,
+                code=CODE_MULTIPLE_ACTIONS if CODE_MULTIPLE_ACTIONS in codes else None,
+                retry_after=_retry_after(response),
+            )
+        if status == 401 or status == 403:
+            raise PermanentError(
+                f"{endpoint}: downstream refused our credentials (HTTP {status})", endpoint=endpoint, status=status
+            )
+        if body is None:
+            if status >= 500:
+                raise RetryableError(f"{endpoint}: downstream answered HTTP {status}", endpoint=endpoint,
+                                     status=status)
+            raise PermanentError(
+                f"{endpoint}: downstream answered HTTP {status} without a JSON body", endpoint=endpoint,
+                status=status,
+            )
+        if status >= 500 and not body.get("errors"):
+            raise RetryableError(f"{endpoint}: downstream answered HTTP {status}", endpoint=endpoint, status=status)
+        return ApiResult(status=status, body=body)
+
+    # -- authentication -----------------------------------------------------------------------
+
+    @property
+    def _uses_oauth(self) -> bool:
+        return bool(self.tenant.oauth_key)
+
+    def _auth_headers(self, endpoint: str) -> dict[str, str]:
+        if self._uses_oauth:
+            return {"X-CAP-API-OAUTH-TOKEN": self._oauth_token(endpoint)}
+        if self.tenant.till:
+            return {"Authorization": basic_auth_header(self.tenant.till, self.tenant.password)}
+        return {}
+
+    def _forget_token(self) -> None:
+        with self._token.lock:
+            self._token.expires_at = 0.0
+
+    def _oauth_token(self, endpoint: str) -> str:
+        token = self._token
+        with token.lock:  # one renewal for all threads, not one per thread
+            if token.value and time.monotonic() < token.expires_at:
+                return token.value
+            try:
+                response = self.session.post(
+                    self.base_url + "/v3/oauth/token/generate",
+                    json={"key": self.tenant.oauth_key, "secret": self.tenant.oauth_secret},
+                    timeout=self.timeout,
+                )
+            except requests.RequestException as exc:
+                raise RetryableError(f"{endpoint}: OAuth token request failed ({type(exc).__name__})",
+                                     endpoint=endpoint) from exc
+            body = _json_object(response) or {}
+            data = body.get("data") or {}
+            if response.status_code in RETRYABLE_STATUSES or response.status_code >= 500:
+                raise RetryableError(f"{endpoint}: OAuth token request answered HTTP {response.status_code}",
+                                     endpoint=endpoint, status=response.status_code,
+                                     retry_after=_retry_after(response))
+            if response.status_code != 200 or not data.get("accessToken"):
+                raise PermanentError(
+                    f"{endpoint}: OAuth token refused (HTTP {response.status_code})", endpoint=endpoint,
+                    status=response.status_code,
+                )
+            ttl = float(data.get("ttlSeconds") or 300)
+            token.value = data["accessToken"]
+            token.expires_at = time.monotonic() + max(1.0, ttl - min(self.TOKEN_RENEW_MARGIN_SECONDS, ttl / 2))
+            return token.value
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def basic_auth_header(till: str, password: str) -> str:
+    """Capillary's Basic auth: ``base64(till + ":" + md5hex(password))``."""
+    digest = hashlib.md5(password.encode("utf-8")).hexdigest()
+    return "Basic " + base64.b64encode(f"{till}:{digest}".encode()).decode("ascii")
+
+
+def _params(source: str, account_id: str | None) -> dict[str, str]:
+    params = {"source": source}
+    if account_id:
+        params["accountId"] = account_id
+    return params
+
+
+def _json_object(response: requests.Response) -> dict | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    raw = response.headers.get("Retry-After")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None
+
+
+def _first_message(body: dict | None) -> str:
+    errors = (body or {}).get("errors") or []
+    if errors and isinstance(errors[0], dict) and errors[0].get("message"):
+        return f": {errors[0]['message']}"
+    return ""
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,111 @@
+"""One item's life in the worker, without Celery: load, upsert, decide retry, record once.
+
+The task wrapper in :mod:`worker.tasks` only turns the :class:`ItemStep` answered here into
+Celery calls (retry, enqueue the next item of a chain, start the job's finish).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+from worker.client import DownstreamError, PermanentError, RetryableError
+from worker.context import WorkerContext
+from worker.jobstore import CANCELLED as JOB_CANCELLED
+from worker.jobstore import JobStore
+from worker.upsert import CANCELLED, FAILED, ItemOutcome, error, upsert_customer
+
+log = logging.getLogger(__name__)
+
+#: Our code for an item that ran out of attempts on transient failures.
+CODE_RETRIES_EXHAUSTED = 9001
+CODE_CANCELLED = 9002
+CODE_DOWNSTREAM_REFUSED = 9003
+
+
+@dataclass(frozen=True)
+class ItemStep:
+    """What must happen after one attempt."""
+
+    retry_in: float | None = None
+    next_index: int | None = None
+    finish_job: bool = False
+
+
+class StoreJournal:
+    def __init__(self, store: JobStore, job_id: str, index: int) -> None:
+        self.store, self.job_id, self.index = store, job_id, index
+
+    def created_id(self) -> int | None:
+        return self.store.created_id(self.job_id, self.index)
+
+    def record_created(self, user_id: int) -> None:
+        self.store.record_created(self.job_id, self.index, user_id)
+
+
+def run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int = 1) -> ItemStep:
+    store = ctx.store
+    work = store.load_item(job_id, index)
+    if work.header is None:
+        log.warning("job %s is gone; dropping item %s", job_id, index)
+        return ItemStep()
+    if work.already_done:
+        return _after_redelivery(store, job_id, index)
+
+    if work.header.state == JOB_CANCELLED:
+        outcome = ItemOutcome(CANCELLED, errors=[error(CODE_CANCELLED, "the job was cancelled before this item ran")])
+    elif work.element is None:
+        outcome = ItemOutcome(FAILED, errors=[error(10000, "the item's input is missing from the job store")])
+    else:
+        try:
+            outcome = upsert_customer(
+                ctx.client_for(work.header.tenant),
+                work.element,
+                skip_change_identifier=work.header.skip_change_identifier,
+                priority=ctx.settings.identifier_priority,
+                journal=StoreJournal(store, job_id, index),
+            )
+        except RetryableError as exc:
+            if attempt < ctx.settings.item_max_attempts:
+                delay = backoff_seconds(attempt, exc.retry_after, ctx.settings.retry_base_seconds,
+                                        ctx.settings.retry_max_seconds)
+                log.info("job %s item %s attempt %s failed (%s); retrying in %.1fs",
+                         job_id, index, attempt, exc.message, delay)
+                return ItemStep(retry_in=delay)
+            outcome = ItemOutcome(FAILED, errors=[gave_up_error(exc, attempt)])
+        except PermanentError as exc:
+            outcome = ItemOutcome(FAILED, errors=[error(exc.code or exc.status or CODE_DOWNSTREAM_REFUSED,
+                                                        exc.message)])
+
+    item = outcome.as_item(index)
+    _recorded, last, next_index = store.record_outcome(job_id, index, item, failed=outcome.failed)
+    return ItemStep(next_index=next_index, finish_job=last)
+
+
+def _after_redelivery(store: JobStore, job_id: str, index: int) -> ItemStep:
+    """The outcome was recorded by an attempt that died before it could hand on its work.
+
+    Hand it on again: the next item of the chain (a no-op if it ran already) and the job's
+    finish (which sets the final state only once).
+    """
+    job = store.get_job(job_id) or {}
+    complete = job.get("processedCount") == job.get("totalCount") and not job.get("finishedAt")
+    return ItemStep(next_index=store.next_in_chain(job_id, index), finish_job=complete)
+
+
+def backoff_seconds(attempt: int, retry_after: float | None, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter, never sooner than the downstream's Retry-After."""
+    ceiling = min(cap, base * (2 ** (attempt - 1)))
+    delay = random.uniform(ceiling / 2, ceiling)
+    if retry_after:
+        delay = max(delay, min(retry_after, cap))
+    return delay
+
+
+def gave_up_error(exc: DownstreamError, attempts: int) -> dict:
+    status = f"HTTP {exc.status}" if exc.status else "no HTTP answer"
+    return error(
+        CODE_RETRIES_EXHAUSTED,
+        f"gave up after {attempts} attempts on transient downstream failures; last: {exc.message} ({status})",
+    ) | {"lastStatus": exc.status, "attempts": attempts}

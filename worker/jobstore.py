@@ -1,0 +1,359 @@
+"""The job store in Redis: jobs, their inputs, per-item results and counters.
+
+Layout (every key expires ``JOB_TTL_SECONDS`` after the job finishes)::
+
+    cu:job:{id}                 hash   the job document's fields and its counters
+    cu:job:{id}:in:{chunk}      hash   index -> input element (JSON), CHUNK items per key
+    cu:job:{id}:res:{chunk}     hash   index -> item result (JSON), CHUNK items per key
+    cu:job:{id}:failed / :ok    zset   indexes by outcome (score = index), for filtered paging
+    cu:job:{id}:next            hash   index -> next index, for items that must run in order
+    cu:job:{id}:created         hash   index -> customer id this item added (survives retries)
+    cu:tenant:{t}:jobs          zset   job ids by creation time
+
+Inputs and results are split into chunks so that no key, message or process ever holds a
+whole 100,000-item job. An item's outcome is written with HSETNX inside one script that also
+bumps the counters, so a redelivered or retried item can never be counted twice, and exactly
+one item (the one that brings ``processedCount`` to ``totalCount``) learns that it was the last.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+CHUNK = 1000
+PREFIX = "cu"
+
+QUEUED, RUNNING, COMPLETED, CANCELLED = "QUEUED", "RUNNING", "COMPLETED", "CANCELLED"
+FINAL_STATES = frozenset({COMPLETED, CANCELLED})
+
+COUNTERS = ("totalCount", "processedCount", "successCount", "failureCount", "createdCount", "updatedCount",
+            "cancelledCount")
+
+_RECORD_OUTCOME = """
+-- KEYS: job, result chunk, failed zset, ok zset, next hash
+-- ARGV: index, item json, failed (0/1), counter for the action or '', ttl
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then
+  return {-1, redis.call('HGET', KEYS[5], ARGV[1]) or false}
+end
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+if ARGV[3] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'failureCount', 1)
+  redis.call('ZADD', KEYS[3], ARGV[1], ARGV[1])
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
+else
+  redis.call('HINCRBY', KEYS[1], 'successCount', 1)
+  redis.call('ZADD', KEYS[4], ARGV[1], ARGV[1])
+  redis.call('EXPIRE', KEYS[4], ARGV[5])
+end
+if ARGV[4] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[4], 1) end
+local processed = redis.call('HINCRBY', KEYS[1], 'processedCount', 1)
+local total = tonumber(redis.call('HGET', KEYS[1], 'totalCount'))
+local last = 0
+if processed == total then last = 1 end
+return {last, redis.call('HGET', KEYS[5], ARGV[1]) or false}
+"""
+
+_FINISH = """
+-- KEYS: job; ARGV: now, ttl. Sets the final state once; answers 1 the first time only.
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HGET', KEYS[1], 'finishedAt') then return 0 end
+local processed = tonumber(redis.call('HGET', KEYS[1], 'processedCount'))
+local total = tonumber(redis.call('HGET', KEYS[1], 'totalCount'))
+if processed < total then return -2 end
+if redis.call('HGET', KEYS[1], 'state') ~= 'CANCELLED' then redis.call('HSET', KEYS[1], 'state', 'COMPLETED') end
+redis.call('HSETNX', KEYS[1], 'startedAt', ARGV[1])
+redis.call('HSET', KEYS[1], 'finishedAt', ARGV[1])
+return 1
+"""
+
+_START = """
+-- KEYS: job; ARGV: now. QUEUED -> RUNNING only: a cancel that came first must stand.
+redis.call('HSETNX', KEYS[1], 'startedAt', ARGV[1])
+if redis.call('HGET', KEYS[1], 'state') == 'QUEUED' then redis.call('HSET', KEYS[1], 'state', 'RUNNING') end
+return 1
+"""
+
+_CANCEL = """
+-- KEYS: job. Answers the state before the call; only unfinished jobs change.
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return false end
+if state == 'QUEUED' or state == 'RUNNING' then redis.call('HSET', KEYS[1], 'state', 'CANCELLED') end
+return state
+"""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class JobHeader:
+    """What an item task needs to know about its job, read in the same round trip as its input."""
+
+    tenant: str
+    state: str
+    skip_change_identifier: bool
+
+
+@dataclass(frozen=True)
+class ItemWork:
+    header: JobHeader | None  # None: the job is gone (expired or never existed)
+    element: Any
+    already_done: bool
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, *, ttl_seconds: int = 604800) -> None:
+        self.redis = client
+        self.ttl = ttl_seconds
+        self._record = client.register_script(_RECORD_OUTCOME)
+        self._finish = client.register_script(_FINISH)
+        self._cancel = client.register_script(_CANCEL)
+        self._start = client.register_script(_START)
+
+    @classmethod
+    def from_url(cls, url: str, *, ttl_seconds: int = 604800, max_connections: int = 64) -> JobStore:
+        pool = redis.BlockingConnectionPool.from_url(
+            url, decode_responses=True, max_connections=max_connections, timeout=30,
+            health_check_interval=30, socket_keepalive=True,
+        )
+        return cls(redis.Redis(connection_pool=pool), ttl_seconds=ttl_seconds)
+
+    # -- keys --------------------------------------------------------------------------------
+
+    @staticmethod
+    def job_key(job_id: str) -> str:
+        return f"{PREFIX}:job:{job_id}"
+
+    def _chunk_key(self, job_id: str, kind: str, index: int) -> str:
+        return f"{self.job_key(job_id)}:{kind}:{index // CHUNK}"
+
+    @staticmethod
+    def tenant_jobs_key(tenant: str) -> str:
+        return f"{PREFIX}:tenant:{tenant}:jobs"
+
+    # -- intake ------------------------------------------------------------------------------
+
+    def create_job(
+        self,
+        *,
+        tenant: str,
+        elements: list[Any],
+        skip_change_identifier: bool,
+        next_index: dict[int, int],
+        extra: dict[str, str] | None = None,
+    ) -> str:
+        """Store a job and its inputs in a few pipelined round trips; answer its id."""
+        job_id = new_job_id()
+        key = self.job_key(job_id)
+        created = now_iso()
+        doc = {
+            "jobId": job_id,
+            "tenant": tenant,
+            "state": QUEUED,
+            "skipChangeIdentifier": "1" if skip_change_identifier else "0",
+            "createdAt": created,
+            "createdTs": repr(time.time()),
+            **dict.fromkeys(COUNTERS, 0),
+            "totalCount": len(elements),
+            **(extra or {}),
+        }
+        pipe = self.redis.pipeline(transaction=False)
+        for start in range(0, len(elements), CHUNK):
+            chunk = {str(i): json.dumps(elements[i], separators=(",", ":"))
+                     for i in range(start, min(start + CHUNK, len(elements)))}
+            chunk_key = self._chunk_key(job_id, "in", start)
+            pipe.hset(chunk_key, mapping=chunk)
+            pipe.expire(chunk_key, self.ttl)
+            if len(pipe) >= 64:
+                pipe.execute()
+        if next_index:
+            pipe.hset(f"{key}:next", mapping={str(k): str(v) for k, v in next_index.items()})
+            pipe.expire(f"{key}:next", self.ttl)
+        # The job hash goes last: a job is visible only once its inputs are all stored.
+        pipe.hset(key, mapping={k: str(v) for k, v in doc.items()})
+        pipe.expire(key, self.ttl)
+        pipe.zadd(self.tenant_jobs_key(tenant), {job_id: time.time()})
+        pipe.execute()
+        return job_id
+
+    # -- item work ---------------------------------------------------------------------------
+
+    def load_item(self, job_id: str, index: int) -> ItemWork:
+        """The job header, the element and whether its outcome is already recorded: one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self.job_key(job_id), "tenant", "state", "skipChangeIdentifier")
+        pipe.hget(self._chunk_key(job_id, "in", index), str(index))
+        pipe.hexists(self._chunk_key(job_id, "res", index), str(index))
+        (tenant, state, skip), raw, done = pipe.execute()
+        if tenant is None:
+            return ItemWork(header=None, element=None, already_done=bool(done))
+        header = JobHeader(tenant=tenant, state=state, skip_change_identifier=skip == "1")
+        return ItemWork(header=header, element=json.loads(raw) if raw is not None else None,
+                        already_done=bool(done))
+
+    def record_outcome(self, job_id: str, index: int, item: dict, *, failed: bool) -> tuple[bool, bool, int | None]:
+        """Record an item's outcome once. Answers (recorded now, was last, next index in its chain)."""
+        counter = {"CREATED": "createdCount", "UPDATED": "updatedCount", "CANCELLED": "cancelledCount"}.get(
+            item["action"], ""
+        )
+        key = self.job_key(job_id)
+        last, nxt = self._record(
+            keys=[key, self._chunk_key(job_id, "res", index), f"{key}:failed", f"{key}:ok", f"{key}:next"],
+            args=[index, json.dumps(item, separators=(",", ":")), "1" if failed else "0", counter, self.ttl],
+        )
+        return last != -1, last == 1, int(nxt) if nxt is not None else None
+
+    def next_in_chain(self, job_id: str, index: int) -> int | None:
+        nxt = self.redis.hget(f"{self.job_key(job_id)}:next", str(index))
+        return int(nxt) if nxt is not None else None
+
+    def chained_indexes(self, job_id: str) -> set[int]:
+        """Indexes that wait for an earlier item of their chain rather than starting on their own."""
+        return {int(v) for v in self.redis.hvals(f"{self.job_key(job_id)}:next")}
+
+    def fan_out_state(self, job_id: str) -> tuple[int | None, int]:
+        """(totalCount, first index not yet published); totalCount None when the job is gone."""
+        total, position = self.redis.hmget(self.job_key(job_id), "totalCount", "fanOutNext")
+        return (int(total) if total is not None else None), int(position or 0)
+
+    def save_fan_out_position(self, job_id: str, position: int) -> None:
+        self.redis.hset(self.job_key(job_id), "fanOutNext", str(position))
+
+    def mark_running(self, job_id: str) -> None:
+        self._start(keys=[self.job_key(job_id)], args=[now_iso()])
+
+    def finish(self, job_id: str) -> bool:
+        """Set the final state; True only for the one call that did it."""
+        return self._finish(keys=[self.job_key(job_id)], args=[now_iso(), self.ttl]) == 1
+
+    def keep_for_ttl(self, job_id: str, total: int) -> None:
+        """Restart every key's expiry so a finished job is kept JOB_TTL_SECONDS from now."""
+        key = self.job_key(job_id)
+        pipe = self.redis.pipeline(transaction=False)
+        for suffix in ("", ":failed", ":ok", ":next", ":created"):
+            pipe.expire(key + suffix, self.ttl)
+        for start in range(0, total, CHUNK):
+            pipe.expire(self._chunk_key(job_id, "in", start), self.ttl)
+            pipe.expire(self._chunk_key(job_id, "res", start), self.ttl)
+        pipe.execute()
+
+    # -- journal of adds, so a retried item still reports CREATED ----------------------------
+
+    def created_id(self, job_id: str, index: int) -> int | None:
+        value = self.redis.hget(f"{self.job_key(job_id)}:created", str(index))
+        return int(value) if value is not None else None
+
+    def record_created(self, job_id: str, index: int, user_id: int) -> None:
+        key = f"{self.job_key(job_id)}:created"
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, str(index), str(user_id))
+        pipe.expire(key, self.ttl)
+        pipe.execute()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.redis.hgetall(self.job_key(job_id))
+        return job_document(raw) if raw else None
+
+    def job_tenant(self, job_id: str) -> str | None:
+        return self.redis.hget(self.job_key(job_id), "tenant")
+
+    def cancel(self, job_id: str) -> str | None:
+        return self._cancel(keys=[self.job_key(job_id)])
+
+    def list_jobs(self, tenant: str, *, state: str | None = None, limit: int = 20) -> list[dict]:
+        jobs: list[dict] = []
+        key = self.tenant_jobs_key(tenant)
+        offset, page = 0, max(limit, 50)
+        while len(jobs) < limit:
+            ids = self.redis.zrevrange(key, offset, offset + page - 1)
+            if not ids:
+                break
+            offset += len(ids)
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hgetall(self.job_key(job_id))
+            expired = []
+            for job_id, raw in zip(ids, pipe.execute(), strict=True):
+                if not raw:
+                    expired.append(job_id)
+                    continue
+                doc = job_document(raw)
+                if state is None or doc["state"] == state:
+                    jobs.append(doc)
+            if expired:
+                self.redis.zrem(key, *expired)
+        return jobs[:limit]
+
+    def results(self, job_id: str, *, offset: int, limit: int, outcome: str = "all") -> list[dict]:
+        """Items in input order; ``outcome`` is all, failed or succeeded."""
+        if outcome == "all":
+            total = int(self.redis.hget(self.job_key(job_id), "totalCount") or 0)
+            indexes = list(range(offset, min(offset + limit, total)))
+        else:
+            zset = f"{self.job_key(job_id)}:{'failed' if outcome == 'failed' else 'ok'}"
+            indexes = [int(i) for i in self.redis.zrange(zset, offset, offset + limit - 1)]
+        return self._items(job_id, indexes)
+
+    def iter_results(self, job_id: str, *, outcome: str = "all", page: int = CHUNK) -> Iterator[dict]:
+        offset = 0
+        while True:
+            items = self.results(job_id, offset=offset, limit=page, outcome=outcome)
+            if not items:
+                return
+            yield from items
+            offset += page
+
+    def _items(self, job_id: str, indexes: Iterable[int]) -> list[dict]:
+        by_chunk: dict[int, list[int]] = {}
+        for i in indexes:
+            by_chunk.setdefault(i // CHUNK, []).append(i)
+        pipe = self.redis.pipeline(transaction=False)
+        order: list[list[int]] = []
+        for _chunk, members in by_chunk.items():
+            pipe.hmget(self._chunk_key(job_id, "res", members[0]), [str(i) for i in members])
+            order.append(members)
+        items: list[dict] = []
+        for members, values in zip(order, pipe.execute(), strict=True):
+            for i, raw in zip(members, values, strict=True):
+                # Not processed yet: say so in place, so paging stays aligned with the input.
+                items.append(json.loads(raw) if raw is not None else pending_item(i))
+        return items
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.redis.ping())
+        except redis.RedisError:
+            return False
+
+
+def pending_item(index: int) -> dict:
+    return {"index": index, "action": "PENDING", "entityId": None, "result": None, "errors": [], "warnings": []}
+
+
+def job_document(raw: dict[str, str]) -> dict[str, Any]:
+    """The public job document from the stored hash (internal fields left out)."""
+    doc: dict[str, Any] = {
+        "jobId": raw["jobId"],
+        "state": raw.get("state", QUEUED),
+        "skipChangeIdentifier": raw.get("skipChangeIdentifier") == "1",
+    }
+    for name in COUNTERS:
+        doc[name] = int(raw.get(name) or 0)
+    for name in ("createdAt", "startedAt", "finishedAt"):
+        doc[name] = raw.get(name)
+    return doc

@@ -1,0 +1,164 @@
+"""Typed settings: the only place that reads environment variables.
+
+Every process (web, worker, the command line) builds one :class:`Settings` with
+:meth:`Settings.from_env` at start-up and hands it down; nothing else looks at ``os.environ``.
+Tests build ``Settings(...)`` directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+DEFAULT_TENANT_ID = "default"
+
+#: The downstream endpoints we call, by the names used in ``CAPILLARY_RATE_LIMITS`` and metrics.
+ENDPOINTS = ("lookup", "add", "update", "changeIdentifier")
+
+
+class SettingsError(ValueError):
+    """A configuration value that cannot be used; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """One client of the service: who may submit, and where and how their profiles go.
+
+    Credentials live here and in the process environment only; queue messages carry the
+    tenant id, never these values.
+    """
+
+    id: str
+    token: str = field(repr=False)
+    base_url: str = "http://127.0.0.1:8100"
+    till: str = ""
+    password: str = field(default="", repr=False)
+    oauth_key: str = ""
+    oauth_secret: str = field(default="", repr=False)
+    max_rps: float = 0.0
+    rate_limits: Mapping[str, float] = field(default_factory=dict)  # requests per minute
+    webhook_secret: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str = ""  # empty: the broker is REDIS_URL
+    capillary_base_url: str = "http://127.0.0.1:8100"
+    capillary_till: str = ""
+    capillary_password: str = field(default="", repr=False)
+    capillary_oauth_key: str = ""
+    capillary_oauth_secret: str = field(default="", repr=False)
+    capillary_max_rps: float = 0.0
+    capillary_rate_limits: Mapping[str, float] = field(default_factory=dict)
+    capillary_timeout_seconds: float = 10.0
+    upsert_api_token: str = field(default="", repr=False)
+    #: Where the command line's client commands find the API.
+    upsert_url: str = "http://127.0.0.1:8000"
+    tenants_file: str = ""
+    port: int = 8000
+    worker_concurrency: int = 32
+    item_max_attempts: int = 8
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 60.0
+    job_ttl_seconds: int = 604800
+    max_items_per_job: int = 100_000
+    max_body_bytes: int = 268_435_456
+    #: Lookup order of identifier types; types not listed follow in the order the profile gives them.
+    identifier_priority: tuple[str, ...] = ("externalId", "mobile", "email", "cardnumber")
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        defaults = cls()
+
+        def text(name: str, default: str) -> str:
+            return env.get(name, "").strip() or default
+
+        def number(name: str, default: float, kind: type = float, minimum: float = 0) -> float:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r} is not a {kind.__name__}")
+            if value < minimum:
+                raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+            return value
+
+        priority = text("IDENTIFIER_PRIORITY", "")
+        return cls(
+            redis_url=text("REDIS_URL", defaults.redis_url),
+            broker_url=text("BROKER_URL", ""),
+            capillary_base_url=text("CAPILLARY_BASE_URL", defaults.capillary_base_url).rstrip("/"),
+            capillary_till=text("CAPILLARY_TILL", ""),
+            capillary_password=env.get("CAPILLARY_PASSWORD", ""),
+            capillary_oauth_key=text("CAPILLARY_OAUTH_KEY", ""),
+            capillary_oauth_secret=env.get("CAPILLARY_OAUTH_SECRET", ""),
+            capillary_max_rps=number("CAPILLARY_MAX_RPS", 0.0),
+            capillary_rate_limits=parse_rate_limits(env.get("CAPILLARY_RATE_LIMITS", "")),
+            capillary_timeout_seconds=number("CAPILLARY_TIMEOUT_SECONDS", 10.0, minimum=0.1),
+            upsert_api_token=env.get("UPSERT_API_TOKEN", "").strip(),
+            upsert_url=text("UPSERT_URL", defaults.upsert_url).rstrip("/"),
+            tenants_file=text("UPSERT_TENANTS_FILE", ""),
+            port=int(number("PORT", 8000, int, 1)),
+            worker_concurrency=int(number("WORKER_CONCURRENCY", 32, int, 1)),
+            item_max_attempts=int(number("ITEM_MAX_ATTEMPTS", 8, int, 1)),
+            retry_base_seconds=number("RETRY_BASE_SECONDS", 1.0),
+            retry_max_seconds=number("RETRY_MAX_SECONDS", 60.0),
+            job_ttl_seconds=int(number("JOB_TTL_SECONDS", 604800, int, 60)),
+            max_items_per_job=int(number("MAX_ITEMS_PER_JOB", 100_000, int, 1)),
+            max_body_bytes=int(number("MAX_BODY_BYTES", 268_435_456, int, 1)),
+            identifier_priority=tuple(p.strip() for p in priority.split(",") if p.strip())
+            or defaults.identifier_priority,
+        )
+
+    def with_overrides(self, **changes) -> Settings:
+        return replace(self, **changes)
+
+    def default_tenant(self) -> Tenant:
+        return Tenant(
+            id=DEFAULT_TENANT_ID,
+            token=self.upsert_api_token,
+            base_url=self.capillary_base_url,
+            till=self.capillary_till,
+            password=self.capillary_password,
+            oauth_key=self.capillary_oauth_key,
+            oauth_secret=self.capillary_oauth_secret,
+            max_rps=self.capillary_max_rps,
+            rate_limits=dict(self.capillary_rate_limits),
+        )
+
+    def tenants(self) -> dict[str, Tenant]:
+        """Tenants by id. Without a tenants file, the one default tenant from the environment."""
+        return {DEFAULT_TENANT_ID: self.default_tenant()}
+
+
+def parse_rate_limits(raw: str) -> dict[str, float]:
+    """Parse ``lookup=6000,add=100`` (requests per minute per endpoint)."""
+    limits: dict[str, float] = {}
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or name not in ENDPOINTS:
+            raise SettingsError(
+                f"CAPILLARY_RATE_LIMITS: {part!r} should be ENDPOINT=REQUESTS_PER_MINUTE, "
+                f"ENDPOINT one of {', '.join(ENDPOINTS)}"
+            )
+        try:
+            rpm = float(value)
+        except ValueError:
+            raise SettingsError(f"CAPILLARY_RATE_LIMITS: {value!r} for {name} is not a number")
+        if rpm <= 0:
+            raise SettingsError(f"CAPILLARY_RATE_LIMITS: the limit for {name} must be positive")
+        limits[name] = rpm
+    return limits
