@@ -65,12 +65,17 @@ class Journal(Protocol):
     def record_created(self, user_id: int) -> None: ...
 
 
-class NoJournal:
+class MemoryJournal:
+    """A journal for one attempt only: enough when nothing retries the item (tools, tests)."""
+
+    def __init__(self) -> None:
+        self._created: int | None = None
+
     def created_id(self) -> int | None:
-        return None
+        return self._created
 
     def record_created(self, user_id: int) -> None:
-        return None
+        self._created = user_id
 
 
 def error(code: int, message: str) -> dict:
@@ -86,7 +91,7 @@ def upsert_customer(
     journal: Journal | None = None,
 ) -> ItemOutcome:
     """Run steps 1 to 5 for one element; raise RetryableError for the caller to retry."""
-    journal = journal or NoJournal()
+    journal = journal or MemoryJournal()
     problems = validate_customer(element)
     if problems:
         return ItemOutcome(FAILED, errors=problems)

@@ -1,0 +1,100 @@
+"""The intake: what a client sees for good and bad requests, and what it costs Redis."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from api.app import create_app
+from tests.conftest import JOBS, TOKEN, ApiClient, RedisServer, make_settings
+
+
+@pytest.fixture
+def idle_app(tmp_path, simulator):
+    """An app on a Redis of its own with no worker, so the job stays as intake left it."""
+    server = RedisServer(tmp_path).start()
+    app = create_app(make_settings(server.url, simulator.url))
+    yield app, redis.Redis.from_url(server.url)
+    server.stop()
+
+
+def element(i: int) -> dict:
+    return {"profiles": [{"identifiers": [{"type": "externalId", "value": f"E{i}"}], "source": "INSTORE"}]}
+
+
+def test_a_ten_thousand_item_job_is_queued_in_a_few_redis_round_trips(idle_app):
+    app, r = idle_app
+    api = ApiClient(app)
+    before = int(r.info("stats")["total_commands_processed"])
+
+    response = api.submit([element(i) for i in range(10_000)])
+
+    commands = int(r.info("stats")["total_commands_processed"]) - before
+    assert response.status_code == 202
+    job = response.get_json()
+    assert (job["state"], job["totalCount"], job["processedCount"]) == ("QUEUED", 10_000, 0)
+    assert response.headers["Location"].endswith(f"/jobs/{job['jobId']}")
+    # Inputs go in chunks of 1,000 (HSET + EXPIRE each), plus the job, the queue message and the reads
+    # that answer: far from one command per item.
+    print(f"commands for 10,000 items: {commands}")
+    assert commands < 100, commands
+    assert r.llen("jobs") == 1 and r.llen("items") == 0  # the fan-out is the workers' job
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"", 400, "empty"),
+        (b"{not json", 400, "not valid JSON"),
+        (b'{"profiles": []}', 400, "JSON array"),
+        (b"[]", 400, "empty"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "nests"),
+    ],
+)
+def test_a_malformed_body_is_a_400_naming_the_problem_and_queues_nothing(idle_app, body, status, message):
+    app, r = idle_app
+    client = app.test_client()
+
+    response = client.post(f"{JOBS}/bulk", data=body, content_type="application/json",
+                           headers={"Authorization": f"Bearer {TOKEN}"})
+
+    assert response.status_code == status
+    error = response.get_json()["errors"][0]
+    assert message in error["message"] and error["field"] == "body"
+    assert r.llen("jobs") == 0
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"}])
+def test_requests_without_the_token_get_401(app, headers):
+    response = app.test_client().get(f"{JOBS}/jobs", headers=headers)
+
+    assert response.status_code == 401
+    assert response.get_json()["errors"][0]["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [({"skipChangeIdentifier": "maybe"}, "skipChangeIdentifier"), ({"wait": "61"}, "wait"), ({"wait": "x"}, "wait")],
+)
+def test_bad_query_parameters_name_the_parameter(app, query, field):
+    response = ApiClient(app).submit([element(1)], **query)
+
+    assert response.status_code == 400
+    assert response.get_json()["errors"][0]["field"] == field
+
+
+def test_unknown_or_malformed_job_ids_are_404(app):
+    api = ApiClient(app)
+
+    for job_id in ("0" * 32, "../../etc/passwd", "%2e%2e", "x" * 500):
+        response = api.get(f"/jobs/{job_id}")
+        assert response.status_code == 404, job_id
+        assert response.get_json()["errors"][0]["code"] in ("job_not_found", "not_found")
+
+
+def test_health_and_readiness(app):
+    client = app.test_client()
+
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/readyz").get_json() == {"status": "ready"}
+    assert client.get("/metrics").status_code == 200

@@ -1,0 +1,98 @@
+"""The v2 client against the real simulator: auth, and failures turned into our exception types."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.conftest import SIM_PASSWORD, SIM_TILL
+from worker.client import CapillaryClient, PermanentError, RetryableError, basic_auth_header
+from worker.settings import Tenant
+from worker.upsert import CREATED, FAILED, UPDATED, upsert_customer
+
+
+def tenant(sim, **overrides) -> Tenant:
+    return Tenant(**({"id": "t", "token": "x", "base_url": sim.url, "till": SIM_TILL, "password": SIM_PASSWORD}
+                     | overrides))
+
+
+def profile(ext: str) -> dict:
+    return {"profiles": [{"identifiers": [{"type": "externalId", "value": ext}], "source": "INSTORE"}]}
+
+
+def test_basic_auth_header_matches_the_vendors_worked_example():
+    expected = "Basic c3RvcmUuc2VydmVyOjhhMTZhNmI3MDUwNWViMWYxZmY3Y2RjMGNkNTU1OWE3"
+    assert basic_auth_header("store.server", "server123") == expected
+
+
+def test_wrong_basic_credentials_are_a_permanent_error(sim):
+    client = CapillaryClient(tenant(sim, password="wrong"), timeout=2)
+
+    with pytest.raises(PermanentError) as caught:
+        client.lookup(source="INSTORE", account_id=None, identifier_name="externalId", identifier_value="x")
+    assert caught.value.status == 401
+
+
+def test_oauth_token_is_fetched_once_reused_and_renewed_once_when_expired(sim):
+    sim.configure(oauthKey="key-1", oauthSecret="secret-1", tokenTtlSeconds=300)
+    client = CapillaryClient(tenant(sim, till="", password="", oauth_key="key-1", oauth_secret="secret-1"), timeout=2)
+
+    first = upsert_customer(client, profile("OA-" + uuid.uuid4().hex), skip_change_identifier=False, priority=[])
+    sim.admin("POST", "expire-tokens")
+    second = upsert_customer(client, profile("OA-" + uuid.uuid4().hex), skip_change_identifier=False, priority=[])
+
+    assert first.action == second.action == CREATED and not first.errors and not second.errors
+    token_calls = sim.calls()["byEndpoint"]["token"]
+    assert token_calls == {"200": 2}  # one at start, one renewal after the expiry; none per call
+    assert "401" in sim.calls()["byEndpoint"]["lookup"]  # the expired token was refused once, then renewed
+
+
+@pytest.mark.parametrize(
+    ("config", "status"),
+    [({"outage": True}, 503), ({"error521Rate": 1.0}, 521), ({"rateLimitRps": 0.001}, 429)],
+)
+def test_transient_downstream_failures_are_retryable(sim, config, status):
+    client = CapillaryClient(tenant(sim), timeout=2)
+    sim.configure(**config)
+
+    with pytest.raises(RetryableError) as caught:
+        for _ in range(3):  # a rate limit lets its first token through
+            client.lookup(source="INSTORE", account_id=None, identifier_name="externalId", identifier_value="x")
+    assert caught.value.status == status
+    if status == 429:
+        assert caught.value.retry_after and caught.value.retry_after >= 1
+
+
+def test_a_hung_request_is_a_retryable_timeout(sim):
+    sim.configure(hangRate=1.0, hangSeconds=3)
+    client = CapillaryClient(tenant(sim), timeout=0.3)
+
+    with pytest.raises(RetryableError) as caught:
+        client.lookup(source="INSTORE", account_id=None, identifier_name="externalId", identifier_value="x")
+    assert "no answer within" in caught.value.message
+
+
+def test_a_connection_refused_is_retryable():
+    client = CapillaryClient(Tenant(id="t", token="x", base_url="http://127.0.0.1:9"), timeout=1)
+
+    with pytest.raises(RetryableError):
+        client.add({"profiles": []})
+
+
+def test_upsert_is_safe_to_repeat_and_fails_on_conflicting_identifiers(sim):
+    client = CapillaryClient(tenant(sim), timeout=2)
+    a = {"profiles": [{"identifiers": [{"type": "externalId", "value": "A1"}], "source": "INSTORE"}]}
+    b = {"profiles": [{"identifiers": [{"type": "mobile", "value": "919900000001"}], "source": "INSTORE"}]}
+    both = {"profiles": [{"identifiers": a["profiles"][0]["identifiers"] + b["profiles"][0]["identifiers"],
+                          "source": "INSTORE"}]}
+
+    assert upsert_customer(client, a, skip_change_identifier=False, priority=[]).action == CREATED
+    assert upsert_customer(client, a, skip_change_identifier=False, priority=[]).action == UPDATED
+    assert upsert_customer(client, b, skip_change_identifier=False, priority=[]).action == CREATED
+    conflict = upsert_customer(client, both, skip_change_identifier=False, priority=[])
+
+    assert conflict.action == FAILED and conflict.errors[0]["code"] == 8052
+    assert "different customers" in conflict.errors[0]["message"]
+    assert len(sim.customers()) == 2
+    assert sum(sim.calls()["byEndpoint"]["changeIdentifier"].values()) == 0
