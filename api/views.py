@@ -13,6 +13,7 @@ from api.auth import authenticate
 from api.errors import ApiError
 from api.intake import parse_batch, submit
 from api.services import services
+from worker.estimate import with_estimate
 
 jobs = Blueprint("jobs", __name__, url_prefix="/v2/integrations/customer/upsert")
 
@@ -42,7 +43,7 @@ def submit_bulk():
             return jsonify(
                 {"response": items, "totalCount": job["totalCount"], "failureCount": job["failureCount"]}
             ), 200, {"Location": location}
-    return jsonify(svc.store.get_job(job_id)), 202, {"Location": location}
+    return jsonify(_document(svc.store.get_job(job_id))), 202, {"Location": location}
 
 
 @jobs.get("/jobs")
@@ -56,14 +57,14 @@ def list_jobs():
 
 @jobs.get("/jobs/<job_id>")
 def get_job(job_id: str):
-    return jsonify(_own_job(job_id))
+    return jsonify(_document(_own_job(job_id)))
 
 
 @jobs.delete("/jobs/<job_id>")
 def cancel_job(job_id: str):
     _own_job(job_id)
     services().store.cancel(job_id)
-    return jsonify(_own_job(job_id))
+    return jsonify(_document(_own_job(job_id)))
 
 
 @jobs.get("/jobs/<job_id>/results")
@@ -95,6 +96,10 @@ def _own_job(job_id: str) -> dict:
         if job is not None:
             return job
     raise ApiError(404, "job_not_found", f"no job {job_id[:64]!r} for this token", field="jobId")
+
+
+def _document(job: dict) -> dict:
+    return with_estimate(job, g.tenant)
 
 
 def _wait_for(job_id: str, seconds: float) -> dict:

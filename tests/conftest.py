@@ -193,6 +193,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "RETRY_BASE_SECONDS": str(settings.retry_base_seconds),
         "RETRY_MAX_SECONDS": str(settings.retry_max_seconds),
         "JOB_TTL_SECONDS": str(settings.job_ttl_seconds),
+        "BROKER_VISIBILITY_TIMEOUT": str(settings.broker_visibility_timeout),
     }
     if settings.broker_url:
         env["BROKER_URL"] = settings.broker_url

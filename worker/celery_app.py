@@ -7,12 +7,6 @@ from celery import Celery
 from worker.queues import Queues, TaskNames
 from worker.settings import Settings
 
-#: A message a worker took but did not acknowledge comes back after this long (Redis broker
-#: only; RabbitMQ returns a dead consumer's messages at once). It must exceed the longest an
-#: item can live in one worker: its calls with their timeouts plus a retry countdown, which the
-#: worker holds unacknowledged until it is due.
-VISIBILITY_TIMEOUT_SECONDS = 300
-
 
 def create_celery(settings: Settings) -> Celery:
     app = Celery("customer_upsert", broker=settings.effective_broker_url, include=["worker.tasks"])
@@ -24,7 +18,12 @@ def create_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS},
+        # Redis broker only (RabbitMQ returns a dead consumer's messages at once): a message a
+        # worker took but did not acknowledge comes back after this long. It must exceed the
+        # longest an item lives in one worker: a retry countdown (held unacknowledged until due,
+        # at most RETRY_MAX_SECONDS or a minute of rate-limit wait) plus its calls with their
+        # timeouts. Default 300 s: a killed worker's items run again within five minutes.
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
         broker_connection_retry_on_startup=True,
         task_default_queue=Queues.ITEMS,
         task_routes={

@@ -6,6 +6,8 @@ import threading
 
 from worker.client import CapillaryClient
 from worker.jobstore import JobStore
+from worker.locks import IdentifierLocks
+from worker.ratelimit import RateLimiter
 from worker.settings import Settings, Tenant
 
 
@@ -19,6 +21,7 @@ class WorkerContext:
             settings.redis_url, ttl_seconds=settings.job_ttl_seconds,
             max_connections=settings.worker_concurrency + 16,
         )
+        self.locks = IdentifierLocks(self.store.redis)
         self._clients: dict[str, CapillaryClient] = {}
         self._lock = threading.Lock()
 
@@ -29,10 +32,14 @@ class WorkerContext:
                 tenant = self.tenants.get(tenant_id)
                 if tenant is None:
                     raise KeyError(f"unknown tenant {tenant_id!r}")
+                limiter = RateLimiter(self.store.redis, tenant.id, max_rps=tenant.max_rps,
+                                      per_minute=tenant.rate_limits)
                 client = CapillaryClient(
                     tenant,
                     timeout=self.settings.capillary_timeout_seconds,
                     pool_size=self.settings.worker_concurrency,
+                    before_call=limiter.acquire,
+                    on_throttle=limiter.pause,
                 )
                 self._clients[tenant_id] = client
             return client

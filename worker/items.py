@@ -1,7 +1,16 @@
 """One item's life in the worker, without Celery: load, upsert, decide retry, record once.
 
 The task wrapper in :mod:`worker.tasks` only turns the :class:`ItemStep` answered here into
-Celery calls (retry, enqueue the next item of a chain, start the job's finish).
+Celery calls (retry later, enqueue the next item of a chain, start the job's finish).
+
+Three kinds of "later", kept apart because only one of them is the item's fault:
+
+* a transient downstream failure: retried with exponential backoff and jitter, honouring
+  Retry-After, and counted: after ``ITEM_MAX_ATTEMPTS`` the item fails (code 9001);
+* no rate-limit token, or another job's item holding one of its identifiers: requeued with a
+  countdown, not counted, so waiting for a slow endpoint never fails an item;
+* a message taken again and again without an outcome (the worker died each time): after
+  :data:`MAX_DELIVERIES` the item fails (code 9004) instead of killing workers forever.
 """
 
 from __future__ import annotations
@@ -12,23 +21,34 @@ from dataclasses import dataclass
 
 from worker.client import DownstreamError, PermanentError, RetryableError
 from worker.context import WorkerContext
+from worker.jobs import identifier_keys
 from worker.jobstore import CANCELLED as JOB_CANCELLED
 from worker.jobstore import JobStore
+from worker.ratelimit import RateLimited
 from worker.upsert import CANCELLED, FAILED, ItemOutcome, error, upsert_customer
 
 log = logging.getLogger(__name__)
 
-#: Our code for an item that ran out of attempts on transient failures.
 CODE_RETRIES_EXHAUSTED = 9001
 CODE_CANCELLED = 9002
 CODE_DOWNSTREAM_REFUSED = 9003
+CODE_REDELIVERED = 9004
+
+#: Takes of one message (same item, same retry) before the item is given up as poison.
+MAX_DELIVERIES = 4
+#: How long to wait before trying again for identifiers another job's item holds.
+LOCK_WAIT_SECONDS = (0.2, 1.0)
+#: The longest countdown for a rate-limited item: it looks again at least this often, and the
+#: countdown stays far inside the broker's visibility timeout.
+MAX_RATE_WAIT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
 class ItemStep:
-    """What must happen after one attempt."""
+    """What must happen after one run of an item."""
 
     retry_in: float | None = None
+    next_attempt: int = 1
     next_index: int | None = None
     finish_job: bool = False
 
@@ -44,9 +64,9 @@ class StoreJournal:
         self.store.record_created(self.job_id, self.index, user_id)
 
 
-def run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int = 1) -> ItemStep:
+def run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int = 1, delivery: str = "0") -> ItemStep:
     store = ctx.store
-    work = store.load_item(job_id, index)
+    work = store.load_item(job_id, index, delivery)
     if work.header is None:
         log.warning("job %s is gone; dropping item %s", job_id, index)
         return ItemStep()
@@ -57,7 +77,17 @@ def run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int = 1) -> I
         outcome = ItemOutcome(CANCELLED, errors=[error(CODE_CANCELLED, "the job was cancelled before this item ran")])
     elif work.element is None:
         outcome = ItemOutcome(FAILED, errors=[error(10000, "the item's input is missing from the job store")])
+    elif work.deliveries > MAX_DELIVERIES:
+        log.error("job %s item %s taken %s times without an outcome; giving it up", job_id, index, work.deliveries)
+        outcome = ItemOutcome(FAILED, errors=[error(
+            CODE_REDELIVERED,
+            f"the item was taken {work.deliveries - 1} times by workers that stopped before finishing it",
+        )])
     else:
+        owner = f"{job_id}:{index}"
+        locks = ctx.locks.keys(work.header.tenant, identifier_keys(work.element))
+        if not ctx.locks.acquire(locks, owner):
+            return ItemStep(retry_in=random.uniform(*LOCK_WAIT_SECONDS), next_attempt=attempt)
         try:
             outcome = upsert_customer(
                 ctx.client_for(work.header.tenant),
@@ -66,27 +96,31 @@ def run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int = 1) -> I
                 priority=ctx.settings.identifier_priority,
                 journal=StoreJournal(store, job_id, index),
             )
+        except RateLimited as exc:
+            wait = min(MAX_RATE_WAIT_SECONDS, exc.wait * random.uniform(1.0, 2.0))
+            return ItemStep(retry_in=wait, next_attempt=attempt)
         except RetryableError as exc:
             if attempt < ctx.settings.item_max_attempts:
                 delay = backoff_seconds(attempt, exc.retry_after, ctx.settings.retry_base_seconds,
                                         ctx.settings.retry_max_seconds)
                 log.info("job %s item %s attempt %s failed (%s); retrying in %.1fs",
                          job_id, index, attempt, exc.message, delay)
-                return ItemStep(retry_in=delay)
+                return ItemStep(retry_in=delay, next_attempt=attempt + 1)
             outcome = ItemOutcome(FAILED, errors=[gave_up_error(exc, attempt)])
         except PermanentError as exc:
             outcome = ItemOutcome(FAILED, errors=[error(exc.code or exc.status or CODE_DOWNSTREAM_REFUSED,
                                                         exc.message)])
+        finally:
+            ctx.locks.release(locks, owner)
 
-    item = outcome.as_item(index)
-    _recorded, last, next_index = store.record_outcome(job_id, index, item, failed=outcome.failed)
+    _recorded, last, next_index = store.record_outcome(job_id, index, outcome.as_item(index), failed=outcome.failed)
     return ItemStep(next_index=next_index, finish_job=last)
 
 
 def _after_redelivery(store: JobStore, job_id: str, index: int) -> ItemStep:
-    """The outcome was recorded by an attempt that died before it could hand on its work.
+    """The outcome was recorded by a run that may have died before it handed on its work.
 
-    Hand it on again: the next item of the chain (a no-op if it ran already) and the job's
+    Hand it on again: the next item of the chain (a no-op if that one ran already) and the job's
     finish (which sets the final state only once).
     """
     job = store.get_job(job_id) or {}
@@ -95,7 +129,7 @@ def _after_redelivery(store: JobStore, job_id: str, index: int) -> ItemStep:
 
 
 def backoff_seconds(attempt: int, retry_after: float | None, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter, never sooner than the downstream's Retry-After."""
+    """Exponential backoff with jitter, never sooner than the downstream's Retry-After."""
     ceiling = min(cap, base * (2 ** (attempt - 1)))
     delay = random.uniform(ceiling / 2, ceiling)
     if retry_after:

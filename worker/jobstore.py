@@ -112,6 +112,7 @@ class ItemWork:
     header: JobHeader | None  # None: the job is gone (expired or never existed)
     element: Any
     already_done: bool
+    deliveries: int = 1  # how often this very message (same item, same retry) has been taken
 
 
 class JobStore:
@@ -191,18 +192,22 @@ class JobStore:
 
     # -- item work ---------------------------------------------------------------------------
 
-    def load_item(self, job_id: str, index: int) -> ItemWork:
-        """The job header, the element and whether its outcome is already recorded: one round trip."""
+    def load_item(self, job_id: str, index: int, delivery: str = "0") -> ItemWork:
+        """The job header, the element, whether its outcome is already recorded, and how often this
+        delivery (``delivery`` names the message: the item's retry generation) was taken: one round trip."""
+        key = self.job_key(job_id)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(self.job_key(job_id), "tenant", "state", "skipChangeIdentifier")
+        pipe.hmget(key, "tenant", "state", "skipChangeIdentifier")
         pipe.hget(self._chunk_key(job_id, "in", index), str(index))
         pipe.hexists(self._chunk_key(job_id, "res", index), str(index))
-        (tenant, state, skip), raw, done = pipe.execute()
+        pipe.hincrby(f"{key}:deliveries", f"{index}:{delivery}", 1)
+        pipe.expire(f"{key}:deliveries", self.ttl)
+        (tenant, state, skip), raw, done, deliveries, _ = pipe.execute()
         if tenant is None:
             return ItemWork(header=None, element=None, already_done=bool(done))
         header = JobHeader(tenant=tenant, state=state, skip_change_identifier=skip == "1")
         return ItemWork(header=header, element=json.loads(raw) if raw is not None else None,
-                        already_done=bool(done))
+                        already_done=bool(done), deliveries=int(deliveries))
 
     def record_outcome(self, job_id: str, index: int, item: dict, *, failed: bool) -> tuple[bool, bool, int | None]:
         """Record an item's outcome once. Answers (recorded now, was last, next index in its chain)."""
@@ -243,7 +248,7 @@ class JobStore:
         """Restart every key's expiry so a finished job is kept JOB_TTL_SECONDS from now."""
         key = self.job_key(job_id)
         pipe = self.redis.pipeline(transaction=False)
-        for suffix in ("", ":failed", ":ok", ":next", ":created"):
+        for suffix in ("", ":failed", ":ok", ":next", ":created", ":deliveries"):
             pipe.expire(key + suffix, self.ttl)
         for start in range(0, total, CHUNK):
             pipe.expire(self._chunk_key(job_id, "in", start), self.ttl)

@@ -45,6 +45,8 @@ class Tenant:
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str = ""  # empty: the broker is REDIS_URL
+    #: Redis broker only: an unacknowledged message comes back after this long (see celery_app).
+    broker_visibility_timeout: int = 300
     capillary_base_url: str = "http://127.0.0.1:8100"
     capillary_till: str = ""
     capillary_password: str = field(default="", repr=False)
@@ -96,6 +98,7 @@ class Settings:
         return cls(
             redis_url=text("REDIS_URL", defaults.redis_url),
             broker_url=text("BROKER_URL", ""),
+            broker_visibility_timeout=int(number("BROKER_VISIBILITY_TIMEOUT", 300, int, 10)),
             capillary_base_url=text("CAPILLARY_BASE_URL", defaults.capillary_base_url).rstrip("/"),
             capillary_till=text("CAPILLARY_TILL", ""),
             capillary_password=env.get("CAPILLARY_PASSWORD", ""),

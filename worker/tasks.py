@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
+import redis
 from celery import shared_task
 
 from worker.context import context_of
@@ -12,6 +16,12 @@ from worker.jobs import fan_out_indexes, finish_job
 from worker.queues import Queues, TaskNames
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: How long a task waits for the job store to come back before it gives up (the message then
+#: stays unacknowledged and comes back after the broker's visibility timeout).
+STORE_PATIENCE_SECONDS = 120.0
 
 #: Heads published per round before the fan-out's progress is saved (so a redelivered
 #: fan-out resumes instead of starting over).
@@ -30,9 +40,11 @@ def fan_out(self, job_id: str) -> None:
 
 @shared_task(bind=True, name=TaskNames.PROCESS_ITEM, acks_late=True, reject_on_worker_lost=True)
 def process_item(self, job_id: str, index: int, attempt: int = 1) -> None:
-    step = run_item(context_of(self.app), job_id, index, attempt)
+    ctx = context_of(self.app)
+    step = while_store_recovers(lambda: run_item(ctx, job_id, index, attempt, str(self.request.retries)))
     if step.retry_in is not None:
-        raise self.retry(args=(job_id, index), kwargs={"attempt": attempt + 1}, countdown=step.retry_in,
+        # Celery's own retry count does not see redeliveries; `attempt` is ours (see worker.items).
+        raise self.retry(args=(job_id, index), kwargs={"attempt": step.next_attempt}, countdown=step.retry_in,
                          max_retries=None)
     if step.next_index is not None:
         process_item.apply_async((job_id, step.next_index), queue=Queues.ITEMS)
@@ -42,4 +54,23 @@ def process_item(self, job_id: str, index: int, attempt: int = 1) -> None:
 
 @shared_task(bind=True, name=TaskNames.FINISH_JOB, acks_late=True, reject_on_worker_lost=True)
 def finish(self, job_id: str) -> None:
-    finish_job(context_of(self.app), job_id)
+    ctx = context_of(self.app)
+    while_store_recovers(lambda: finish_job(ctx, job_id))
+
+
+def while_store_recovers(work: Callable[[], T], patience: float = STORE_PATIENCE_SECONDS) -> T:
+    """Run ``work``, riding out a Redis restart instead of failing (and so losing) the message.
+
+    The item's steps are safe to repeat, so running it again from the start is always right.
+    """
+    deadline = time.monotonic() + patience
+    delay = 0.2
+    while True:
+        try:
+            return work()
+        except redis.RedisError as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("job store unreachable (%s); trying again in %.1fs", type(exc).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)

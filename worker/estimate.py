@@ -1,0 +1,55 @@
+"""How long a job has left, from the work left, the pace so far and the downstream limits."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from worker.settings import Tenant
+
+#: Calls an item makes, on average, when nothing is known of the batch: two identifiers looked
+#: up, one write, one lookup for the result.
+LOOKUPS_PER_ITEM = 3
+CALLS_PER_ITEM = 4
+
+
+def seconds_left(job: dict[str, Any], tenant: Tenant, now: datetime) -> float | None:
+    """The larger of what the pace so far and what the rate limits allow; None when unknown.
+
+    The limits bound the estimate from below: a job that has run fast while the add bucket
+    was full cannot go on faster than the add limit allows for the new customers still to come.
+    """
+    left = job["totalCount"] - job["processedCount"]
+    if job.get("finishedAt") or left <= 0:
+        return 0.0
+    bounds: list[float] = []
+    if job["processedCount"] and job.get("startedAt"):
+        elapsed = (now - _parse(job["startedAt"])).total_seconds()
+        bounds.append(left * max(elapsed, 0.0) / job["processedCount"])
+    written = job["createdCount"] + job["updatedCount"]
+    share_new = job["createdCount"] / written if written else 1.0
+    per_second = {name: rpm / 60.0 for name, rpm in tenant.rate_limits.items()}
+    if "add" in per_second:
+        bounds.append(left * share_new / per_second["add"])
+    if "update" in per_second:
+        bounds.append(left * (1 - share_new) / per_second["update"])
+    if "lookup" in per_second:
+        bounds.append(left * LOOKUPS_PER_ITEM / per_second["lookup"])
+    if tenant.max_rps > 0:
+        bounds.append(left * CALLS_PER_ITEM / tenant.max_rps)
+    return max(bounds) if bounds else None
+
+
+def with_estimate(job: dict[str, Any], tenant: Tenant, now: datetime | None = None) -> dict[str, Any]:
+    now = now or datetime.now(UTC)
+    left = seconds_left(job, tenant, now)
+    job["estimatedSecondsLeft"] = None if left is None else round(left, 1)
+    job["estimatedCompletionAt"] = (
+        None if left is None or job.get("finishedAt")
+        else (now + timedelta(seconds=left)).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
+    return job
+
+
+def _parse(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
