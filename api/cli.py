@@ -80,7 +80,17 @@ class ApiClient:
 
 
 def read_batch(path: Path) -> list:
-    """A JSON array, or NDJSON (one customer per line)."""
+    """A JSON array, or NDJSON (one customer per line); lines of a results export count as their input."""
+    return [_as_input(element) for element in _read_elements(path)]
+
+
+def _as_input(element: Any) -> Any:
+    if isinstance(element, dict) and "input" in element and "action" in element and "index" in element:
+        return element["input"]
+    return element
+
+
+def _read_elements(path: Path) -> list:
     text = path.read_text(encoding="utf-8")
     try:
         data = json.loads(text)

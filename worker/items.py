@@ -5,9 +5,9 @@ Celery calls (retry later, enqueue the next item of a chain, start the job's fin
 
 Three kinds of "later", kept apart because only one of them is the item's fault:
 
-* a transient downstream failure: retried with exponential backoff and jitter, honouring
+* a transient downstream failure (but 429): retried with exponential backoff and jitter, honouring
   Retry-After, and counted: after ``ITEM_MAX_ATTEMPTS`` the item fails (code 9001);
-* no rate-limit token, or another job's item holding one of its identifiers: requeued with a
+* no rate-limit token, a 429, or another job's item holding one of its identifiers: requeued with a
   countdown, not counted, so waiting for a slow endpoint never fails an item;
 * a message taken again and again without an outcome (the worker died each time): after
   :data:`MAX_DELIVERIES` the item fails (code 9004) instead of killing workers forever.
@@ -24,7 +24,7 @@ from worker.context import WorkerContext
 from worker.jobs import identifier_keys
 from worker.jobstore import CANCELLED as JOB_CANCELLED
 from worker.jobstore import JobStore
-from worker.ratelimit import RateLimited
+from worker.ratelimit import RateLimited, holding
 from worker.upsert import CANCELLED, FAILED, ItemOutcome, error, upsert_customer
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,6 @@ CODE_REDELIVERED = 9004
 MAX_DELIVERIES = 4
 #: How long to wait before trying again for identifiers another job's item holds.
 LOCK_WAIT_SECONDS = (0.2, 1.0)
-#: The longest countdown for a rate-limited item: it looks again at least this often, and the
-#: countdown stays far inside the broker's visibility timeout.
-MAX_RATE_WAIT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +46,7 @@ class ItemStep:
 
     retry_in: float | None = None
     next_attempt: int = 1
+    reserved: dict[str, int] | None = None  # rate-limit tokens the next run holds, by endpoint
     next_index: int | None = None
     finish_job: bool = False
 
@@ -64,7 +62,8 @@ class StoreJournal:
         self.store.record_created(self.job_id, self.index, user_id)
 
 
-def run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int = 1, delivery: str = "0") -> ItemStep:
+def run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int = 1, delivery: str = "0",
+             reserved: dict[str, int] | None = None) -> ItemStep:
     store = ctx.store
     work = store.load_item(job_id, index, delivery)
     if work.header is None:
@@ -88,21 +87,33 @@ def run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int = 1, deli
         locks = ctx.locks.keys(work.header.tenant, identifier_keys(work.element))
         if not ctx.locks.acquire(locks, owner):
             return ItemStep(retry_in=random.uniform(*LOCK_WAIT_SECONDS), next_attempt=attempt)
+        held: dict[str, int] = {}
         try:
-            outcome = upsert_customer(
-                ctx.client_for(work.header.tenant),
-                work.element,
-                skip_change_identifier=work.header.skip_change_identifier,
-                priority=ctx.settings.identifier_priority,
-                journal=StoreJournal(store, job_id, index),
-            )
+            with holding(reserved) as held:
+                outcome = upsert_customer(
+                    ctx.client_for(work.header.tenant),
+                    work.element,
+                    skip_change_identifier=work.header.skip_change_identifier,
+                    priority=ctx.settings.identifier_priority,
+                    journal=StoreJournal(store, job_id, index),
+                )
         except RateLimited as exc:
-            wait = min(MAX_RATE_WAIT_SECONDS, exc.wait * random.uniform(1.0, 2.0))
-            return ItemStep(retry_in=wait, next_attempt=attempt)
+            # Tokens reserved but not used this run travel on with the item, so a run that redoes
+            # an update before reaching its reserved changeIdentifier cannot starve itself.
+            carry = {k: v for k, v in held.items() if v > 0}
+            if exc.reserved:
+                carry[exc.endpoint] = carry.get(exc.endpoint, 0) + 1
+                return ItemStep(retry_in=exc.wait, next_attempt=attempt, reserved=carry)
+            wait = min(ctx.settings.max_countdown_seconds, exc.wait * random.uniform(1.0, 1.5))
+            return ItemStep(retry_in=wait, next_attempt=attempt, reserved=carry or None)
         except RetryableError as exc:
+            if exc.status == 429:
+                # Throttled: the fleet is paused (see ratelimit); not the item's fault, not an attempt.
+                wait = min(ctx.settings.max_countdown_seconds, (exc.retry_after or 1.0) * random.uniform(1.0, 1.5))
+                return ItemStep(retry_in=wait, next_attempt=attempt)
             if attempt < ctx.settings.item_max_attempts:
                 delay = backoff_seconds(attempt, exc.retry_after, ctx.settings.retry_base_seconds,
-                                        ctx.settings.retry_max_seconds)
+                                        min(ctx.settings.retry_max_seconds, ctx.settings.max_countdown_seconds))
                 log.info("job %s item %s attempt %s failed (%s); retrying in %.1fs",
                          job_id, index, attempt, exc.message, delay)
                 return ItemStep(retry_in=delay, next_attempt=attempt + 1)
@@ -113,7 +124,10 @@ def run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int = 1, deli
         finally:
             ctx.locks.release(locks, owner)
 
-    _recorded, last, next_index = store.record_outcome(job_id, index, outcome.as_item(index), failed=outcome.failed)
+    item = outcome.as_item(index)
+    if outcome.failed:
+        item["input"] = work.element  # so the failed export can be resubmitted as it is
+    _recorded, last, next_index = store.record_outcome(job_id, index, item, failed=outcome.failed)
     return ItemStep(next_index=next_index, finish_job=last)
 
 

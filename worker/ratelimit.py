@@ -9,10 +9,14 @@ A bucket holds half a second of tokens: bursts stay well inside the downstream's
 (the simulator, like most gateways, allows about a second's worth), which absorbs the jitter
 between the moment we take a token and the moment the request lands.
 
-A call that finds no token soon does not sleep on its worker slot: it raises
-:class:`RateLimited` and the task requeues the item with a countdown, so a slot is never held by
-an ``add`` that waits while an ``update`` could run. Waits shorter than :data:`SLEEP_UNDER_SECONDS`
-are slept in place, which is cheaper than a round trip through the broker.
+A call that finds no token reserves the next free one (the bucket goes into debt, so waiters
+line up instead of stampeding). A write that must wait for its own endpoint's limit does not
+sleep on its worker slot: it raises :class:`RateLimited` and the task requeues the item with a
+countdown to its token, so a slot is never held by an ``add`` that waits while an ``update``
+could run; the requeued run gets its token back through :func:`holding`. Waits for lookups or
+for the all-endpoints limit are slept in place (see :data:`REQUEUE_ENDPOINTS`). Waits beyond the
+horizon (a backlog longer than the broker may hold a message) reserve nothing: the item is
+requeued and looks again later.
 
 A 429 from the downstream pauses the tenant's whole fleet for its ``Retry-After`` (the
 ``pause`` key every acquire checks), because when one worker is told to slow down, all are.
@@ -20,27 +24,34 @@ A 429 from the downstream pauses the tenant's whole fleet for its ``Retry-After`
 
 from __future__ import annotations
 
-import random
+import contextlib
+import contextvars
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import redis
 
 SLEEP_UNDER_SECONDS = 0.25
 BURST_SECONDS = 0.5
+#: We aim this far under each limit: the moment a token is taken and the moment the request lands
+#: differ by a lookup or two and the broker's countdown, so calls arrive bunched; the margin keeps
+#: those bunches inside the downstream's own burst allowance.
+HEADROOM = 0.9
 DEFAULT_PAUSE_SECONDS = 1.0
 
 _ACQUIRE = """
--- KEYS[1]: pause key; KEYS[2..]: bucket keys. ARGV: rate per second, capacity, for each bucket.
--- Answers 0 when a token was taken from every bucket, else the seconds to wait (as a string).
+-- KEYS[1]: pause key; KEYS[2..]: bucket keys. ARGV[1]: horizon (s); then rate per second and
+-- capacity for each bucket. Answers (as a string) 0: a token taken from every bucket, use it now;
+-- -w: a token reserved in every bucket, use it in w seconds; +w: nothing taken, ask again in w.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local pause = tonumber(redis.call('GET', KEYS[1]) or '0')
 if pause > now then return tostring(pause - now) end
+local horizon = tonumber(ARGV[1])
 local wait = 0
 local tokens = {}
 for i = 2, #KEYS do
-  local rate, cap = tonumber(ARGV[2 * i - 3]), tonumber(ARGV[2 * i - 2])
+  local rate, cap = tonumber(ARGV[2 * i - 2]), tonumber(ARGV[2 * i - 1])
   local state = redis.call('HMGET', KEYS[i], 'tokens', 'ts')
   local have = tonumber(state[1]) or cap
   local since = now - (tonumber(state[2]) or now)
@@ -50,12 +61,13 @@ for i = 2, #KEYS do
   if have < 1 then wait = math.max(wait, (1 - have) / rate) end
 end
 local take = 1
-if wait > 0 then take = 0 end
+if wait > horizon then take = 0 end
 for i = 2, #KEYS do
   redis.call('HSET', KEYS[i], 'tokens', tostring(tokens[i] - take), 'ts', tostring(now))
   redis.call('EXPIRE', KEYS[i], 3600)
 end
-return tostring(wait)
+if take == 0 then return tostring(wait) end
+return tostring(-wait)
 """
 
 _PAUSE = """
@@ -69,42 +81,74 @@ return 1
 """
 
 
-class RateLimited(Exception):
-    """No token for a while: requeue the item after ``wait`` seconds rather than hold a worker slot."""
+#: Write endpoints: an item that must wait long for one of these is requeued holding a reserved
+#: token. Lookups and the all-endpoints limit are waited out in place: every item needs them
+#: first, so requeueing for them would only restart the item at its first lookup, forever.
+REQUEUE_ENDPOINTS = frozenset({"add", "update", "changeIdentifier"})
 
-    def __init__(self, endpoint: str, wait: float) -> None:
+#: Tokens this item reserved on earlier runs and may use now, by endpoint (see RateLimiter).
+RESERVED: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar("reserved_tokens", default=None)
+
+
+class RateLimited(Exception):
+    """No token for a while: requeue the item after ``wait`` seconds rather than hold a worker slot.
+
+    ``reserved``: a token for ``endpoint`` is already taken for the item, due after ``wait``;
+    the next run passes it back through :func:`holding` instead of asking again.
+    """
+
+    def __init__(self, endpoint: str, wait: float, *, reserved: bool) -> None:
         super().__init__(f"{endpoint}: rate limited for {wait:.2f}s")
         self.endpoint = endpoint
         self.wait = wait
+        self.reserved = reserved
+
+
+@contextlib.contextmanager
+def holding(reserved: dict[str, int] | None) -> Iterator[dict[str, int]]:
+    """Run with the tokens earlier runs of the item reserved; yields what is left of them."""
+    tokens = {k: int(v) for k, v in (reserved or {}).items() if int(v) > 0}
+    context = RESERVED.set(tokens)
+    try:
+        yield tokens
+    finally:
+        RESERVED.reset(context)
 
 
 class RateLimiter:
     def __init__(self, client: redis.Redis, tenant_id: str, *, max_rps: float = 0.0,
-                 per_minute: Mapping[str, float] | None = None) -> None:
+                 per_minute: Mapping[str, float] | None = None, horizon: float = 30.0) -> None:
         self.redis = client
+        self.horizon = horizon
         prefix = f"cu:ratelimit:{tenant_id}"
         self.pause_key = f"{prefix}:pause"
-        self._global = (f"{prefix}:all", max_rps) if max_rps > 0 else None
-        self._endpoints = {name: (f"{prefix}:{name}", rpm / 60.0) for name, rpm in (per_minute or {}).items()}
+        self._global = (f"{prefix}:all", max_rps * HEADROOM) if max_rps > 0 else None
+        self._endpoints = {name: (f"{prefix}:{name}", rpm / 60.0 * HEADROOM)
+                           for name, rpm in (per_minute or {}).items()}
         self._acquire = client.register_script(_ACQUIRE)
         self._pause = client.register_script(_PAUSE)
 
     def acquire(self, endpoint: str) -> None:
-        """Take a token for one call to ``endpoint``, sleeping through short waits."""
-        keys, args = [self.pause_key], []
+        """Take a token for one call to ``endpoint``; sleep through a short wait, raise on a long one."""
+        reserved = RESERVED.get()
+        if reserved and reserved.get(endpoint):
+            reserved[endpoint] -= 1
+            return
+        keys, args = [self.pause_key], [self.horizon]
         for bucket in (self._global, self._endpoints.get(endpoint)):
             if bucket is not None:
                 key, rate = bucket
                 keys.append(key)
                 args += [rate, max(1.0, rate * BURST_SECONDS)]
-        deadline = time.monotonic() + 5 * SLEEP_UNDER_SECONDS
-        while True:
-            wait = float(self._acquire(keys=keys, args=args))
-            if wait <= 0:
-                return
-            if wait > SLEEP_UNDER_SECONDS or time.monotonic() + wait > deadline:
-                raise RateLimited(endpoint, wait)
-            time.sleep(wait + random.uniform(0, wait / 2))
+        answer = float(self._acquire(keys=keys, args=args))
+        if answer == 0:
+            return
+        if answer > 0:
+            raise RateLimited(endpoint, answer, reserved=False)
+        wait = -answer
+        if wait > SLEEP_UNDER_SECONDS and endpoint in REQUEUE_ENDPOINTS and endpoint in self._endpoints:
+            raise RateLimited(endpoint, wait, reserved=True)
+        time.sleep(wait)
 
     def pause(self, retry_after: float | None) -> None:
         """The downstream said 429: hold every worker of this tenant back for ``retry_after``."""

@@ -71,6 +71,12 @@ class Settings:
     identifier_priority: tuple[str, ...] = ("externalId", "mobile", "email", "cardnumber")
 
     @property
+    def max_countdown_seconds(self) -> float:
+        """The longest an item may wait in a worker for its countdown: well inside the visibility
+        timeout, or the Redis broker would hand the waiting message to a second worker."""
+        return min(60.0, self.broker_visibility_timeout / 3)
+
+    @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.redis_url
 

@@ -38,14 +38,18 @@ def fan_out(self, job_id: str) -> None:
             batch.done()
 
 
-@shared_task(bind=True, name=TaskNames.PROCESS_ITEM, acks_late=True, reject_on_worker_lost=True)
-def process_item(self, job_id: str, index: int, attempt: int = 1) -> None:
+# max_retries=None on the task: unlimited for Celery (`retry(max_retries=None)` would mean "the
+# default of 3"). Our own limits live in worker.items: attempts, and deliveries.
+@shared_task(bind=True, name=TaskNames.PROCESS_ITEM, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def process_item(self, job_id: str, index: int, attempt: int = 1, reserved: dict | None = None) -> None:
     ctx = context_of(self.app)
-    step = while_store_recovers(lambda: run_item(ctx, job_id, index, attempt, str(self.request.retries)))
+    step = while_store_recovers(
+        lambda: run_item(ctx, job_id, index, attempt, str(self.request.retries), reserved)
+    )
     if step.retry_in is not None:
         # Celery's own retry count does not see redeliveries; `attempt` is ours (see worker.items).
-        raise self.retry(args=(job_id, index), kwargs={"attempt": step.next_attempt}, countdown=step.retry_in,
-                         max_retries=None)
+        raise self.retry(args=(job_id, index), kwargs={"attempt": step.next_attempt, "reserved": step.reserved},
+                         countdown=step.retry_in)
     if step.next_index is not None:
         process_item.apply_async((job_id, step.next_index), queue=Queues.ITEMS)
     if step.finish_job:
