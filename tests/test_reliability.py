@@ -27,7 +27,7 @@ class Stack:
         self.tmp_path = tmp_path
         self.redis = RedisServer(tmp_path, appendonly=appendonly).start()
         # A short visibility timeout, so a killed worker's messages come back within the test.
-        self.settings = make_settings(self.redis.url, simulator.url, broker_visibility_timeout=10, **overrides)
+        self.settings = make_settings(self.redis.url, simulator.url, broker_visibility_timeout=20, **overrides)
         self.api = ApiClient(create_app(self.settings))
         self.workers: list[Worker] = []
 

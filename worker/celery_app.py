@@ -23,7 +23,16 @@ def create_celery(settings: Settings) -> Celery:
         # longest an item lives in one worker: a retry countdown (held unacknowledged until due,
         # at most RETRY_MAX_SECONDS or a minute of rate-limit wait) plus its calls with their
         # timeouts. Default 300 s: a killed worker's items run again within five minutes.
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+        broker_transport_options={
+            "visibility_timeout": settings.broker_visibility_timeout,
+            # kombu looks for such messages every interval x throttle seconds (10 x 10 by
+            # default): scan every few seconds instead, so they come back soon after the timeout.
+            "unacked_restore_interval": max(1, min(10, settings.broker_visibility_timeout // 5)),
+            "unacked_restore_throttle": 1,
+            # The restore lock of a worker killed while restoring must not block the others for
+            # kombu's default five minutes.
+            "unacked_mutex_expire": 30,
+        },
         broker_connection_retry_on_startup=True,
         task_default_queue=Queues.ITEMS,
         task_routes={

@@ -34,7 +34,7 @@ class WorkerContext:
                     raise KeyError(f"unknown tenant {tenant_id!r}")
                 limiter = RateLimiter(self.store.redis, tenant.id, max_rps=tenant.max_rps,
                                       per_minute=tenant.rate_limits,
-                                      horizon=self.settings.max_countdown_seconds)
+                                      horizon=self.settings.max_rate_sleep_seconds)
                 client = CapillaryClient(
                     tenant,
                     timeout=self.settings.capillary_timeout_seconds,

@@ -77,6 +77,14 @@ class Settings:
         return min(60.0, self.broker_visibility_timeout / 3)
 
     @property
+    def max_rate_sleep_seconds(self) -> float:
+        """The longest one call sleeps in place for a rate-limit token (lookups, the global limit).
+
+        An item makes about five calls, so five such sleeps plus a countdown and the calls'
+        timeouts must stay inside the visibility timeout too."""
+        return self.broker_visibility_timeout / 10
+
+    @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.redis_url
 
