@@ -194,6 +194,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "RETRY_MAX_SECONDS": str(settings.retry_max_seconds),
         "JOB_TTL_SECONDS": str(settings.job_ttl_seconds),
         "BROKER_VISIBILITY_TIMEOUT": str(settings.broker_visibility_timeout),
+        "JOB_STALL_SECONDS": str(settings.job_stall_seconds),
     }
     if settings.broker_url:
         env["BROKER_URL"] = settings.broker_url

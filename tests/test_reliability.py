@@ -70,9 +70,10 @@ def rabbitmq_vhost():
     subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True)
 
 
-def customers(n: int, tag: str, **profile) -> list[dict]:
+def customers(n: int, tag: str, first_mobile: int = 0, **profile) -> list[dict]:
     return [{"profiles": [{"firstName": f"N{i}", "identifiers": [
-        {"type": "externalId", "value": f"{tag}-{i}"}, {"type": "mobile", "value": f"91{80000000 + i:08d}"}],
+        {"type": "externalId", "value": f"{tag}-{i}"},
+        {"type": "mobile", "value": f"91{80000000 + first_mobile + i:08d}"}],
         "source": "WEB_ENGAGE", "accountId": "acc1", **profile}]} for i in range(n)]
 
 
@@ -111,6 +112,26 @@ def test_a_worker_killed_mid_job_loses_and_doubles_nothing(make_stack, sim, requ
     assert_exact(job, 2000)
     assert job["createdCount"] + job["updatedCount"] == 2000
     assert len(sim.customers()) == 2000
+
+
+def test_messages_lost_in_transit_are_found_and_handed_out_again(make_stack, sim):
+    """Celery over Redis can lose a message a dying worker had just taken; the sweeper finds it."""
+    import redis
+
+    stack = make_stack(job_stall_seconds=3)
+    broker = redis.Redis.from_url(stack.redis.url)
+    lost_fan_out = stack.api.submit(customers(50, "LOSTF-" + uuid.uuid4().hex[:6])).get_json()["jobId"]
+    assert broker.delete("jobs") == 1  # the fan-out message is gone before any worker saw it
+    sim.configure(latencyMs=10)
+    worker = stack.worker(worker_concurrency=4)
+    lost_items = stack.api.submit(customers(300, "LOSTI-" + uuid.uuid4().hex[:6], 1000)).get_json()["jobId"]
+    wait_for(lambda: progress(stack.api, lost_items)["processedCount"] >= 20, timeout=60, what="20 items done")
+    assert broker.delete("items") == 1  # every queued item message is gone
+
+    assert_exact(stack.api.wait(lost_fan_out, timeout=60), 50)
+    assert_exact(stack.api.wait(lost_items, timeout=60), 300)
+    assert len(sim.customers()) == 350
+    assert b"lost items again" in worker.log_path.read_bytes()
 
 
 # -- faults ---------------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ import redis
 
 CHUNK = 1000
 PREFIX = "cu"
+#: Unfinished jobs by the time of their last progress, for the sweeper (worker/sweeper.py).
+ACTIVE_KEY = f"{PREFIX}:active"
 
 QUEUED, RUNNING, COMPLETED, CANCELLED = "QUEUED", "RUNNING", "COMPLETED", "CANCELLED"
 FINAL_STATES = frozenset({COMPLETED, CANCELLED})
@@ -38,11 +40,12 @@ COUNTERS = ("totalCount", "processedCount", "successCount", "failureCount", "cre
             "cancelledCount")
 
 _RECORD_OUTCOME = """
--- KEYS: job, result chunk, failed zset, ok zset, next hash
--- ARGV: index, item json, failed (0/1), counter for the action or '', ttl
+-- KEYS: job, result chunk, failed zset, ok zset, next hash, active jobs zset
+-- ARGV: index, item json, failed (0/1), counter for the action or '', ttl, now, job id
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then
   return {-1, redis.call('HGET', KEYS[5], ARGV[1]) or false}
 end
+redis.call('ZADD', KEYS[6], ARGV[6], ARGV[7])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 if ARGV[3] == '1' then
   redis.call('HINCRBY', KEYS[1], 'failureCount', 1)
@@ -187,6 +190,7 @@ class JobStore:
         pipe.hset(key, mapping={k: str(v) for k, v in doc.items()})
         pipe.expire(key, self.ttl)
         pipe.zadd(self.tenant_jobs_key(tenant), {job_id: time.time()})
+        pipe.zadd(ACTIVE_KEY, {job_id: time.time()})
         pipe.execute()
         return job_id
 
@@ -202,7 +206,9 @@ class JobStore:
         pipe.hexists(self._chunk_key(job_id, "res", index), str(index))
         pipe.hincrby(f"{key}:deliveries", f"{index}:{delivery}", 1)
         pipe.expire(f"{key}:deliveries", self.ttl)
-        (tenant, state, skip), raw, done, deliveries, _ = pipe.execute()
+        pipe.hset(f"{key}:touched", str(index), repr(time.time()))
+        pipe.expire(f"{key}:touched", self.ttl)
+        (tenant, state, skip), raw, done, deliveries, *_ = pipe.execute()
         if tenant is None:
             return ItemWork(header=None, element=None, already_done=bool(done))
         header = JobHeader(tenant=tenant, state=state, skip_change_identifier=skip == "1")
@@ -216,8 +222,9 @@ class JobStore:
         )
         key = self.job_key(job_id)
         last, nxt = self._record(
-            keys=[key, self._chunk_key(job_id, "res", index), f"{key}:failed", f"{key}:ok", f"{key}:next"],
-            args=[index, json.dumps(item, separators=(",", ":")), "1" if failed else "0", counter, self.ttl],
+            keys=[key, self._chunk_key(job_id, "res", index), f"{key}:failed", f"{key}:ok", f"{key}:next", ACTIVE_KEY],
+            args=[index, json.dumps(item, separators=(",", ":")), "1" if failed else "0", counter, self.ttl,
+                  time.time(), job_id],
         )
         return last != -1, last == 1, int(nxt) if nxt is not None else None
 
@@ -239,16 +246,49 @@ class JobStore:
 
     def mark_running(self, job_id: str) -> None:
         self._start(keys=[self.job_key(job_id)], args=[now_iso()])
+        self.touch_active(job_id)
+
+    # -- the sweeper's view ----------------------------------------------------------------------
+
+    def touch_active(self, job_id: str, now: float | None = None) -> None:
+        self.redis.zadd(ACTIVE_KEY, {job_id: time.time() if now is None else now})
+
+    def forget_active(self, job_id: str) -> None:
+        self.redis.zrem(ACTIVE_KEY, job_id)
+
+    def stalled_jobs(self, progress_before: float, limit: int = 100) -> list[str]:
+        return self.redis.zrangebyscore(ACTIVE_KEY, "-inf", progress_before, start=0, num=limit)
+
+    def lost_items(self, job_id: str, total: int, *, touched_before: float) -> list[int]:
+        """Items with no outcome that could run now and that no worker has taken lately."""
+        key = self.job_key(job_id)
+        pipe = self.redis.pipeline(transaction=False)
+        for start in range(0, total, CHUNK):
+            pipe.hkeys(self._chunk_key(job_id, "res", start))
+        pipe.hgetall(f"{key}:touched")
+        pipe.hgetall(f"{key}:next")
+        *chunks, touched, chains = pipe.execute()
+        done = {int(i) for chunk in chunks for i in chunk}
+        waits_for = {int(nxt): int(prev) for prev, nxt in chains.items()}
+        return [
+            i for i in range(total)
+            if i not in done
+            and (i not in waits_for or waits_for[i] in done)
+            and float(touched.get(str(i), 0)) < touched_before
+        ]
 
     def finish(self, job_id: str) -> bool:
         """Set the final state; True only for the one call that did it."""
-        return self._finish(keys=[self.job_key(job_id)], args=[now_iso(), self.ttl]) == 1
+        finished = self._finish(keys=[self.job_key(job_id)], args=[now_iso(), self.ttl]) == 1
+        if finished:
+            self.forget_active(job_id)
+        return finished
 
     def keep_for_ttl(self, job_id: str, total: int) -> None:
         """Restart every key's expiry so a finished job is kept JOB_TTL_SECONDS from now."""
         key = self.job_key(job_id)
         pipe = self.redis.pipeline(transaction=False)
-        for suffix in ("", ":failed", ":ok", ":next", ":created", ":deliveries"):
+        for suffix in ("", ":failed", ":ok", ":next", ":created", ":deliveries", ":touched"):
             pipe.expire(key + suffix, self.ttl)
         for start in range(0, total, CHUNK):
             pipe.expire(self._chunk_key(job_id, "in", start), self.ttl)

@@ -47,6 +47,9 @@ class Settings:
     broker_url: str = ""  # empty: the broker is REDIS_URL
     #: Redis broker only: an unacknowledged message comes back after this long (see celery_app).
     broker_visibility_timeout: int = 300
+    #: A job with no new outcome for this long, while the item queue is empty, gets its lost items
+    #: published again (worker/sweeper.py). 0: the visibility timeout plus a minute.
+    job_stall_seconds: float = 0.0
     capillary_base_url: str = "http://127.0.0.1:8100"
     capillary_till: str = ""
     capillary_password: str = field(default="", repr=False)
@@ -75,6 +78,10 @@ class Settings:
         """The longest an item may wait in a worker for its countdown: well inside the visibility
         timeout, or the Redis broker would hand the waiting message to a second worker."""
         return min(60.0, self.broker_visibility_timeout / 3)
+
+    @property
+    def stall_seconds(self) -> float:
+        return self.job_stall_seconds or self.broker_visibility_timeout + 60.0
 
     @property
     def max_rate_sleep_seconds(self) -> float:
@@ -113,6 +120,7 @@ class Settings:
             redis_url=text("REDIS_URL", defaults.redis_url),
             broker_url=text("BROKER_URL", ""),
             broker_visibility_timeout=int(number("BROKER_VISIBILITY_TIMEOUT", 300, int, 10)),
+            job_stall_seconds=number("JOB_STALL_SECONDS", 0.0),
             capillary_base_url=text("CAPILLARY_BASE_URL", defaults.capillary_base_url).rstrip("/"),
             capillary_till=text("CAPILLARY_TILL", ""),
             capillary_password=env.get("CAPILLARY_PASSWORD", ""),

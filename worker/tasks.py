@@ -8,12 +8,15 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import redis
+from amqp.exceptions import ChannelError
 from celery import shared_task
+from celery.signals import worker_ready, worker_shutdown
 
 from worker.context import context_of
 from worker.items import run_item
 from worker.jobs import fan_out_indexes, finish_job
 from worker.queues import Queues, TaskNames
+from worker.sweeper import SweeperThread, sweep
 
 log = logging.getLogger(__name__)
 
@@ -78,3 +81,47 @@ def while_store_recovers(work: Callable[[], T], patience: float = STORE_PATIENCE
             log.warning("job store unreachable (%s); trying again in %.1fs", type(exc).__name__, delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+_sweepers: list[SweeperThread] = []
+
+
+@worker_ready.connect
+def start_sweeper(sender, **kwargs) -> None:
+    app = sender.app
+    ctx = context_of(app)
+    stall = ctx.settings.stall_seconds
+
+    def run_once() -> int:
+        return sweep(
+            ctx.store,
+            stall_seconds=stall,
+            queue_depth=lambda: items_waiting(app),
+            publish_item=lambda job_id, index: process_item.apply_async((job_id, index), queue=Queues.ITEMS),
+            finish=lambda job_id: finish.apply_async((job_id,), queue=Queues.JOBS),
+        )
+
+    thread = SweeperThread(ctx.store, interval=max(1.0, stall / 5), run_once=run_once)
+    thread.start()
+    _sweepers.append(thread)
+
+
+@worker_shutdown.connect
+def stop_sweeper(**kwargs) -> None:
+    for thread in _sweepers:
+        thread.stopping.set()
+
+
+def items_waiting(app) -> int:
+    """Messages in the item queue; when unknown, assume some (a sweep then waits for next time)."""
+    try:
+        with app.connection_for_write() as conn:
+            return conn.default_channel.queue_declare(queue=Queues.ITEMS, passive=True).message_count
+    except ChannelError as exc:
+        if str(getattr(exc, "reply_code", "")) == "404":
+            return 0  # the Redis transport has no queue key once a queue is empty
+        log.warning("cannot read the item queue's length", exc_info=True)
+        return 1
+    except Exception:
+        log.warning("cannot read the item queue's length", exc_info=True)
+        return 1
