@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -11,8 +12,9 @@ from flask import Blueprint, Response, g, jsonify, request, stream_with_context,
 from api import params
 from api.auth import authenticate
 from api.errors import ApiError
-from api.intake import parse_batch, submit
+from api.intake import read_request_batch, submit
 from api.services import services
+from worker.callbacks import callback_problem
 from worker.estimate import with_estimate
 
 jobs = Blueprint("jobs", __name__, url_prefix="/v2/integrations/customer/upsert")
@@ -32,9 +34,20 @@ def submit_bulk():
     """Accept a batch; 202 with the job, or with ``wait=`` 200 and the synchronous API's shape."""
     skip = params.boolean("skipChangeIdentifier", False)
     wait = params.number("wait", 0, minimum=0, maximum=MAX_WAIT_SECONDS)
+    key = idempotency_key()
+    callback = request.args.get("callbackUrl") or None
+    if callback is not None:
+        problem = callback_problem(callback, g.tenant)
+        if problem:
+            raise ApiError(400, "invalid_callback", problem, field="callbackUrl")
     svc = services()
-    elements = parse_batch(request.get_data(cache=False), svc.settings.max_items_per_job)
-    job_id = submit(svc.store, svc.celery, tenant=g.tenant.id, elements=elements, skip_change_identifier=skip)
+    elements = read_request_batch(request, svc.settings.max_items_per_job)
+    if key is None:
+        job_id = submit(svc.store, svc.celery, tenant=g.tenant.id, elements=elements, skip_change_identifier=skip,
+                        callback_url=callback)
+    else:
+        canonical = json.dumps([elements, skip, callback], sort_keys=True, separators=(",", ":")).encode()
+        job_id = submit_once(key, hashlib.sha256(canonical).hexdigest(), elements, skip, callback)
     location = url_for("jobs.get_job", job_id=job_id)
     if wait:
         job = _wait_for(job_id, wait)
@@ -44,6 +57,40 @@ def submit_bulk():
                 {"response": items, "totalCount": job["totalCount"], "failureCount": job["failureCount"]}
             ), 200, {"Location": location}
     return jsonify(_document(svc.store.get_job(job_id))), 202, {"Location": location}
+
+
+def idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not key.isprintable():
+        raise ApiError(400, "invalid_header", "Idempotency-Key must be 1 to 255 printable characters",
+                       field="Idempotency-Key")
+    return key
+
+
+def submit_once(key: str, digest: str, elements: list, skip: bool, callback: str | None) -> str:
+    """The job this key already made (same body), or a new one; 409 for the key with another body."""
+    svc = services()
+    earlier = svc.store.claim_idempotency_key(g.tenant.id, key, digest)
+    if earlier is not None:
+        if earlier["digest"] != digest:
+            raise ApiError(409, "idempotency_key_reused",
+                           "this Idempotency-Key was used with a different body or skipChangeIdentifier; "
+                           "use a new key for a new batch", field="Idempotency-Key")
+        if earlier["jobId"] is None:
+            raise ApiError(409, "idempotency_key_in_flight",
+                           "a request with this Idempotency-Key is still being accepted; retry shortly",
+                           field="Idempotency-Key")
+        return earlier["jobId"]
+    try:
+        job_id = submit(svc.store, svc.celery, tenant=g.tenant.id, elements=elements, skip_change_identifier=skip,
+                        callback_url=callback)
+    except Exception:
+        svc.store.release_idempotency_key(g.tenant.id, key)
+        raise
+    svc.store.bind_idempotency_key(g.tenant.id, key, digest, job_id)
+    return job_id
 
 
 @jobs.get("/jobs")

@@ -44,7 +44,7 @@ def test_seed_batch_creates_the_first_customer_and_fails_the_second_alone(api, s
 
     assert second["index"] == 1 and second["action"] == "FAILED" and second["entityId"] is None
     fields = {e["field"] for e in second["errors"]}
-    assert "profiles[0].source" in fields
+    assert "[1].profiles[0].source" in fields
     assert all(e["message"] for e in second["errors"])
 
     stored = sim.customers()
@@ -110,7 +110,7 @@ def test_a_thousand_items_with_some_invalid_ones_are_accounted_for_exactly(api, 
     assert (job["successCount"], job["createdCount"]) == (1000 - len(invalid), 1000 - len(invalid))
     failed = api.results(job["jobId"], outcome="failed")
     assert [item["index"] for item in failed] == sorted(invalid)
-    assert all(item["errors"][0]["field"] == "profiles[0].source" for item in failed)
+    assert all(item["errors"][0]["field"] == f"[{item['index']}].profiles[0].source" for item in failed)
 
     pages = [api.get(f"/jobs/{job['jobId']}/results", offset=offset, limit=250).get_json()
              for offset in range(0, 1000, 250)]

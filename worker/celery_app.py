@@ -38,6 +38,7 @@ def create_celery(settings: Settings) -> Celery:
         task_routes={
             TaskNames.FAN_OUT: {"queue": Queues.JOBS},
             TaskNames.FINISH_JOB: {"queue": Queues.JOBS},
+            TaskNames.SEND_CALLBACK: {"queue": Queues.JOBS},
             TaskNames.PROCESS_ITEM: {"queue": Queues.ITEMS},
         },
         worker_send_task_events=True,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import requests
+
 from worker.client import CapillaryClient
 from worker.jobstore import JobStore
 from worker.locks import IdentifierLocks
@@ -22,6 +24,8 @@ class WorkerContext:
             max_connections=settings.worker_concurrency + 16,
         )
         self.locks = IdentifierLocks(self.store.redis)
+        #: For callbacks: a session of its own, apart from the downstream's pools.
+        self.http = requests.Session()
         self._clients: dict[str, CapillaryClient] = {}
         self._lock = threading.Lock()
 

@@ -24,6 +24,7 @@ from worker.context import WorkerContext
 from worker.jobs import identifier_keys
 from worker.jobstore import CANCELLED as JOB_CANCELLED
 from worker.jobstore import JobStore
+from worker.logs import CURRENT, mask_value
 from worker.ratelimit import RateLimited, holding
 from worker.upsert import CANCELLED, FAILED, ItemOutcome, error, upsert_customer
 
@@ -64,6 +65,15 @@ class StoreJournal:
 
 def run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int = 1, delivery: str = "0",
              reserved: dict[str, int] | None = None) -> ItemStep:
+    token = CURRENT.set((job_id, index))
+    try:
+        return _run_item(ctx, job_id, index, attempt, delivery, reserved)
+    finally:
+        CURRENT.reset(token)
+
+
+def _run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int, delivery: str,
+              reserved: dict[str, int] | None) -> ItemStep:
     store = ctx.store
     work = store.load_item(job_id, index, delivery)
     if work.header is None:
@@ -127,8 +137,16 @@ def run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int = 1, deli
     item = outcome.as_item(index)
     if outcome.failed:
         item["input"] = work.element  # so the failed export can be resubmitted as it is
-    _recorded, last, next_index = store.record_outcome(job_id, index, item, failed=outcome.failed)
+    recorded, last, next_index = store.record_outcome(job_id, index, item, failed=outcome.failed)
+    if recorded:
+        log.info("item %s entity=%s identifiers=[%s]%s", outcome.action, outcome.entity_id,
+                 _masked_identifiers(work.element),
+                 "".join(f" error {e.get('code')}: {e.get('message')}" for e in item["errors"]))
     return ItemStep(next_index=next_index, finish_job=last)
+
+
+def _masked_identifiers(element) -> str:
+    return ", ".join(f"{kind}={mask_value(kind, value)}" for kind, value, _s, _a in identifier_keys(element))
 
 
 def _after_redelivery(store: JobStore, job_id: str, index: int) -> ItemStep:

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from worker import callbacks
+from worker.client import PermanentError, RetryableError
 from worker.context import WorkerContext
 from worker.jobstore import JobStore
 
@@ -94,3 +96,25 @@ def finish_job(ctx: WorkerContext, job_id: str) -> bool:
     log.info("job %s %s: %s items, %s failed", job_id, job.get("state"), job.get("totalCount"),
              job.get("failureCount"))
     return True
+
+
+def send_callback(ctx: WorkerContext, job_id: str, attempt: int) -> float | None:
+    """POST the final job document to the job's callbackUrl; answer a delay to try again after, or None."""
+    job_hash = ctx.store.redis.hmget(ctx.store.job_key(job_id), "callbackUrl", "tenant")
+    url, tenant_id = job_hash
+    tenant = ctx.tenants.get(tenant_id or "")
+    job = ctx.store.get_job(job_id)
+    if not url or tenant is None or job is None:
+        return None
+    try:
+        callbacks.deliver(ctx.http, url, job, tenant)
+    except RetryableError as exc:
+        if attempt >= callbacks.MAX_ATTEMPTS:
+            log.warning("job %s: callback gave up after %s attempts (%s)", job_id, attempt, exc.message)
+            return None
+        return min(ctx.settings.max_countdown_seconds, 2.0 ** attempt)
+    except PermanentError as exc:
+        log.warning("job %s: callback refused (%s)", job_id, exc.message)
+        return None
+    log.info("job %s: callback delivered", job_id)
+    return None

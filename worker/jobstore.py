@@ -18,6 +18,7 @@ one item (the one that brings ``processedCount`` to ``totalCount``) learns that 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -247,6 +248,27 @@ class JobStore:
     def mark_running(self, job_id: str) -> None:
         self._start(keys=[self.job_key(job_id)], args=[now_iso()])
         self.touch_active(job_id)
+
+    # -- idempotency keys ------------------------------------------------------------------------
+
+    def claim_idempotency_key(self, tenant: str, key: str, digest: str) -> dict | None:
+        """Claim ``key`` for a new submission; answer the earlier claim if there is one.
+
+        The claim is made before the job exists (so two racing requests cannot both create one)
+        and holds no job id until :meth:`bind_idempotency_key`; an unbound claim lapses in a minute.
+        """
+        name = f"{PREFIX}:idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
+        if self.redis.set(name, json.dumps({"digest": digest, "jobId": None}), nx=True, ex=60):
+            return None
+        raw = self.redis.get(name)
+        return json.loads(raw) if raw else {"digest": digest, "jobId": None}
+
+    def bind_idempotency_key(self, tenant: str, key: str, digest: str, job_id: str) -> None:
+        name = f"{PREFIX}:idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
+        self.redis.set(name, json.dumps({"digest": digest, "jobId": job_id}), ex=self.ttl)
+
+    def release_idempotency_key(self, tenant: str, key: str) -> None:
+        self.redis.delete(f"{PREFIX}:idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}")
 
     # -- the sweeper's view ----------------------------------------------------------------------
 

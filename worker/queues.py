@@ -16,3 +16,4 @@ class TaskNames:
     FAN_OUT = "customer_upsert.fan_out"
     PROCESS_ITEM = "customer_upsert.process_item"
     FINISH_JOB = "customer_upsert.finish_job"
+    SEND_CALLBACK = "customer_upsert.send_callback"

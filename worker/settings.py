@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 DEFAULT_TENANT_ID = "default"
 
@@ -39,6 +40,8 @@ class Tenant:
     max_rps: float = 0.0
     rate_limits: Mapping[str, float] = field(default_factory=dict)  # requests per minute
     webhook_secret: str = field(default="", repr=False)
+    #: Hosts a job's callbackUrl may point at; none: callbacks are refused.
+    callback_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,9 @@ class Settings:
     capillary_rate_limits: Mapping[str, float] = field(default_factory=dict)
     capillary_timeout_seconds: float = 10.0
     upsert_api_token: str = field(default="", repr=False)
+    #: The default tenant's callback signing secret and the hosts its callbackUrl may name.
+    upsert_webhook_secret: str = field(default="", repr=False)
+    upsert_callback_hosts: tuple[str, ...] = ()
     #: Where the command line's client commands find the API.
     upsert_url: str = "http://127.0.0.1:8000"
     tenants_file: str = ""
@@ -131,6 +137,9 @@ class Settings:
             capillary_timeout_seconds=number("CAPILLARY_TIMEOUT_SECONDS", 10.0, minimum=0.1),
             upsert_api_token=env.get("UPSERT_API_TOKEN", "").strip(),
             upsert_url=text("UPSERT_URL", defaults.upsert_url).rstrip("/"),
+            upsert_webhook_secret=env.get("UPSERT_WEBHOOK_SECRET", ""),
+            upsert_callback_hosts=tuple(h.strip().lower() for h in env.get("UPSERT_CALLBACK_HOSTS", "").split(",")
+                                        if h.strip()),
             tenants_file=text("UPSERT_TENANTS_FILE", ""),
             port=int(number("PORT", 8000, int, 1)),
             worker_concurrency=int(number("WORKER_CONCURRENCY", 32, int, 1)),
@@ -158,11 +167,74 @@ class Settings:
             oauth_secret=self.capillary_oauth_secret,
             max_rps=self.capillary_max_rps,
             rate_limits=dict(self.capillary_rate_limits),
+            webhook_secret=self.upsert_webhook_secret,
+            callback_hosts=self.upsert_callback_hosts,
         )
 
     def tenants(self) -> dict[str, Tenant]:
-        """Tenants by id. Without a tenants file, the one default tenant from the environment."""
-        return {DEFAULT_TENANT_ID: self.default_tenant()}
+        """Tenants by id: those of ``UPSERT_TENANTS_FILE``, plus the default tenant from the
+        environment when ``UPSERT_API_TOKEN`` is set (or when there is no file)."""
+        tenants: dict[str, Tenant] = {}
+        if self.tenants_file:
+            tenants.update(load_tenants_file(self.tenants_file, self))
+        if self.upsert_api_token or not tenants:
+            tenants.setdefault(DEFAULT_TENANT_ID, self.default_tenant())
+        tokens = [t.token for t in tenants.values() if t.token]
+        if len(tokens) != len(set(tokens)):
+            raise SettingsError("two tenants share one API token")
+        return tenants
+
+
+_TENANT_FIELDS = {
+    "token": str, "capillary_base_url": str, "till": str, "password": str, "oauth_key": str, "oauth_secret": str,
+    "max_rps": float, "rate_limits": object, "webhook_secret": str, "callback_hosts": list,
+}
+
+
+def load_tenants_file(path: str, defaults: Settings) -> dict[str, Tenant]:
+    """Read ``UPSERT_TENANTS_FILE`` (TOML, or JSON when the name ends in .json); see the README."""
+    import json
+    import tomllib
+
+    try:
+        raw = Path(path).read_bytes()
+        data = json.loads(raw) if path.endswith(".json") else tomllib.loads(raw.decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"UPSERT_TENANTS_FILE {path}: {exc}")
+    entries = data.get("tenants")
+    if not isinstance(entries, dict) or not entries:
+        raise SettingsError(f"UPSERT_TENANTS_FILE {path}: expected a [tenants.NAME] table per tenant")
+    tenants = {}
+    for tenant_id, entry in entries.items():
+        where = f"UPSERT_TENANTS_FILE {path}: tenant {tenant_id!r}"
+        if not isinstance(entry, dict):
+            raise SettingsError(f"{where}: expected a table")
+        unknown = set(entry) - set(_TENANT_FIELDS)
+        if unknown:
+            raise SettingsError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+        if not str(entry.get("token") or "").strip():
+            raise SettingsError(f"{where}: token is required")
+        limits = entry.get("rate_limits") or {}
+        if isinstance(limits, str):
+            limits = parse_rate_limits(limits)
+        elif isinstance(limits, dict):
+            limits = parse_rate_limits(",".join(f"{k}={v}" for k, v in limits.items()))
+        else:
+            raise SettingsError(f"{where}: rate_limits must be a table or 'add=100,...'")
+        tenants[tenant_id] = Tenant(
+            id=tenant_id,
+            token=str(entry["token"]).strip(),
+            base_url=str(entry.get("capillary_base_url") or defaults.capillary_base_url).rstrip("/"),
+            till=str(entry.get("till") or ""),
+            password=str(entry.get("password") or ""),
+            oauth_key=str(entry.get("oauth_key") or ""),
+            oauth_secret=str(entry.get("oauth_secret") or ""),
+            max_rps=float(entry.get("max_rps") or 0),
+            rate_limits=limits,
+            webhook_secret=str(entry.get("webhook_secret") or ""),
+            callback_hosts=tuple(str(h).lower() for h in entry.get("callback_hosts") or ()),
+        )
+    return tenants
 
 
 def parse_rate_limits(raw: str) -> dict[str, float]:

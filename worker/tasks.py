@@ -10,11 +10,12 @@ from typing import TypeVar
 import redis
 from amqp.exceptions import ChannelError
 from celery import shared_task
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import setup_logging, worker_ready, worker_shutdown
 
 from worker.context import context_of
 from worker.items import run_item
-from worker.jobs import fan_out_indexes, finish_job
+from worker.jobs import fan_out_indexes, finish_job, send_callback
+from worker.logs import configure_logging
 from worker.queues import Queues, TaskNames
 from worker.sweeper import SweeperThread, sweep
 
@@ -62,7 +63,16 @@ def process_item(self, job_id: str, index: int, attempt: int = 1, reserved: dict
 @shared_task(bind=True, name=TaskNames.FINISH_JOB, acks_late=True, reject_on_worker_lost=True)
 def finish(self, job_id: str) -> None:
     ctx = context_of(self.app)
-    while_store_recovers(lambda: finish_job(ctx, job_id))
+    if while_store_recovers(lambda: finish_job(ctx, job_id)) and ctx.store.redis.hexists(
+            ctx.store.job_key(job_id), "callbackUrl"):
+        callback.apply_async((job_id,), queue=Queues.JOBS)
+
+
+@shared_task(bind=True, name=TaskNames.SEND_CALLBACK, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def callback(self, job_id: str, attempt: int = 1) -> None:
+    delay = send_callback(context_of(self.app), job_id, attempt)
+    if delay is not None:
+        raise self.retry(args=(job_id,), kwargs={"attempt": attempt + 1}, countdown=delay)
 
 
 def while_store_recovers(work: Callable[[], T], patience: float = STORE_PATIENCE_SECONDS) -> T:
@@ -81,6 +91,12 @@ def while_store_recovers(work: Callable[[], T], patience: float = STORE_PATIENCE
             log.warning("job store unreachable (%s); trying again in %.1fs", type(exc).__name__, delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+@setup_logging.connect
+def use_json_logs(loglevel=None, **kwargs) -> None:
+    """Connected, this replaces Celery's own logging set-up: JSON lines, personal data masked."""
+    configure_logging(loglevel or "INFO")
 
 
 _sweepers: list[SweeperThread] = []

@@ -44,12 +44,15 @@ class ItemOutcome:
         return bool(self.errors) or self.action in (FAILED, CANCELLED)
 
     def as_item(self, index: int) -> dict:
+        """The item as the results API shows it; error fields are paths in the whole submission."""
+        errors = [e | {"field": f"[{index}].{e['field']}" if e["field"] else f"[{index}]"} if "field" in e else e
+                  for e in self.errors]
         return {
             "index": index,
             "action": self.action,
             "entityId": self.entity_id,
             "result": self.result,
-            "errors": self.errors,
+            "errors": errors,
             "warnings": self.warnings,
         }
 
