@@ -198,6 +198,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
     if settings.broker_url:
         env["BROKER_URL"] = settings.broker_url
+    if settings.tenants_file:
+        env["UPSERT_TENANTS_FILE"] = settings.tenants_file
+    if settings.upsert_webhook_secret:
+        env["UPSERT_WEBHOOK_SECRET"] = settings.upsert_webhook_secret
+    if settings.upsert_callback_hosts:
+        env["UPSERT_CALLBACK_HOSTS"] = ",".join(settings.upsert_callback_hosts)
     return env
 
 
