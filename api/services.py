@@ -18,6 +18,7 @@ class Services:
     store: JobStore
     celery: Celery
     tenants: dict[str, Tenant] = field(default_factory=dict)
+    openapi: dict | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

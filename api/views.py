@@ -13,6 +13,7 @@ from api import params
 from api.auth import authenticate
 from api.errors import ApiError
 from api.intake import read_request_batch, submit
+from api.openapi import DOCS_PAGE, build_spec
 from api.services import services
 from worker.callbacks import callback_problem
 from worker.estimate import with_estimate
@@ -174,6 +175,19 @@ def readyz():
     if not services().store.ping():
         raise ApiError(503, "not_ready", "Redis is not reachable")
     return jsonify({"status": "ready"})
+
+
+@health.get("/openapi.json")
+def openapi():
+    svc = services()
+    if svc.openapi is None:
+        svc.openapi = build_spec()
+    return jsonify(svc.openapi)
+
+
+@health.get("/docs")
+def docs():
+    return Response(DOCS_PAGE, mimetype="text/html")
 
 
 @health.get("/metrics")

@@ -1,0 +1,170 @@
+"""The OpenAPI document of the public API, built with apispec from marshmallow schemas.
+
+The request schema of a customer is the one the worker validates with (worker/validation.py), so
+the document cannot drift from what is enforced; the response schemas below describe what the
+views and the job store produce, and the schemathesis test holds the service to them.
+"""
+
+from __future__ import annotations
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from marshmallow import Schema, fields
+from marshmallow import validate as v
+
+from worker.jobstore import CANCELLED, COMPLETED, QUEUED, RUNNING
+from worker.validation import CustomerSchema
+
+JOBS = "/v2/integrations/customer/upsert"
+STATES = [QUEUED, RUNNING, COMPLETED, CANCELLED]
+
+
+class ErrorEntry(Schema):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    field = fields.String()
+
+
+class ErrorBody(Schema):
+    errors = fields.List(fields.Nested(ErrorEntry), required=True)
+
+
+class Job(Schema):
+    jobId = fields.String(required=True)
+    state = fields.String(required=True, validate=v.OneOf(STATES))
+    skipChangeIdentifier = fields.Boolean(required=True)
+    totalCount = fields.Integer(required=True)
+    processedCount = fields.Integer(required=True)
+    successCount = fields.Integer(required=True)
+    failureCount = fields.Integer(required=True)
+    createdCount = fields.Integer(required=True)
+    updatedCount = fields.Integer(required=True)
+    cancelledCount = fields.Integer(required=True)
+    createdAt = fields.String(required=True)
+    startedAt = fields.String(required=True, allow_none=True)
+    finishedAt = fields.String(required=True, allow_none=True)
+    estimatedSecondsLeft = fields.Float(allow_none=True)
+    estimatedCompletionAt = fields.String(allow_none=True)
+
+
+class ItemError(Schema):
+    status = fields.Boolean()
+    code = fields.Integer(required=True)
+    message = fields.String(required=True)
+    field = fields.String()
+    attempts = fields.Integer()
+    lastStatus = fields.Integer(allow_none=True)
+
+
+class Item(Schema):
+    index = fields.Integer(required=True)
+    action = fields.String(required=True, validate=v.OneOf(["CREATED", "UPDATED", "FAILED", "CANCELLED", "PENDING"]))
+    entityId = fields.Integer(required=True, allow_none=True)
+    result = fields.Dict(required=True, allow_none=True, metadata={"description": "the customer in lookup shape"})
+    errors = fields.List(fields.Nested(ItemError), required=True)
+    warnings = fields.List(fields.Dict(), required=True)
+    input = fields.Raw(metadata={"description": "failed items only: the element as submitted"})
+
+
+class ResultsPage(Schema):
+    response = fields.List(fields.Nested(Item), required=True)
+    totalCount = fields.Integer(required=True)
+    failureCount = fields.Integer(required=True)
+    offset = fields.Integer(required=True)
+    limit = fields.Integer(required=True)
+
+
+class SyncResponse(Schema):
+    response = fields.List(fields.Nested(Item), required=True)
+    totalCount = fields.Integer(required=True)
+    failureCount = fields.Integer(required=True)
+
+
+class JobList(Schema):
+    jobs = fields.List(fields.Nested(Job), required=True)
+
+
+def _errors(*statuses: int) -> dict:
+    text = {400: "the request names what is wrong", 401: "no or wrong bearer token", 404: "no such job for this token",
+            409: "Idempotency-Key reused with another body", 413: "body or item count too large",
+            415: "not JSON or NDJSON"}
+    return {str(s): {"description": text[s], "content": {"application/json": {"schema": "ErrorBody"}}}
+            for s in statuses}
+
+
+def _query(name: str, schema: dict, description: str) -> dict:
+    return {"in": "query", "name": name, "schema": schema, "description": description}
+
+
+JOB_ID = {"in": "path", "name": "jobId", "required": True, "schema": {"type": "string"}}
+
+
+def build_spec() -> dict:
+    spec = APISpec(title="customer-upsert", version="1", openapi_version="3.0.3",
+                   plugins=[MarshmallowPlugin()],
+                   info={"description": "Asynchronous bulk customer upsert into a Capillary-style v2 API."})
+    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    for name, schema in (("ErrorBody", ErrorBody), ("Job", Job), ("Item", Item), ("ResultsPage", ResultsPage),
+                         ("SyncResponse", SyncResponse), ("JobList", JobList), ("Customer", CustomerSchema)):
+        spec.components.schema(name, schema=schema)
+    job = {"content": {"application/json": {"schema": "Job"}}}
+    spec.path(path=f"{JOBS}/bulk", operations={"post": {
+        "summary": "Submit a batch of customers as one job",
+        "security": [{"bearer": []}],
+        "parameters": [
+            _query("skipChangeIdentifier", {"type": "boolean"}, "leave identifiers as they are"),
+            _query("wait", {"type": "number", "minimum": 0, "maximum": 60},
+                   "seconds to wait; if the job ends in time, 200 with the synchronous shape"),
+            _query("callbackUrl", {"type": "string"}, "POSTed the final job document, signed"),
+            {"in": "header", "name": "Idempotency-Key", "schema": {"type": "string", "maxLength": 255}},
+        ],
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": {"type": "array", "minItems": 1, "items": {"$ref":
+                                                                                     "#/components/schemas/Customer"}}},
+            "application/x-ndjson": {"schema": {"type": "string"}},
+        }},
+        "responses": {"202": {"description": "accepted; Location names the job", **job},
+                      "200": {"description": "finished within wait=",
+                              "content": {"application/json": {"schema": "SyncResponse"}}},
+                      **_errors(400, 401, 409, 413, 415)},
+    }})
+    spec.path(path=f"{JOBS}/jobs", operations={"get": {
+        "summary": "The caller's recent jobs", "security": [{"bearer": []}],
+        "parameters": [_query("state", {"type": "string", "enum": STATES}, "only jobs in this state"),
+                       _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "at most this many")],
+        "responses": {"200": {"description": "jobs, newest first",
+                              "content": {"application/json": {"schema": "JobList"}}}, **_errors(400, 401)},
+    }})
+    spec.path(path=f"{JOBS}/jobs/{{jobId}}", operations={
+        "get": {"summary": "The job document", "security": [{"bearer": []}], "parameters": [JOB_ID],
+                "responses": {"200": {"description": "the job", **job}, **_errors(401, 404)}},
+        "delete": {"summary": "Cancel: items not yet started end CANCELLED", "security": [{"bearer": []}],
+                   "parameters": [JOB_ID],
+                   "responses": {"200": {"description": "the job after the cancel", **job}, **_errors(401, 404)}},
+    })
+    spec.path(path=f"{JOBS}/jobs/{{jobId}}/results", operations={"get": {
+        "summary": "Per-customer results in input order", "security": [{"bearer": []}],
+        "parameters": [JOB_ID,
+                       _query("offset", {"type": "integer", "minimum": 0}, "first index"),
+                       _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size"),
+                       _query("outcome", {"type": "string", "enum": ["all", "failed", "succeeded"]}, "filter"),
+                       _query("format", {"type": "string", "enum": ["json", "ndjson"]}, "ndjson: every item")],
+        "responses": {"200": {"description": "a page, or every item as NDJSON", "content": {
+            "application/json": {"schema": "ResultsPage"}, "application/x-ndjson": {"schema": {"type": "string"}}}},
+            **_errors(400, 401, 404)},
+    }})
+    plain = {"200": {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}}
+    spec.path(path="/healthz", operations={"get": {"summary": "The process is up", "responses": plain}})
+    spec.path(path="/readyz", operations={"get": {"summary": "Redis is reachable", "responses": {
+        **plain, "503": {"description": "not ready", "content": {"application/json": {"schema": "ErrorBody"}}}}}})
+    spec.path(path="/metrics", operations={"get": {"summary": "Prometheus metrics", "responses": {
+        "200": {"description": "text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}})
+    return spec.to_dict()
+
+
+DOCS_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>customer-upsert API</title></head>
+<body><redoc spec-url="/openapi.json"></redoc>
+<noscript><p>The API is described by <a href="/openapi.json">/openapi.json</a>.</p></noscript>
+<script src="https://cdn.redoc.ly/redoc/latest/bundles/redoc.standalone.js"></script></body></html>
+"""
