@@ -156,7 +156,7 @@ def run_dev(settings: Settings, *, submit: Path | None = None, exit_after_submit
             wait_until(lambda: requests.get(f"http://127.0.0.1:{flower_port}/healthcheck", timeout=2).ok,
                        "flower", 60, processes["flower"])
             print(f"Redis      {redis_server.url}  ({redis_server.source})")
-            print(f"API        {api_url}   (docs: {api_url}/openapi.json)")
+            print(f"API        {api_url}   (docs: {api_url}/docs, {api_url}/openapi.json)")
             print(f"Flower     http://127.0.0.1:{flower_port}")
             if "simulator" in processes:
                 print(f"Simulator  {env['CAPILLARY_BASE_URL']}  (admin: {env['CAPILLARY_BASE_URL']}/__admin/customers)")

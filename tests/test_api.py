@@ -98,3 +98,25 @@ def test_health_and_readiness(app):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     assert client.get("/readyz").get_json() == {"status": "ready"}
     assert client.get("/metrics").status_code == 200
+
+
+def test_bodies_and_batches_over_the_limits_are_413_and_queue_nothing(tmp_path, simulator):
+    server = RedisServer(tmp_path).start()
+    try:
+        app = create_app(make_settings(server.url, simulator.url, max_body_bytes=2_000, max_items_per_job=5))
+        api = ApiClient(app)
+        r = redis.Redis.from_url(server.url)
+
+        too_big = api.submit([element(i) for i in range(40)])  # about 3 KB
+        too_many = api.submit([element(i) for i in range(6)])
+        ndjson = app.test_client().post(
+            f"{JOBS}/bulk", data=b"\n".join(b'{"profiles":[]}' for _ in range(6)),
+            content_type="application/x-ndjson", headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+
+        assert too_big.status_code == 413 and "MAX_BODY_BYTES" in too_big.get_json()["errors"][0]["message"]
+        assert too_many.status_code == 413 and "at most 5" in too_many.get_json()["errors"][0]["message"]
+        assert ndjson.status_code == 413
+        assert r.llen("jobs") == 0 and not r.keys("cu:job:*")
+    finally:
+        server.stop()
