@@ -47,7 +47,7 @@ class ItemStep:
 
     retry_in: float | None = None
     next_attempt: int = 1
-    reserved: dict[str, int] | None = None  # rate-limit tokens the next run holds, by endpoint
+    reserved: dict[str, list[float]] | None = None  # rate-limit tokens the next run holds: due times
     next_index: int | None = None
     finish_job: bool = False
 
@@ -64,7 +64,7 @@ class StoreJournal:
 
 
 def run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int = 1, delivery: str = "0",
-             reserved: dict[str, int] | None = None) -> ItemStep:
+             reserved: dict[str, list[float]] | None = None) -> ItemStep:
     token = CURRENT.set((job_id, index))
     try:
         return _run_item(ctx, job_id, index, attempt, delivery, reserved)
@@ -73,7 +73,7 @@ def run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int = 1, deli
 
 
 def _run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int, delivery: str,
-              reserved: dict[str, int] | None) -> ItemStep:
+              reserved: dict[str, list[float]] | None) -> ItemStep:
     store = ctx.store
     work = store.load_item(job_id, index, delivery)
     if work.header is None:
@@ -97,7 +97,7 @@ def _run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int, deliver
         locks = ctx.locks.keys(work.header.tenant, identifier_keys(work.element))
         if not ctx.locks.acquire(locks, owner):
             return ItemStep(retry_in=random.uniform(*LOCK_WAIT_SECONDS), next_attempt=attempt)
-        held: dict[str, int] = {}
+        held: dict[str, list[float]] = {}
         try:
             with holding(reserved) as held:
                 outcome = upsert_customer(
@@ -110,9 +110,9 @@ def _run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int, deliver
         except RateLimited as exc:
             # Tokens reserved but not used this run travel on with the item, so a run that redoes
             # an update before reaching its reserved changeIdentifier cannot starve itself.
-            carry = {k: v for k, v in held.items() if v > 0}
+            carry = {k: v for k, v in held.items() if v}
             if exc.reserved:
-                carry[exc.endpoint] = carry.get(exc.endpoint, 0) + 1
+                carry[exc.endpoint] = [*carry.get(exc.endpoint, []), exc.due]
                 return ItemStep(retry_in=exc.wait, next_attempt=attempt, reserved=carry)
             wait = min(ctx.settings.max_countdown_seconds, exc.wait * random.uniform(1.0, 1.5))
             return ItemStep(retry_in=wait, next_attempt=attempt, reserved=carry or None)

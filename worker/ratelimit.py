@@ -86,8 +86,12 @@ return 1
 #: first, so requeueing for them would only restart the item at its first lookup, forever.
 REQUEUE_ENDPOINTS = frozenset({"add", "update", "changeIdentifier"})
 
-#: Tokens this item reserved on earlier runs and may use now, by endpoint (see RateLimiter).
-RESERVED: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar("reserved_tokens", default=None)
+#: Tokens this item reserved on earlier runs, by endpoint: the epoch seconds each one is due.
+RESERVED: contextvars.ContextVar[dict[str, list[float]] | None] = contextvars.ContextVar("reserved_tokens",
+                                                                                        default=None)
+#: A reserved token used later than this after its time is dropped and a fresh one taken: late
+#: tokens spent together with on-time ones would land as a burst the downstream may refuse.
+LATE_TOLERANCE_SECONDS = 0.2
 
 
 class RateLimited(Exception):
@@ -102,12 +106,13 @@ class RateLimited(Exception):
         self.endpoint = endpoint
         self.wait = wait
         self.reserved = reserved
+        self.due = time.time() + wait
 
 
 @contextlib.contextmanager
-def holding(reserved: dict[str, int] | None) -> Iterator[dict[str, int]]:
+def holding(reserved: dict[str, list[float]] | None) -> Iterator[dict[str, list[float]]]:
     """Run with the tokens earlier runs of the item reserved; yields what is left of them."""
-    tokens = {k: int(v) for k, v in (reserved or {}).items() if int(v) > 0}
+    tokens = {k: sorted(float(t) for t in v) for k, v in (reserved or {}).items() if v}
     context = RESERVED.set(tokens)
     try:
         yield tokens
@@ -132,8 +137,11 @@ class RateLimiter:
         """Take a token for one call to ``endpoint``; sleep through a short wait, raise on a long one."""
         reserved = RESERVED.get()
         if reserved and reserved.get(endpoint):
-            reserved[endpoint] -= 1
-            return
+            late = time.time() - reserved[endpoint].pop(0)
+            if late <= LATE_TOLERANCE_SECONDS:
+                if late < 0:
+                    time.sleep(min(-late, SLEEP_UNDER_SECONDS))
+                return
         keys, args = [self.pause_key], [self.horizon]
         for bucket in (self._global, self._endpoints.get(endpoint)):
             if bucket is not None:
