@@ -53,14 +53,18 @@ class ItemStep:
 
 
 class StoreJournal:
-    def __init__(self, store: JobStore, job_id: str, index: int) -> None:
+    """The item's journal in the job store; what earlier runs wrote came with the item's input."""
+
+    def __init__(self, store: JobStore, job_id: str, index: int, created_id: int | None) -> None:
         self.store, self.job_id, self.index = store, job_id, index
+        self._created = created_id
 
     def created_id(self) -> int | None:
-        return self.store.created_id(self.job_id, self.index)
+        return self._created
 
     def record_created(self, user_id: int) -> None:
         self.store.record_created(self.job_id, self.index, user_id)
+        self._created = user_id
 
 
 def run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int = 1, delivery: str = "0",
@@ -105,7 +109,7 @@ def _run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int, deliver
                     work.element,
                     skip_change_identifier=work.header.skip_change_identifier,
                     priority=ctx.settings.identifier_priority,
-                    journal=StoreJournal(store, job_id, index),
+                    journal=StoreJournal(store, job_id, index, work.created_id),
                 )
         except RateLimited as exc:
             # Tokens reserved but not used this run travel on with the item, so a run that redoes

@@ -117,6 +117,7 @@ class ItemWork:
     element: Any
     already_done: bool
     deliveries: int = 1  # how often this very message (same item, same retry) has been taken
+    created_id: int | None = None  # the customer an earlier run of this item added
 
 
 class JobStore:
@@ -209,12 +210,14 @@ class JobStore:
         pipe.expire(f"{key}:deliveries", self.ttl)
         pipe.hset(f"{key}:touched", str(index), repr(time.time()))
         pipe.expire(f"{key}:touched", self.ttl)
-        (tenant, state, skip), raw, done, deliveries, *_ = pipe.execute()
+        pipe.hget(f"{key}:created", str(index))
+        (tenant, state, skip), raw, done, deliveries, _, _, _, created = pipe.execute()
         if tenant is None:
             return ItemWork(header=None, element=None, already_done=bool(done))
         header = JobHeader(tenant=tenant, state=state, skip_change_identifier=skip == "1")
         return ItemWork(header=header, element=json.loads(raw) if raw is not None else None,
-                        already_done=bool(done), deliveries=int(deliveries))
+                        already_done=bool(done), deliveries=int(deliveries),
+                        created_id=int(created) if created is not None else None)
 
     def record_outcome(self, job_id: str, index: int, item: dict, *, failed: bool) -> tuple[bool, bool, int | None]:
         """Record an item's outcome once. Answers (recorded now, was last, next index in its chain)."""
@@ -318,10 +321,6 @@ class JobStore:
         pipe.execute()
 
     # -- journal of adds, so a retried item still reports CREATED ----------------------------
-
-    def created_id(self, job_id: str, index: int) -> int | None:
-        value = self.redis.hget(f"{self.job_key(job_id)}:created", str(index))
-        return int(value) if value is not None else None
 
     def record_created(self, job_id: str, index: int, user_id: int) -> None:
         key = f"{self.job_key(job_id)}:created"

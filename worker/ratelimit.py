@@ -37,6 +37,8 @@ BURST_SECONDS = 0.5
 #: differ by a lookup or two and the broker's countdown, so calls arrive bunched; the margin keeps
 #: those bunches inside the downstream's own burst allowance.
 HEADROOM = 0.9
+#: How stale a process's view of a 429 pause may be, for calls that no bucket limits.
+PAUSE_CHECK_SECONDS = 0.5
 DEFAULT_PAUSE_SECONDS = 1.0
 
 _ACQUIRE = """
@@ -132,6 +134,8 @@ class RateLimiter:
                            for name, rpm in (per_minute or {}).items()}
         self._acquire = client.register_script(_ACQUIRE)
         self._pause = client.register_script(_PAUSE)
+        self._pause_checked_until = 0.0
+        self._pause_remaining_at = (0.0, 0.0)
 
     def acquire(self, endpoint: str) -> None:
         """Take a token for one call to ``endpoint``; sleep through a short wait, raise on a long one."""
@@ -148,7 +152,7 @@ class RateLimiter:
                 key, rate = bucket
                 keys.append(key)
                 args += [rate, max(1.0, rate * BURST_SECONDS)]
-        answer = float(self._acquire(keys=keys, args=args))
+        answer = self._paused_for() if len(keys) == 1 else float(self._acquire(keys=keys, args=args))
         if answer == 0:
             return
         if answer > 0:
@@ -158,9 +162,22 @@ class RateLimiter:
             raise RateLimited(endpoint, wait, reserved=True)
         time.sleep(wait)
 
+    def _paused_for(self) -> float:
+        """Seconds the fleet is paused for, for a call no bucket limits: read from Redis at most every
+        PAUSE_CHECK_SECONDS per process, so unlimited calls cost no round trip of their own."""
+        now = time.monotonic()
+        if now >= self._pause_checked_until:
+            raw = self.redis.get(self.pause_key)
+            until = float(raw) if raw else 0.0
+            self._pause_remaining_at = (now, max(0.0, until - time.time()))
+            self._pause_checked_until = now + PAUSE_CHECK_SECONDS
+        checked_at, remaining = self._pause_remaining_at
+        return max(0.0, remaining - (now - checked_at))
+
     def pause(self, retry_after: float | None) -> None:
         """The downstream said 429: hold every worker of this tenant back for ``retry_after``."""
         self._pause(keys=[self.pause_key], args=[retry_after or DEFAULT_PAUSE_SECONDS])
+        self._pause_checked_until = 0.0  # this process heard it first: look again at once
 
     def expected_rates(self) -> dict[str, float]:
         """Calls per second allowed, per endpoint and for ``all``, for completion estimates."""
