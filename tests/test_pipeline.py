@@ -149,3 +149,20 @@ def test_wait_answers_with_the_synchronous_apis_shape(api, sim):
     assert [item["action"] for item in body["response"]] == ["CREATED", "FAILED"]
     job = api.client.get(response.headers["Location"], headers=api.headers).get_json()
     assert (job["state"], job["totalCount"], job["failureCount"]) == ("COMPLETED", 2, 1)
+
+
+def test_cancel_ends_the_items_not_yet_started_as_cancelled(api, sim):
+    sim.configure(latencyMs=50)
+    job_id = api.submit([customer(f"CXL-{uuid.uuid4().hex[:6]}-{i}") for i in range(300)]).get_json()["jobId"]
+
+    response = api.delete(f"/jobs/{job_id}")
+
+    assert response.status_code == 200 and response.get_json()["state"] == "CANCELLED"
+    job = api.wait(job_id, timeout=120)
+    assert (job["state"], job["processedCount"]) == ("CANCELLED", 300)
+    assert job["cancelledCount"] > 0 and job["successCount"] + job["cancelledCount"] == 300
+    assert job["failureCount"] == job["cancelledCount"]
+    cancelled = [i for i in api.results(job_id) if i["action"] == "CANCELLED"]
+    assert len(cancelled) == job["cancelledCount"] and cancelled[0]["errors"][0]["code"] == 9002
+    assert len(sim.customers()) == job["successCount"]
+    assert api.delete(f"/jobs/{job_id}").get_json()["state"] == "CANCELLED"  # cancelling again changes nothing
