@@ -9,7 +9,8 @@ Choices a developer would otherwise trip over, made here:
 * A port that is taken (8000, 8100, 5555) is replaced by a free one, and the URLs printed say so.
 * ``UPSERT_API_TOKEN`` and the simulator's till password are made up when unset, and printed
   (the token) or kept to the child processes' environment (the password).
-* Each process logs to ``.dev/logs/NAME.log`` in the current folder.
+* Each process logs to ``.dev/logs/NAME.log`` in the current folder; one that exits is started
+  again, as a process supervisor would (more than five restarts a minute stop the stack).
 """
 
 from __future__ import annotations
@@ -167,10 +168,18 @@ def run_dev(settings: Settings, *, submit: Path | None = None, exit_after_submit
                 if exit_after_submit:
                     return 0
             print("Serving; press Ctrl-C to stop.", flush=True)
+            restarts: list[float] = []
             while True:
-                for name, process in processes.items():
-                    if process.poll() is not None:
-                        raise CliError(f"{name} exited with status {process.returncode}; see {logs / name}.log")
+                for name, process in list(processes.items()):
+                    if process.poll() is None:
+                        continue
+                    # Like a process supervisor: a worker can exit on a lost broker connection.
+                    restarts = [t for t in restarts if t > time.monotonic() - 60] + [time.monotonic()]
+                    if len(restarts) > 5:
+                        raise CliError(f"{name} keeps exiting (status {process.returncode}); see {logs / name}.log")
+                    print(f"{name} exited with status {process.returncode}; starting it again", flush=True)
+                    log_file = (logs / f"{name}.log").open("ab")
+                    processes[name] = procfile.start(name, env, stdout=log_file, stderr=subprocess.STDOUT)
                 time.sleep(0.5)
         except KeyboardInterrupt:
             print("\nstopping...", flush=True)
