@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -121,3 +122,33 @@ def _kind(value: Any) -> str:
     return {dict: "object", str: "string", bool: "boolean", int: "number", float: "number"}.get(
         type(value), "null" if value is None else "value"
     )
+
+
+def submit_once(store: JobStore, celery: Celery, key: str, *, tenant: str, elements: list[Any],
+                skip_change_identifier: bool, callback_url: str | None) -> str:
+    """The job this Idempotency-Key already made for the same submission, or a new one.
+
+    The same key with a different submission (body, skipChangeIdentifier or callbackUrl; JSON
+    compared by content, so NDJSON and a JSON array of the same customers are the same) is a 409.
+    """
+    canonical = json.dumps([elements, skip_change_identifier, callback_url], sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    earlier = store.claim_idempotency_key(tenant, key, digest)
+    if earlier is not None:
+        if earlier["digest"] != digest:
+            raise ApiError(409, "idempotency_key_reused",
+                           "this Idempotency-Key was used with a different body, skipChangeIdentifier or "
+                           "callbackUrl; use a new key for a new batch", field="Idempotency-Key")
+        if earlier["jobId"] is None:
+            raise ApiError(409, "idempotency_key_in_flight",
+                           "a request with this Idempotency-Key is still being accepted; retry shortly",
+                           field="Idempotency-Key")
+        return earlier["jobId"]
+    try:
+        job_id = submit(store, celery, tenant=tenant, elements=elements,
+                        skip_change_identifier=skip_change_identifier, callback_url=callback_url)
+    except Exception:
+        store.release_idempotency_key(tenant, key)
+        raise
+    store.bind_idempotency_key(tenant, key, digest, job_id)
+    return job_id

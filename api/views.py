@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -12,7 +11,7 @@ from flask import Blueprint, Response, g, jsonify, request, stream_with_context,
 from api import params
 from api.auth import authenticate
 from api.errors import ApiError
-from api.intake import read_request_batch, submit
+from api.intake import read_request_batch, submit, submit_once
 from api.openapi import DOCS_PAGE, build_spec
 from api.services import services
 from worker.callbacks import callback_problem
@@ -47,8 +46,8 @@ def submit_bulk():
         job_id = submit(svc.store, svc.celery, tenant=g.tenant.id, elements=elements, skip_change_identifier=skip,
                         callback_url=callback)
     else:
-        canonical = json.dumps([elements, skip, callback], sort_keys=True, separators=(",", ":")).encode()
-        job_id = submit_once(key, hashlib.sha256(canonical).hexdigest(), elements, skip, callback)
+        job_id = submit_once(svc.store, svc.celery, key, tenant=g.tenant.id, elements=elements,
+                             skip_change_identifier=skip, callback_url=callback)
     location = url_for("jobs.get_job", job_id=job_id)
     if wait:
         job = _wait_for(job_id, wait)
@@ -68,30 +67,6 @@ def idempotency_key() -> str | None:
         raise ApiError(400, "invalid_header", "Idempotency-Key must be 1 to 255 printable characters",
                        field="Idempotency-Key")
     return key
-
-
-def submit_once(key: str, digest: str, elements: list, skip: bool, callback: str | None) -> str:
-    """The job this key already made (same body), or a new one; 409 for the key with another body."""
-    svc = services()
-    earlier = svc.store.claim_idempotency_key(g.tenant.id, key, digest)
-    if earlier is not None:
-        if earlier["digest"] != digest:
-            raise ApiError(409, "idempotency_key_reused",
-                           "this Idempotency-Key was used with a different body or skipChangeIdentifier; "
-                           "use a new key for a new batch", field="Idempotency-Key")
-        if earlier["jobId"] is None:
-            raise ApiError(409, "idempotency_key_in_flight",
-                           "a request with this Idempotency-Key is still being accepted; retry shortly",
-                           field="Idempotency-Key")
-        return earlier["jobId"]
-    try:
-        job_id = submit(svc.store, svc.celery, tenant=g.tenant.id, elements=elements, skip_change_identifier=skip,
-                        callback_url=callback)
-    except Exception:
-        svc.store.release_idempotency_key(g.tenant.id, key)
-        raise
-    svc.store.bind_idempotency_key(g.tenant.id, key, digest, job_id)
-    return job_id
 
 
 @jobs.get("/jobs")
