@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 import yaml
 
@@ -48,21 +50,51 @@ def test_the_worker_consumes_every_queue_the_code_sends_to():
     assert sorted(queues) == sorted(Queues.all())
 
 
-def test_the_procfile_web_line_serves_the_api(settings, tmp_path):
+@pytest.fixture
+def web(settings, tmp_path):
+    """The API as the Procfile's `web` line starts it (gunicorn), on the session's Redis."""
     port = free_port()
     env = settings_env(settings) | {"PORT": str(port)}
     with (tmp_path / "web.log").open("wb") as log:
-        web = procfile.start("web", env, stdout=log, stderr=subprocess.STDOUT)
+        process = procfile.start("web", env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).ok, timeout=60,
-                     what="gunicorn from the Procfile")
-            unauthorised = requests.get(f"http://127.0.0.1:{port}/v2/integrations/customer/upsert/jobs", timeout=5)
-            listed = requests.get(f"http://127.0.0.1:{port}/v2/integrations/customer/upsert/jobs", timeout=5,
-                                  headers={"Authorization": f"Bearer {TOKEN}"})
+            url = f"http://127.0.0.1:{port}"
+            wait_for(lambda: requests.get(url + "/readyz", timeout=1).ok, timeout=60, what="gunicorn from the Procfile")
+            yield url
         finally:
-            procfile.stop(web)
+            procfile.stop(process)
+
+
+def test_the_procfile_web_line_serves_the_api(web):
+    unauthorised = requests.get(f"{web}/v2/integrations/customer/upsert/jobs", timeout=5)
+    listed = requests.get(f"{web}/v2/integrations/customer/upsert/jobs", timeout=5,
+                          headers={"Authorization": f"Bearer {TOKEN}"})
+
     assert unauthorised.status_code == 401
     assert listed.status_code == 200 and "jobs" in listed.json()
+
+
+def test_the_client_commands_submit_follow_fetch_and_cancel(web, worker, sim, tmp_path):
+    env = procfile.process_env({"UPSERT_URL": web, "UPSERT_API_TOKEN": TOKEN})
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "api.cli", *args], env=env, capture_output=True, text=True,
+                              timeout=120, cwd=ROOT)
+
+    submitted = cli("submit", str(ROOT / "examples" / "seed-batch.json"), "--wait")
+    job_id = re.search(r"job ([0-9a-f]{32}) COMPLETED: total 2, created 1, updated 0, failed 1", submitted.stdout)
+    assert submitted.returncode == 1 and job_id, submitted.stdout + submitted.stderr  # 1: an item failed
+    status = json.loads(cli("status", job_id.group(1)).stdout)
+    failed = cli("results", job_id.group(1), "--failed", "-o", str(tmp_path / "failed.ndjson"))
+    resubmitted = json.loads(cli("submit", str(tmp_path / "failed.ndjson")).stdout)
+    cancelled = json.loads(cli("cancel", resubmitted["jobId"]).stdout)
+    missing = cli("status", "0" * 32)
+
+    assert (status["state"], status["failureCount"]) == ("COMPLETED", 1)
+    assert failed.returncode == 0 and len((tmp_path / "failed.ndjson").read_text().splitlines()) == 1
+    assert resubmitted["totalCount"] == 1  # the failed export is a batch of its inputs
+    assert cancelled["jobId"] == resubmitted["jobId"]
+    assert missing.returncode == 2 and "HTTP 404" in missing.stderr
 
 
 def test_dev_runs_the_whole_stack_and_the_example_job(redis_server, tmp_path):
