@@ -178,10 +178,3 @@ class RateLimiter:
         """The downstream said 429: hold every worker of this tenant back for ``retry_after``."""
         self._pause(keys=[self.pause_key], args=[retry_after or DEFAULT_PAUSE_SECONDS])
         self._pause_checked_until = 0.0  # this process heard it first: look again at once
-
-    def expected_rates(self) -> dict[str, float]:
-        """Calls per second allowed, per endpoint and for ``all``, for completion estimates."""
-        rates = {name: rate for name, (_key, rate) in self._endpoints.items()}
-        if self._global:
-            rates["all"] = self._global[1]
-        return rates
