@@ -96,3 +96,47 @@ def test_upsert_is_safe_to_repeat_and_fails_on_conflicting_identifiers(sim):
     assert "different customers" in conflict.errors[0]["message"]
     assert len(sim.customers()) == 2
     assert sum(sim.calls()["byEndpoint"]["changeIdentifier"].values()) == 0
+
+
+class RacedClient(CapillaryClient):
+    """A client whose first add loses a race: another writer adds the same customer just before it."""
+
+    def __init__(self, tenant_: Tenant, rival: dict) -> None:
+        super().__init__(tenant_, timeout=2)
+        self._rival = rival
+
+    def add(self, body: dict):
+        if self._rival is not None:
+            rival, self._rival = self._rival, None
+            assert CapillaryClient(self.tenant, timeout=2).add(rival).body.get("createdId")
+        return super().add(body)
+
+
+def test_an_add_that_loses_a_race_falls_back_to_updating_the_winner(sim):
+    ext = "RACE-" + uuid.uuid4().hex
+    ours = profile(ext)
+    ours["profiles"][0]["firstName"] = "Ours"
+    theirs = profile(ext)
+    theirs["profiles"][0]["firstName"] = "Theirs"
+    client = RacedClient(tenant(sim), rival=theirs)
+
+    outcome = upsert_customer(client, ours, skip_change_identifier=False, priority=[])
+
+    assert outcome.action == UPDATED and not outcome.errors
+    assert sim.calls()["byEndpoint"]["add"] == {"200": 1, "400": 1}  # the rival's add, then our 8006
+    stored = [c for c in sim.customers() if c["profiles"][0]["identifiers"][0]["value"] == ext]
+    assert len(stored) == 1 and stored[0]["profiles"][0]["firstName"] == "Ours"
+    assert outcome.result["profiles"][0]["firstName"] == "Ours"
+
+
+def test_a_new_customer_costs_one_lookup_per_identifier_one_add_and_one_read_back(sim):
+    client = CapillaryClient(tenant(sim), timeout=2)
+    element = {"profiles": [{"identifiers": [{"type": "externalId", "value": "NEW-" + uuid.uuid4().hex},
+                                             {"type": "mobile", "value": "919900000077"}], "source": "INSTORE"}]}
+
+    outcome = upsert_customer(client, element, skip_change_identifier=False, priority=[])
+
+    assert outcome.action == CREATED and outcome.result["id"] == outcome.entity_id
+    by_endpoint = sim.calls()["byEndpoint"]
+    assert by_endpoint["lookup"] == {"400": 2, "200": 1} and by_endpoint["add"] == {"200": 1}
+    assert by_endpoint["update"] == by_endpoint["changeIdentifier"] == {}

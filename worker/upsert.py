@@ -108,17 +108,25 @@ def upsert_customer(
         return failure
 
     warnings: list[dict] = []
+    # Whether ``found`` was read after our last write: then it is the result, with no further lookup.
+    read_after_write = False
     if found is None:
-        outcome = _add(client, element, journal, warnings)
+        created_id, outcome = _add(client, element, journal, warnings)
         if outcome is not None:
             return outcome
-        found, matched_by, failure = find_customer(client, source, account, identifiers)
-        if failure is not None:
-            return failure
+        if created_id is not None:
+            found = _read_back(client, source, account, matched_by)
+            read_after_write = True
+        else:
+            # 8006: a racing writer (or an earlier attempt of ours whose answer was lost) holds the customer
+            # now. Look everything up again, conflicts included, and write our profile over it.
+            found, matched_by, failure = find_customer(client, source, account, identifiers)
+            if failure is not None:
+                return failure
         if found is None:
             return ItemOutcome(FAILED, errors=[error(CODE_NOT_FOUND, "customer not found right after adding it")],
                                warnings=warnings)
-    else:
+    if not read_after_write:
         answer = client.update(_user_id(found), source=source, account_id=account, body=element)
         warnings += answer.warnings
         if answer.errors:
@@ -133,26 +141,38 @@ def upsert_customer(
             answer = client.change_identifier(user_id, source=source, account_id=account, add=add, remove=remove)
             warnings += answer.warnings
             errors += answer.errors
+            read_after_write = False
 
-    final = client.lookup(
-        source=source, account_id=account, identifier_name=matched_by["type"], identifier_value=matched_by["value"]
-    )
-    result = final.body if not final.errors else found
+    result = found
+    if not read_after_write:
+        final = _read_back(client, source, account, matched_by)
+        result = final if final is not None else found
     return ItemOutcome(action, entity_id=user_id, result=_without_warnings(result), errors=errors,
                        warnings=warnings)
 
 
-def _add(client: CapillaryClient, element: dict, journal: Journal, warnings: list[dict]) -> ItemOutcome | None:
-    """Add the customer; None when it exists now (added by us or by a racing writer)."""
+def _add(
+    client: CapillaryClient, element: dict, journal: Journal, warnings: list[dict]
+) -> tuple[int | None, ItemOutcome | None]:
+    """Add the customer: its new id, or (None, None) when it exists already, or (None, the failure)."""
     answer = client.add(element)
     warnings += answer.warnings
     created = answer.body.get("createdId")
     if created and not answer.errors:
         journal.record_created(int(created))
-        return None
+        return int(created), None
     if CODE_ALREADY_EXISTS in answer.error_codes:
-        return None  # another writer won, or an earlier attempt of ours: look up and update
-    return ItemOutcome(FAILED, errors=answer.errors or [error(10001, "Failed to add customer")], warnings=warnings)
+        return None, None  # another writer won, or an earlier attempt of ours: look up and update
+    return None, ItemOutcome(FAILED, errors=answer.errors or [error(10001, "Failed to add customer")],
+                             warnings=warnings)
+
+
+def _read_back(client: CapillaryClient, source: str, account: str | None, identifier: dict) -> dict | None:
+    """The customer as the downstream holds it now, in lookup shape; None when the lookup finds nothing."""
+    answer = client.lookup(
+        source=source, account_id=account, identifier_name=identifier["type"], identifier_value=identifier["value"]
+    )
+    return None if answer.errors else answer.body
 
 
 def find_customer(
