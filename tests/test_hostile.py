@@ -193,6 +193,31 @@ def _c(ext: str) -> dict:
     return {"profiles": [{"identifiers": [{"type": "externalId", "value": ext}], "source": "INSTORE"}]}
 
 
+def test_an_oauth_token_expiring_mid_job_is_renewed_once_and_no_item_fails(tmp_path, sim):
+    sim.configure(oauthKey="key-mid", oauthSecret="secret-mid", tokenTtlSeconds=3600, latencyMs=10)
+    redis_server = RedisServer(tmp_path).start()
+    settings = make_settings(redis_server.url, sim.url, capillary_till="", capillary_password="",
+                             capillary_oauth_key="key-mid", capillary_oauth_secret="secret-mid", worker_concurrency=8)
+    worker = Worker(settings, tmp_path / "worker.log")
+    api = ApiClient(create_app(settings))
+    try:
+        tag = uuid.uuid4().hex[:8]
+        job_id = api.submit([_c(f"OA-{tag}-{i}") for i in range(300)]).get_json()["jobId"]
+        wait_for(lambda: api.get(f"/jobs/{job_id}").get_json()["processedCount"] >= 50, timeout=60,
+                 what="50 items done")
+        sim.admin("POST", "expire-tokens")  # every thread's next call is refused with 401
+
+        job = api.wait(job_id, timeout=120)
+
+        assert (job["processedCount"], job["failureCount"], job["createdCount"]) == (300, 0, 300)
+        calls = sim.calls()["byEndpoint"]
+        assert calls["token"] == {"200": 2}  # one at start, one renewal shared by all eight threads
+        assert calls["lookup"].get("401", 0) + calls["add"].get("401", 0) >= 1  # the expiry really hit mid-job
+    finally:
+        worker.stop()
+        redis_server.stop()
+
+
 def test_a_tenants_file_with_a_mistake_is_refused_with_the_reason(tmp_path):
     bad = tmp_path / "t.toml"
     bad.write_text('[tenants.a]\ntoken = "x"\nrate_limits = "add=fast"\n')

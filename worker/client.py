@@ -27,6 +27,7 @@ from worker.settings import Tenant
 #: 521 "Multiple actions are running for the same customer".
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504, 521})
 CODE_MULTIPLE_ACTIONS = 521
+OAUTH_HEADER = "X-CAP-API-OAUTH-TOKEN"
 
 
 class DownstreamError(Exception):
@@ -187,7 +188,7 @@ class CapillaryClient:
                 ) from exc
             if response.status_code == 401 and self._uses_oauth and not renewed:
                 # A token may expire between our check and the call, or be revoked: renew once.
-                self._forget_token()
+                self._forget_token(headers[OAUTH_HEADER])
                 renewed = True
                 continue
             return self._interpret(endpoint, response)
@@ -228,14 +229,20 @@ class CapillaryClient:
 
     def _auth_headers(self, endpoint: str) -> dict[str, str]:
         if self._uses_oauth:
-            return {"X-CAP-API-OAUTH-TOKEN": self._oauth_token(endpoint)}
+            return {OAUTH_HEADER: self._oauth_token(endpoint)}
         if self.tenant.till:
             return {"Authorization": basic_auth_header(self.tenant.till, self.tenant.password)}
         return {}
 
-    def _forget_token(self) -> None:
+    def _forget_token(self, refused: str) -> None:
+        """Drop the token the downstream refused, unless another thread has renewed it already.
+
+        Many threads see the same expiry at once; a 401 that arrives after the renewal, for a call
+        sent with the old token, must not throw the new token away and renew a second time.
+        """
         with self._token.lock:
-            self._token.expires_at = 0.0
+            if self._token.value == refused:
+                self._token.expires_at = 0.0
 
     def _oauth_token(self, endpoint: str) -> str:
         token = self._token
