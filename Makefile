@@ -26,5 +26,6 @@ test: install ## run the whole test suite (starts its own Redis, simulator and w
 lint: install ## ruff check
 	$(BIN)/ruff check .
 
-bench: install ## print throughput figures (see README)
+bench: install ## print throughput and intake-memory figures (see README)
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/intake_memory.py

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from celery import Celery
 
 from api.errors import ApiError
-from worker.jobs import plan_chains
-from worker.jobstore import JobStore
+from worker.jobs import ChainPlanner
+from worker.jobstore import JobStore, NewJob
 from worker.queues import Queues, TaskNames
 
 JSON_TYPES = ("application/json",)
@@ -21,57 +23,80 @@ MAX_DEPTH = 32
 MAX_STRING = 65_536
 
 
-def read_request_batch(request, max_items: int) -> list[Any]:
-    """The submission as a list of elements, from a JSON array or NDJSON (one customer per line)."""
+def request_elements(request, max_items: int) -> Iterable[Any]:
+    """The submission's elements: a JSON array is parsed whole, NDJSON is read line by line as it is consumed."""
     mimetype = request.mimetype
     if mimetype in NDJSON_TYPES:
-        elements = parse_ndjson(request.stream, max_items)
-    elif mimetype in JSON_TYPES or mimetype.endswith("+json"):
-        elements = parse_batch(request.get_data(cache=False), max_items)
-    else:
-        raise ApiError(415, "unsupported_media_type",
-                       f"send Content-Type: application/json (a JSON array) or application/x-ndjson "
-                       f"(one customer per line), not {mimetype or 'nothing'!r}", field="Content-Type")
-    check_shape(elements)
-    return elements
+        stream = request.stream
+        if isinstance(stream, io.RawIOBase):  # Werkzeug's LimitedStream: line by line, it reads a byte per call
+            stream = io.BufferedReader(stream, buffer_size=1 << 16)
+        return ndjson_elements(stream, max_items)
+    if mimetype in JSON_TYPES or mimetype.endswith("+json"):
+        return parse_batch(request.get_data(cache=False), max_items)
+    raise ApiError(415, "unsupported_media_type",
+                   f"send Content-Type: application/json (a JSON array) or application/x-ndjson "
+                   f"(one customer per line), not {mimetype or 'nothing'!r}", field="Content-Type")
 
 
-def parse_ndjson(stream, max_items: int) -> list[Any]:
-    """Read line by line from the request stream, so the body is never held whole beside its parse."""
-    elements: list[Any] = []
+def ndjson_elements(stream, max_items: int) -> Iterator[Any]:
+    """One element per line of the request stream, so the body is never held whole."""
+    count = 0
     for number, line in enumerate(stream, 1):
         if not line.strip():
             continue
         try:
-            elements.append(json.loads(line))
+            element = json.loads(line)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
             raise ApiError(400, "invalid_json", f"line {number} is not a JSON value: {reason}",
                            field=f"line {number}")
         except RecursionError:
             raise ApiError(400, "invalid_json", f"line {number} nests JSON too deeply", field=f"line {number}")
-        if len(elements) > max_items:
+        count += 1
+        if count > max_items:
             raise ApiError(413, "too_many_items",
                            f"more than {max_items} customers in one job (MAX_ITEMS_PER_JOB)", field="body")
-    if not elements:
+        yield element
+    if not count:
         raise ApiError(400, "invalid_body", "the body is empty: send one customer per line", field="body")
-    return elements
 
 
-def check_shape(elements: list[Any]) -> None:
-    """Refuse nesting deeper than MAX_DEPTH and strings longer than MAX_STRING, naming where."""
-    stack: list[tuple[Any, str, int]] = [(e, f"[{i}]", 1) for i, e in enumerate(elements)]
+def check_shape(element: Any, index: int) -> None:
+    """Refuse nesting deeper than MAX_DEPTH and strings longer than MAX_STRING, naming where.
+
+    The common case (nothing wrong) is checked without building a path for every value, which
+    would cost more than the rest of the intake; only a refused element is walked again for its path.
+    """
+    if _within_limits(element, 1):
+        return
+    stack: list[tuple[Any, str, int]] = [(element, f"[{index}]", 1)]
     while stack:
         value, path, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise ApiError(400, "too_deep", f"{path} nests deeper than {MAX_DEPTH} levels", field=path)
         if isinstance(value, dict):
+            for key in value:
+                if len(key) > MAX_STRING:
+                    raise ApiError(400, "value_too_long", f"{path} has a key longer than {MAX_STRING} characters",
+                                   field=path[:200])
             stack.extend((v, f"{path}.{k}", depth + 1) for k, v in value.items())
         elif isinstance(value, list):
             stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value))
         elif isinstance(value, str) and len(value) > MAX_STRING:
             raise ApiError(400, "value_too_long", f"{path} is longer than {MAX_STRING} characters",
                            field=path[:200])
+
+
+def _within_limits(value: Any, depth: int) -> bool:
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(value, dict):
+        if any(len(key) > MAX_STRING for key in value):
+            return False
+        value = value.values()
+    elif not isinstance(value, list):
+        return not isinstance(value, str) or len(value) <= MAX_STRING
+    return all(_within_limits(item, depth + 1) for item in value)
 
 
 def parse_batch(raw: bytes, max_items: int) -> list[Any]:
@@ -104,51 +129,86 @@ def parse_batch(raw: bytes, max_items: int) -> list[Any]:
     return body
 
 
-def submit(store: JobStore, celery: Celery, *, tenant: str, elements: list[Any], skip_change_identifier: bool,
-           callback_url: str | None = None) -> str:
-    job_id = store.create_job(
-        tenant=tenant, elements=elements, skip_change_identifier=skip_change_identifier,
-        next_index=plan_chains(elements), extra={"callbackUrl": callback_url} if callback_url else None,
-    )
+def accept(store: JobStore, celery: Celery, elements: Iterable[Any], *, tenant: str, skip_change_identifier: bool,
+           callback_url: str | None = None, idempotency_key: str | None = None) -> str:
+    """Store the submission as it is read, then queue its fan-out; answer the job id.
+
+    Each element is checked, planned and written to Redis as it comes, so only one chunk of
+    inputs is held at a time; a submission refused part way (a bad line, too many items) is
+    removed again and nothing is queued.
+
+    With an ``idempotency_key``: the job this key already made for the same submission, or a new
+    one. The same key with a different submission (body, skipChangeIdentifier or callbackUrl;
+    JSON compared by content, so NDJSON and a JSON array of the same customers are the same) is a
+    409. The key is claimed once the whole body is read, because only then is its digest known.
+    """
+    new = store.new_job(tenant)
+    try:
+        next_index, digest = _store_inputs(new, elements, [skip_change_identifier, callback_url],
+                                           hashing=idempotency_key is not None)
+        if idempotency_key is not None:
+            earlier = _earlier_job(store, tenant, idempotency_key, digest)
+            if earlier is not None:
+                new.abort()
+                return earlier
+        try:
+            job_id = new.finish(skip_change_identifier=skip_change_identifier, next_index=next_index,
+                                extra={"callbackUrl": callback_url} if callback_url else None)
+            _queue_fan_out(celery, job_id)
+        except Exception:
+            if idempotency_key is not None:
+                store.release_idempotency_key(tenant, idempotency_key)
+            raise
+    except Exception:
+        new.abort()
+        raise
+    if idempotency_key is not None:
+        store.bind_idempotency_key(tenant, idempotency_key, digest, job_id)
+    return job_id
+
+
+def _store_inputs(new: NewJob, elements: Iterable[Any], options: list[Any], *,
+                  hashing: bool) -> tuple[dict[int, int], str]:
+    """Check, plan and store every element; answer the chains and the submission's digest ('' unless hashing)."""
+    planner = ChainPlanner()
+    digest = hashlib.sha256(_canonical(options)) if hashing else None
+    for element in elements:
+        check_shape(element, new.count)
+        planner.add(element)
+        new.add(element)
+        if digest is not None:
+            digest.update(b"\n" + _canonical(element))
+    return planner.chains(), digest.hexdigest() if digest is not None else ""
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _earlier_job(store: JobStore, tenant: str, key: str, digest: str) -> str | None:
+    """Claim the key for this submission; answer the job it already made, or refuse a different submission."""
+    earlier = store.claim_idempotency_key(tenant, key, digest)
+    if earlier is None:
+        return None
+    if earlier["digest"] != digest:
+        raise ApiError(409, "idempotency_key_reused",
+                       "this Idempotency-Key was used with a different body, skipChangeIdentifier or "
+                       "callbackUrl; use a new key for a new batch", field="Idempotency-Key")
+    if earlier["jobId"] is None:
+        raise ApiError(409, "idempotency_key_in_flight",
+                       "a request with this Idempotency-Key is still being accepted; retry shortly",
+                       field="Idempotency-Key")
+    return earlier["jobId"]
+
+
+def _queue_fan_out(celery: Celery, job_id: str) -> None:
     try:
         celery.send_task(TaskNames.FAN_OUT, args=[job_id], queue=Queues.JOBS)
     except Exception:
-        store.redis.delete(store.job_key(job_id))
         raise ApiError(503, "queue_unavailable", "the job queue is unavailable; nothing was queued, try again")
-    return job_id
 
 
 def _kind(value: Any) -> str:
     return {dict: "object", str: "string", bool: "boolean", int: "number", float: "number"}.get(
         type(value), "null" if value is None else "value"
     )
-
-
-def submit_once(store: JobStore, celery: Celery, key: str, *, tenant: str, elements: list[Any],
-                skip_change_identifier: bool, callback_url: str | None) -> str:
-    """The job this Idempotency-Key already made for the same submission, or a new one.
-
-    The same key with a different submission (body, skipChangeIdentifier or callbackUrl; JSON
-    compared by content, so NDJSON and a JSON array of the same customers are the same) is a 409.
-    """
-    canonical = json.dumps([elements, skip_change_identifier, callback_url], sort_keys=True, separators=(",", ":"))
-    digest = hashlib.sha256(canonical.encode()).hexdigest()
-    earlier = store.claim_idempotency_key(tenant, key, digest)
-    if earlier is not None:
-        if earlier["digest"] != digest:
-            raise ApiError(409, "idempotency_key_reused",
-                           "this Idempotency-Key was used with a different body, skipChangeIdentifier or "
-                           "callbackUrl; use a new key for a new batch", field="Idempotency-Key")
-        if earlier["jobId"] is None:
-            raise ApiError(409, "idempotency_key_in_flight",
-                           "a request with this Idempotency-Key is still being accepted; retry shortly",
-                           field="Idempotency-Key")
-        return earlier["jobId"]
-    try:
-        job_id = submit(store, celery, tenant=tenant, elements=elements,
-                        skip_change_identifier=skip_change_identifier, callback_url=callback_url)
-    except Exception:
-        store.release_idempotency_key(tenant, key)
-        raise
-    store.bind_idempotency_key(tenant, key, digest, job_id)
-    return job_id

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, g, jsonify, request, stream_with_context,
 from api import params
 from api.auth import authenticate
 from api.errors import ApiError
-from api.intake import read_request_batch, submit, submit_once
+from api.intake import accept, request_elements
 from api.openapi import DOCS_PAGE, build_spec
 from api.services import services
 from worker.callbacks import callback_problem
@@ -41,13 +41,9 @@ def submit_bulk():
         if problem:
             raise ApiError(400, "invalid_callback", problem, field="callbackUrl")
     svc = services()
-    elements = read_request_batch(request, svc.settings.max_items_per_job)
-    if key is None:
-        job_id = submit(svc.store, svc.celery, tenant=g.tenant.id, elements=elements, skip_change_identifier=skip,
-                        callback_url=callback)
-    else:
-        job_id = submit_once(svc.store, svc.celery, key, tenant=g.tenant.id, elements=elements,
-                             skip_change_identifier=skip, callback_url=callback)
+    elements = request_elements(request, svc.settings.max_items_per_job)
+    job_id = accept(svc.store, svc.celery, elements, tenant=g.tenant.id, skip_change_identifier=skip,
+                    callback_url=callback, idempotency_key=key)
     location = url_for("jobs.get_job", job_id=job_id)
     if wait:
         job = _wait_for(job_id, wait)

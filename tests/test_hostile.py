@@ -47,6 +47,8 @@ HOSTILE = [
      "[0].a" + "[0]" * 31),
     ("a 5 MB string", lambda c: post(c, json.dumps([{"profiles": [], "note": "x" * 5_000_000}]).encode()), 400,
      "longer than", "[0].note"),
+    ("a 5 MB key", lambda c: post(c, json.dumps([{"profiles": [], "x" * 5_000_000: 1}]).encode()), 400,
+     "key longer than", "[0]"),
     ("NUL bytes", lambda c: post(c, b'[{"profiles": [\x00]}]'), 400, "not valid JSON", "body"),
     ("wrong content type", lambda c: post(c, json.dumps(GOOD).encode(), content_type="text/plain"), 415,
      "Content-Type", "Content-Type"),

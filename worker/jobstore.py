@@ -152,49 +152,9 @@ class JobStore:
 
     # -- intake ------------------------------------------------------------------------------
 
-    def create_job(
-        self,
-        *,
-        tenant: str,
-        elements: list[Any],
-        skip_change_identifier: bool,
-        next_index: dict[int, int],
-        extra: dict[str, str] | None = None,
-    ) -> str:
-        """Store a job and its inputs in a few pipelined round trips; answer its id."""
-        job_id = new_job_id()
-        key = self.job_key(job_id)
-        created = now_iso()
-        doc = {
-            "jobId": job_id,
-            "tenant": tenant,
-            "state": QUEUED,
-            "skipChangeIdentifier": "1" if skip_change_identifier else "0",
-            "createdAt": created,
-            "createdTs": repr(time.time()),
-            **dict.fromkeys(COUNTERS, 0),
-            "totalCount": len(elements),
-            **(extra or {}),
-        }
-        pipe = self.redis.pipeline(transaction=False)
-        for start in range(0, len(elements), CHUNK):
-            chunk = {str(i): json.dumps(elements[i], separators=(",", ":"))
-                     for i in range(start, min(start + CHUNK, len(elements)))}
-            chunk_key = self._chunk_key(job_id, "in", start)
-            pipe.hset(chunk_key, mapping=chunk)
-            pipe.expire(chunk_key, self.ttl)
-            if len(pipe) >= 64:
-                pipe.execute()
-        if next_index:
-            pipe.hset(f"{key}:next", mapping={str(k): str(v) for k, v in next_index.items()})
-            pipe.expire(f"{key}:next", self.ttl)
-        # The job hash goes last: a job is visible only once its inputs are all stored.
-        pipe.hset(key, mapping={k: str(v) for k, v in doc.items()})
-        pipe.expire(key, self.ttl)
-        pipe.zadd(self.tenant_jobs_key(tenant), {job_id: time.time()})
-        pipe.zadd(ACTIVE_KEY, {job_id: time.time()})
-        pipe.execute()
-        return job_id
+    def new_job(self, tenant: str) -> NewJob:
+        """A job to be stored element by element; see :class:`NewJob`."""
+        return NewJob(self, tenant)
 
     # -- item work ---------------------------------------------------------------------------
 
@@ -423,3 +383,76 @@ def job_document(raw: dict[str, str]) -> dict[str, Any]:
     for name in ("createdAt", "startedAt", "finishedAt"):
         doc[name] = raw.get(name)
     return doc
+
+
+class NewJob:
+    """A job being stored as its submission is read: inputs go to Redis a chunk at a time.
+
+    Only the chunk being filled is held in memory, so a streamed submission is never held
+    whole. The job becomes visible with :meth:`finish`, after all its inputs are stored; a
+    submission refused half way is undone with :meth:`abort`, leaving nothing behind.
+    """
+
+    def __init__(self, store: JobStore, tenant: str) -> None:
+        self.store = store
+        self.tenant = tenant
+        self.job_id = new_job_id()
+        self.count = 0
+        self._chunk: dict[str, str] = {}
+
+    def add(self, element: Any) -> None:
+        self._chunk[str(self.count)] = json.dumps(element, separators=(",", ":"))
+        self.count += 1
+        if len(self._chunk) == CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._chunk:
+            return
+        chunk_key = self.store._chunk_key(self.job_id, "in", self.count - 1)
+        pipe = self.store.redis.pipeline(transaction=False)
+        pipe.hset(chunk_key, mapping=self._chunk)
+        pipe.expire(chunk_key, self.store.ttl)
+        pipe.execute()
+        self._chunk = {}
+
+    def finish(self, *, skip_change_identifier: bool, next_index: dict[int, int],
+               extra: dict[str, str] | None = None) -> str:
+        """Store the last inputs, the order of chained items and the job itself; answer its id."""
+        self._flush()
+        key = self.store.job_key(self.job_id)
+        doc = {
+            "jobId": self.job_id,
+            "tenant": self.tenant,
+            "state": QUEUED,
+            "skipChangeIdentifier": "1" if skip_change_identifier else "0",
+            "createdAt": now_iso(),
+            "createdTs": repr(time.time()),
+            **dict.fromkeys(COUNTERS, 0),
+            "totalCount": self.count,
+            **(extra or {}),
+        }
+        pipe = self.store.redis.pipeline(transaction=False)
+        if next_index:
+            pipe.hset(f"{key}:next", mapping={str(k): str(v) for k, v in next_index.items()})
+            pipe.expire(f"{key}:next", self.store.ttl)
+        # The job hash goes last: a job is visible only once its inputs are all stored.
+        pipe.hset(key, mapping={k: str(v) for k, v in doc.items()})
+        pipe.expire(key, self.store.ttl)
+        pipe.zadd(self.store.tenant_jobs_key(self.tenant), {self.job_id: time.time()})
+        pipe.zadd(ACTIVE_KEY, {self.job_id: time.time()})
+        pipe.execute()
+        return self.job_id
+
+    def abort(self) -> None:
+        """Remove whatever was stored of this job: its inputs and, if it was finished, the job."""
+        self._chunk = {}
+        key = self.store.job_key(self.job_id)
+        chunks = [f"{key}:in:{n}" for n in range((self.count + CHUNK - 1) // CHUNK)]
+        pipe = self.store.redis.pipeline(transaction=False)
+        for start in range(0, len(chunks), 1000):
+            pipe.delete(*chunks[start:start + 1000])
+        pipe.delete(key, f"{key}:next")
+        pipe.zrem(self.store.tenant_jobs_key(self.tenant), self.job_id)
+        pipe.zrem(ACTIVE_KEY, self.job_id)
+        pipe.execute()
