@@ -154,7 +154,7 @@ def accept(store: JobStore, celery: Celery, elements: Iterable[Any], *, tenant: 
         try:
             job_id = new.finish(skip_change_identifier=skip_change_identifier, next_index=next_index,
                                 extra={"callbackUrl": callback_url} if callback_url else None)
-            _queue_fan_out(celery, job_id)
+            _queue_fan_out(celery, job_id, tenant)
         except Exception:
             if idempotency_key is not None:
                 store.release_idempotency_key(tenant, idempotency_key)
@@ -201,9 +201,10 @@ def _earlier_job(store: JobStore, tenant: str, key: str, digest: str) -> str | N
     return earlier["jobId"]
 
 
-def _queue_fan_out(celery: Celery, job_id: str) -> None:
+def _queue_fan_out(celery: Celery, job_id: str, tenant: str) -> None:
+    """Messages name the job and its tenant (for operators, in Flower), never a credential."""
     try:
-        celery.send_task(TaskNames.FAN_OUT, args=[job_id], queue=Queues.JOBS)
+        celery.send_task(TaskNames.FAN_OUT, args=[job_id], kwargs={"tenant": tenant}, queue=Queues.JOBS)
     except Exception:
         raise ApiError(503, "queue_unavailable", "the job queue is unavailable; nothing was queued, try again")
 

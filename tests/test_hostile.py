@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -193,6 +194,54 @@ oauth_secret = "s2"
 
 def _c(ext: str) -> dict:
     return {"profiles": [{"identifiers": [{"type": "externalId", "value": ext}], "source": "INSTORE"}]}
+
+
+def _decoded(raw: bytes) -> tuple[list, dict]:
+    """The args and kwargs of a Celery message as kombu's Redis transport stores it."""
+    body = json.loads(base64.b64decode(json.loads(raw)["body"]))
+    return body[0], body[1]
+
+
+def test_queue_messages_carry_the_job_and_tenant_ids_and_never_a_credential(tmp_path, simulator):
+    import redis
+
+    import worker.tasks  # noqa: F401  (registers the tasks with the app below)
+    from worker.celery_app import create_celery
+    from worker.queues import TaskNames
+
+    redis_server = RedisServer(tmp_path).start()
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text(f"""
+[tenants.north]
+token = "token-north-secret"
+capillary_base_url = "{simulator.url}"
+till = "north.till"
+password = "password-north-secret"
+webhook_secret = "webhook-north-secret"
+""")
+    settings = make_settings(redis_server.url, simulator.url, tenants_file=str(tenants), upsert_api_token="")
+    try:
+        client = create_app(settings).test_client()
+        job_id = client.post(f"{JOBS}/bulk", json=[_c("Q1"), _c("Q2"), _c("Q1")],
+                             headers={"Authorization": "Bearer token-north-secret"}).get_json()["jobId"]
+        broker = redis.Redis.from_url(redis_server.url)
+        fan_out_raw = broker.lpop("jobs")
+        args, kwargs = _decoded(fan_out_raw)
+        assert (args, kwargs) == ([job_id], {"tenant": "north"})
+
+        # The real fan-out task, run here against the same broker, publishes the item messages.
+        celery = create_celery(settings)
+        celery.tasks[TaskNames.FAN_OUT].apply(args=args, kwargs=kwargs).get()
+        item_raws = broker.lrange("items", 0, -1)
+
+        assert sorted(_decoded(raw)[0] for raw in item_raws) == [[job_id, 0], [job_id, 1]]  # item 2 waits for 0
+        assert all(_decoded(raw)[1] == {"tenant": "north"} for raw in item_raws)
+        for raw in [fan_out_raw, *item_raws]:
+            readable = raw + base64.b64decode(json.loads(raw)["body"])  # headers, properties and the body
+            for secret in (b"token-north-secret", b"password-north-secret", b"webhook-north-secret", b"north.till"):
+                assert secret not in readable
+    finally:
+        redis_server.stop()
 
 
 def test_an_oauth_token_expiring_mid_job_is_renewed_once_and_no_item_fails(tmp_path, sim):

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 def sweep(store: JobStore, *, stall_seconds: float, queue_depth: Callable[[], int],
-          publish_item: Callable[[str, int], None], finish: Callable[[str], None], now: float | None = None) -> int:
+          publish_item: Callable[[str, int, str], None], finish: Callable[[str, str], None],
+          now: float | None = None) -> int:
     """One pass. Answers how many items it published again."""
     now = time.time() if now is None else now
     stalled = store.stalled_jobs(now - stall_seconds)
@@ -37,13 +38,14 @@ def sweep(store: JobStore, *, stall_seconds: float, queue_depth: Callable[[], in
         if job is None or job.get("finishedAt"):
             store.forget_active(job_id)
             continue
+        tenant = store.job_tenant(job_id) or ""
         if job["processedCount"] >= job["totalCount"]:
-            finish(job_id)  # the finish message itself was lost
+            finish(job_id, tenant)  # the finish message itself was lost
             store.touch_active(job_id, now)
             continue
         runnable = store.lost_items(job_id, job["totalCount"], touched_before=now - stall_seconds)
         for index in runnable:
-            publish_item(job_id, index)
+            publish_item(job_id, index, tenant)
         store.touch_active(job_id, now)
         republished += len(runnable)
         if runnable:

@@ -33,46 +33,48 @@ FAN_OUT_BATCH = 500
 
 
 @shared_task(bind=True, name=TaskNames.FAN_OUT, acks_late=True, reject_on_worker_lost=True)
-def fan_out(self, job_id: str) -> None:
+def fan_out(self, job_id: str, tenant: str = "") -> None:
     ctx = context_of(self.app)
     with self.app.producer_or_acquire() as producer:
         for batch in fan_out_indexes(ctx.store, job_id, FAN_OUT_BATCH):
             for index in batch.indexes:
-                process_item.apply_async((job_id, index), queue=Queues.ITEMS, producer=producer)
+                process_item.apply_async((job_id, index), {"tenant": tenant}, queue=Queues.ITEMS, producer=producer)
             batch.done()
 
 
 # max_retries=None on the task: unlimited for Celery (`retry(max_retries=None)` would mean "the
 # default of 3"). Our own limits live in worker.items: attempts, and deliveries.
 @shared_task(bind=True, name=TaskNames.PROCESS_ITEM, acks_late=True, reject_on_worker_lost=True, max_retries=None)
-def process_item(self, job_id: str, index: int, attempt: int = 1, reserved: dict | None = None) -> None:
+def process_item(self, job_id: str, index: int, attempt: int = 1, reserved: dict | None = None,
+                 tenant: str = "") -> None:
     ctx = context_of(self.app)
     step = while_store_recovers(
         lambda: run_item(ctx, job_id, index, attempt, str(self.request.retries), reserved)
     )
     if step.retry_in is not None:
         # Celery's own retry count does not see redeliveries; `attempt` is ours (see worker.items).
-        raise self.retry(args=(job_id, index), kwargs={"attempt": step.next_attempt, "reserved": step.reserved},
+        raise self.retry(args=(job_id, index),
+                         kwargs={"attempt": step.next_attempt, "reserved": step.reserved, "tenant": tenant},
                          countdown=step.retry_in)
     if step.next_index is not None:
-        process_item.apply_async((job_id, step.next_index), queue=Queues.ITEMS)
+        process_item.apply_async((job_id, step.next_index), {"tenant": tenant}, queue=Queues.ITEMS)
     if step.finish_job:
-        finish.apply_async((job_id,), queue=Queues.JOBS)
+        finish.apply_async((job_id,), {"tenant": tenant}, queue=Queues.JOBS)
 
 
 @shared_task(bind=True, name=TaskNames.FINISH_JOB, acks_late=True, reject_on_worker_lost=True)
-def finish(self, job_id: str) -> None:
+def finish(self, job_id: str, tenant: str = "") -> None:
     ctx = context_of(self.app)
     if while_store_recovers(lambda: finish_job(ctx, job_id)) and ctx.store.redis.hexists(
             ctx.store.job_key(job_id), "callbackUrl"):
-        callback.apply_async((job_id,), queue=Queues.JOBS)
+        callback.apply_async((job_id,), {"tenant": tenant}, queue=Queues.JOBS)
 
 
 @shared_task(bind=True, name=TaskNames.SEND_CALLBACK, acks_late=True, reject_on_worker_lost=True, max_retries=None)
-def callback(self, job_id: str, attempt: int = 1) -> None:
+def callback(self, job_id: str, attempt: int = 1, tenant: str = "") -> None:
     delay = send_callback(context_of(self.app), job_id, attempt)
     if delay is not None:
-        raise self.retry(args=(job_id,), kwargs={"attempt": attempt + 1}, countdown=delay)
+        raise self.retry(args=(job_id,), kwargs={"attempt": attempt + 1, "tenant": tenant}, countdown=delay)
 
 
 def while_store_recovers(work: Callable[[], T], patience: float = STORE_PATIENCE_SECONDS) -> T:
@@ -113,8 +115,9 @@ def start_sweeper(sender, **kwargs) -> None:
             ctx.store,
             stall_seconds=stall,
             queue_depth=lambda: items_waiting(app),
-            publish_item=lambda job_id, index: process_item.apply_async((job_id, index), queue=Queues.ITEMS),
-            finish=lambda job_id: finish.apply_async((job_id,), queue=Queues.JOBS),
+            publish_item=lambda job_id, index, tenant: process_item.apply_async(
+                (job_id, index), {"tenant": tenant}, queue=Queues.ITEMS),
+            finish=lambda job_id, tenant: finish.apply_async((job_id,), {"tenant": tenant}, queue=Queues.JOBS),
         )
 
     thread = SweeperThread(ctx.store, interval=max(1.0, stall / 5), run_once=run_once)
