@@ -450,9 +450,7 @@ class NewJob:
         key = self.store.job_key(self.job_id)
         chunks = [f"{key}:in:{n}" for n in range((self.count + CHUNK - 1) // CHUNK)]
         pipe = self.store.redis.pipeline(transaction=False)
-        for start in range(0, len(chunks), 1000):
-            pipe.delete(*chunks[start:start + 1000])
-        pipe.delete(key, f"{key}:next")
+        pipe.delete(key, f"{key}:next", *chunks)
         pipe.zrem(self.store.tenant_jobs_key(self.tenant), self.job_id)
         pipe.zrem(ACTIVE_KEY, self.job_id)
         pipe.execute()

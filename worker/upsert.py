@@ -167,11 +167,15 @@ def _add(
                              warnings=warnings)
 
 
-def _read_back(client: CapillaryClient, source: str, account: str | None, identifier: dict) -> dict | None:
-    """The customer as the downstream holds it now, in lookup shape; None when the lookup finds nothing."""
-    answer = client.lookup(
+def _lookup(client: CapillaryClient, source: str, account: str | None, identifier: dict) -> ApiResult:
+    return client.lookup(
         source=source, account_id=account, identifier_name=identifier["type"], identifier_value=identifier["value"]
     )
+
+
+def _read_back(client: CapillaryClient, source: str, account: str | None, identifier: dict) -> dict | None:
+    """The customer as the downstream holds it now, in lookup shape; None when the lookup finds nothing."""
+    answer = _lookup(client, source, account, identifier)
     return None if answer.errors else answer.body
 
 
@@ -187,10 +191,7 @@ def find_customer(
     matched_by = identifiers[0]
     owners: dict[int, dict] = {}
     for identifier in identifiers:
-        answer = client.lookup(
-            source=source, account_id=account, identifier_name=identifier["type"],
-            identifier_value=identifier["value"],
-        )
+        answer = _lookup(client, source, account, identifier)
         if answer.errors:
             if answer.error_codes == {CODE_NOT_FOUND}:
                 continue
