@@ -10,6 +10,7 @@ HTTP status alone (the vendor does not document which status goes with which cod
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import random
 import threading
@@ -276,6 +277,13 @@ class CapillaryClient:
 
     def close(self) -> None:
         self.session.close()
+
+    def with_gate(self, gate: BeforeCall) -> CapillaryClient:
+        """This client for one item: the same connections and token, with ``gate`` called before
+        each request (the item's lease check and its rate-limit tokens)."""
+        view = copy.copy(self)
+        view.before_call = gate
+        return view
 
 
 def basic_auth_header(till: str, password: str) -> str:
