@@ -139,6 +139,7 @@ class RateLimiter:
 
     def acquire(self, endpoint: str) -> None:
         """Take a token for one call to ``endpoint``; sleep through a short wait, raise on a long one."""
+        endpoint = "lookup" if endpoint == "get" else endpoint  # a read-back by id is a lookup to the vendor's limits
         reserved = RESERVED.get()
         if reserved and reserved.get(endpoint):
             late = time.time() - reserved[endpoint].pop(0)
