@@ -55,16 +55,25 @@ class ItemStep:
 class StoreJournal:
     """The item's journal in the job store; what earlier runs wrote came with the item's input."""
 
-    def __init__(self, store: JobStore, job_id: str, index: int, created_id: int | None) -> None:
+    def __init__(self, store: JobStore, job_id: str, index: int, created_id: int | None,
+                 add_in_doubt: bool = False) -> None:
         self.store, self.job_id, self.index = store, job_id, index
         self._created = created_id
+        self._in_doubt = add_in_doubt
 
     def created_id(self) -> int | None:
         return self._created
 
     def record_created(self, user_id: int) -> None:
         self.store.record_created(self.job_id, self.index, user_id)
-        self._created = user_id
+        self._created, self._in_doubt = user_id, False
+
+    def add_in_doubt(self) -> bool:
+        return self._in_doubt
+
+    def mark_add_in_doubt(self) -> None:
+        self.store.record_created(self.job_id, self.index, None)
+        self._created, self._in_doubt = None, True
 
 
 def run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int = 1, delivery: str = "0",
@@ -109,7 +118,7 @@ def _run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int, deliver
                     work.element,
                     skip_change_identifier=work.header.skip_change_identifier,
                     priority=ctx.settings.identifier_priority,
-                    journal=StoreJournal(store, job_id, index, work.created_id),
+                    journal=StoreJournal(store, job_id, index, work.created_id, work.add_in_doubt),
                 )
         except RateLimited as exc:
             # Tokens reserved but not used this run travel on with the item, so a run that redoes

@@ -7,7 +7,8 @@ Layout (every key expires ``JOB_TTL_SECONDS`` after the job finishes)::
     cu:job:{id}:res:{chunk}     hash   index -> item result (JSON), CHUNK items per key
     cu:job:{id}:failed / :ok    zset   indexes by outcome (score = index), for filtered paging
     cu:job:{id}:next            hash   index -> next index, for items that must run in order
-    cu:job:{id}:created         hash   index -> customer id this item added (survives retries)
+    cu:job:{id}:created         hash   index -> customer id this item added (survives retries), or
+                                       "?" while an add's answer is outstanding
     cu:tenant:{t}:jobs          zset   job ids by creation time
 
 Inputs and results are split into chunks so that no key, message or process ever holds a
@@ -36,6 +37,9 @@ ACTIVE_KEY = f"{PREFIX}:active"
 
 QUEUED, RUNNING, COMPLETED, CANCELLED = "QUEUED", "RUNNING", "COMPLETED", "CANCELLED"
 FINAL_STATES = frozenset({COMPLETED, CANCELLED})
+
+#: The ``:created`` value of an item whose add was sent and not answered (yet, or ever).
+ADD_IN_DOUBT = "?"
 
 COUNTERS = ("totalCount", "processedCount", "successCount", "failureCount", "createdCount", "updatedCount",
             "cancelledCount")
@@ -118,6 +122,7 @@ class ItemWork:
     already_done: bool
     deliveries: int = 1  # how often this very message (same item, same retry) has been taken
     created_id: int | None = None  # the customer an earlier run of this item added
+    add_in_doubt: bool = False  # an earlier run sent an add whose answer never came back
 
 
 class JobStore:
@@ -177,7 +182,8 @@ class JobStore:
         header = JobHeader(tenant=tenant, state=state, skip_change_identifier=skip == "1")
         return ItemWork(header=header, element=json.loads(raw) if raw is not None else None,
                         already_done=bool(done), deliveries=int(deliveries),
-                        created_id=int(created) if created is not None else None)
+                        created_id=int(created) if created not in (None, ADD_IN_DOUBT) else None,
+                        add_in_doubt=created == ADD_IN_DOUBT)
 
     def record_outcome(self, job_id: str, index: int, item: dict, *, failed: bool) -> tuple[bool, bool, int | None]:
         """Record an item's outcome once. Answers (recorded now, was last, next index in its chain)."""
@@ -282,10 +288,11 @@ class JobStore:
 
     # -- journal of adds, so a retried item still reports CREATED ----------------------------
 
-    def record_created(self, job_id: str, index: int, user_id: int) -> None:
+    def record_created(self, job_id: str, index: int, user_id: int | None) -> None:
+        """The customer the item added; ``None``: an add is being sent, its outcome not known yet."""
         key = f"{self.job_key(job_id)}:created"
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(key, str(index), str(user_id))
+        pipe.hset(key, str(index), ADD_IN_DOUBT if user_id is None else str(user_id))
         pipe.expire(key, self.ttl)
         pipe.execute()
 
