@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -12,7 +13,7 @@ from requests.adapters import BaseAdapter
 from tests.conftest import SIM_PASSWORD, SIM_TILL
 from worker.client import CapillaryClient, PermanentError, RetryableError, basic_auth_header
 from worker.settings import Tenant
-from worker.upsert import CREATED, FAILED, UPDATED, find_customer, upsert_customer
+from worker.upsert import CREATED, FAILED, UPDATED, upsert_customer
 
 
 def tenant(sim, **overrides) -> Tenant:
@@ -147,26 +148,28 @@ def test_a_new_customer_costs_one_lookup_per_identifier_one_add_and_one_read_bac
 
 
 class CannedAdapter(BaseAdapter):
-    """Answers every request with one canned status and body, for answers the simulator never gives."""
+    """Answers requests from canned ``(status, body)`` pairs keyed by the start of ``"METHOD /path"`` (the
+    longest key that matches wins), for answers the simulator never gives."""
 
-    def __init__(self, status: int, body: bytes) -> None:
+    def __init__(self, answers: dict[str, tuple[int, bytes | dict]]) -> None:
         super().__init__()
-        self.status, self.body = status, body
+        self.answers = answers
 
     def send(self, request, **kwargs):
+        call = f"{request.method} {urlsplit(request.url).path}"
+        status, body = self.answers[max((k for k in self.answers if call.startswith(k)), key=len)]
         response = requests.Response()
-        response.status_code, response._content, response.request, response.url = (
-            self.status, self.body, request, request.url)
+        response.status_code, response.request, response.url = status, request, request.url
+        response._content = json.dumps(body).encode() if isinstance(body, dict) else body
         return response
 
     def close(self) -> None:
         pass
 
 
-def canned_client(status: int, body: bytes | dict) -> CapillaryClient:
+def canned_client(answers: dict[str, tuple[int, bytes | dict]]) -> CapillaryClient:
     client = CapillaryClient(Tenant(id="t", token="x", base_url="http://canned"), timeout=1, quick_retries=0)
-    client.session.mount("http://canned", CannedAdapter(status, json.dumps(body).encode() if isinstance(body, dict)
-                                                        else body))
+    client.session.mount("http://canned", CannedAdapter(answers))
     return client
 
 
@@ -184,7 +187,7 @@ def canned_client(status: int, body: bytes | dict) -> CapillaryClient:
     ],
 )
 def test_answers_without_a_usable_body_are_errors_that_say_what_came_back(status, body, kind, says):
-    client = canned_client(status, body)
+    client = canned_client({"GET": (status, body)})
 
     with pytest.raises(kind) as caught:
         client.lookup(source="INSTORE", account_id=None, identifier_name="mobile", identifier_value="919900000001")
@@ -196,9 +199,13 @@ def test_answers_without_a_usable_body_are_errors_that_say_what_came_back(status
 @pytest.mark.parametrize("code", [8015, 8065])
 def test_not_found_is_decided_on_the_code_whatever_the_status_and_the_company(status, code):
     merged = {"status": False, "code": 8069, "message": "Merged customer found"}
-    body = {"errors": [merged, {"status": False, "code": code, "message": "not here"}], "warnings": [merged]}
-    client = canned_client(status, body)
+    not_found = {"errors": [merged, {"status": False, "code": code, "message": "not here"}], "warnings": [merged]}
+    customer = {"id": 7, "profiles": [{"userId": 7, "source": "INSTORE", "accountId": "", "identifiers": [
+        {"type": "mobile", "value": "919900000001"}]}]}
+    client = canned_client({"GET /v2/customers/lookup": (status, not_found),
+                            "POST /v2/customers": (200, {"createdId": 7}), "GET /v2/customers/": (200, customer)})
+    element = {"profiles": [{"identifiers": [{"type": "mobile", "value": "919900000001"}], "source": "INSTORE"}]}
 
-    found, failure = find_customer(client, "INSTORE", None, [{"type": "mobile", "value": "919900000001"}])
+    outcome = upsert_customer(client, element, skip_change_identifier=False, priority=[])
 
-    assert found is None and failure is None
+    assert outcome.action == CREATED and outcome.entity_id == 7 and not outcome.errors
