@@ -115,7 +115,8 @@ class Simulator:
     def reset(self, **config) -> None:
         self.admin("POST", "reset")
         defaults = {"notFoundStatus": 400, "latencyMs": 0, "errorRate": 0, "error521Rate": 0, "hangRate": 0,
-                    "outage": False, "rateLimitRps": 0, "rateLimits": {}}
+                    "hangSeconds": 30, "outage": False, "rateLimitRps": 0, "rateLimits": {},
+                    "primaryIdentifier": None, "lostAnswers": {}}
         self.admin("PATCH", "config", json=defaults | config)
 
     def configure(self, **config) -> dict:

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from api.app import create_app
-from tests.conftest import JOBS, TOKEN, ApiClient, RedisServer, Simulator, Worker, make_settings, wait_for
+from tests.helpers import JOBS, TOKEN, ApiClient, RedisServer, Simulator, Worker, make_settings, wait_for
 from worker.settings import Settings
 
 GOOD = [{"profiles": [{"identifiers": [{"type": "externalId", "value": "H1"}], "source": "INSTORE"}]}]

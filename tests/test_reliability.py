@@ -38,7 +38,7 @@ def test_a_worker_killed_mid_job_costs_one_lease_and_loses_and_doubles_nothing(m
     took = time.monotonic() - killed_at
     print(f"{broker}: job done {took:.1f}s after the kill (lease {stack.settings.item_lease_seconds:g}s)")
     assert_exact(job, 1500)
-    assert job["createdCount"] + job["updatedCount"] == 1500
+    assert job["createdCount"] == 1500  # every item reports what it did, also those run twice
     assert len(sim.customers()) == 1500
     # The lease, not the broker's visibility timeout (Celery's default: an hour), brought them back.
     assert took < 3 * stack.settings.item_lease_seconds

@@ -76,6 +76,7 @@ class StoreJournal:
         return bool(self.memo.get("d"))
 
     def mark_add_in_doubt(self) -> None:
+        self.memo.pop("c", None)
         self.memo["d"] = 1
         self.store.save_memo(self.job_id, self.index, self.memo)
 
