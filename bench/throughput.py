@@ -1,84 +1,148 @@
-"""Throughput of the whole service against a baseline measured in the same run.
+"""Throughput of the whole service against a direct client measured in the same run, and what it costs.
 
-Baseline: the same upsert logic (worker/upsert.py) called directly from a thread pool of the same
-size, with no API, broker, job store or Celery in the way: what the simulator and the client alone
-allow on this machine right now. Service: the same number of new customers submitted as one job
-to the API, processed by one real Celery worker process. The ratio service/baseline is the figure
-to watch: it is the cost of everything the service adds (durability, accounting, retries), and it
-does not depend on how fast or loaded this machine happens to be.
+Direct client: the same upsert logic (worker/upsert.py) called from a thread pool of the same size,
+with no API, broker, job store or Celery in the way: what the simulator and the client alone allow
+on this machine right now. Service: the same number of new customers submitted as one job to the
+API, processed by one real Celery worker process from the Procfile's line. The ratio is the cost of
+everything the service adds (durability, accounting, scheduling), and does not depend on how fast
+or loaded the machine happens to be. Beside it: Redis commands per item (every command Redis
+executed, broker and script internals included), the worker's CPU seconds per item, the same
+profiles sent the way users send them today (sequential calls of a synchronous upsert in the
+vendor's batch size), and how close the rate limiter keeps to a limit the simulator enforces.
 
-    .venv/bin/python bench/throughput.py [--items 2000] [--latency-ms 20] [--concurrency 32]
+    .venv/bin/python bench/throughput.py [--items 3000] [--latency-ms 20 50] [--concurrency 32]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.app import create_app
-from tests.helpers import ApiClient, RedisServer, Simulator, Worker, make_settings
+import redis
+
+from tests.helpers import Simulator, Stack, calls_since, customers
 from worker.client import CapillaryClient
 from worker.upsert import upsert_customer
 
-
-def batch(n: int, tag: str) -> list[dict]:
-    return [{"profiles": [{"firstName": "B", "identifiers": [
-        {"type": "externalId", "value": f"{tag}-{i}"}, {"type": "mobile", "value": f"91{60000000 + i:08d}"}],
-        "source": "WEB_ENGAGE", "accountId": "bench"}]} for i in range(n)]
+#: Profiles per call of the synchronous bulk upsert users call today ("a handful").
+VENDOR_BATCH = 10
 
 
-def direct(sim: Simulator, settings, elements: list[dict], concurrency: int) -> float:
-    client = CapillaryClient(settings.default_tenant(), timeout=10, pool_size=concurrency)
+def direct(stack: Stack, elements: list[dict], concurrency: int) -> float:
+    client = CapillaryClient(stack.settings.default_tenant(), timeout=10, pool_size=concurrency)
+    priority = stack.settings.identifier_priority
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         outcomes = list(pool.map(lambda e: upsert_customer(client, e, skip_change_identifier=False,
-                                                           priority=settings.identifier_priority), elements))
+                                                           priority=priority), elements))
     elapsed = time.perf_counter() - start
     assert all(not o.errors for o in outcomes)
     return len(elements) / elapsed
 
 
-def service(api: ApiClient, elements: list[dict]) -> float:
+def synchronous_today(stack: Stack, elements: list[dict]) -> float:
+    """Batches of VENDOR_BATCH, each upserted profile by profile before the next batch is sent."""
+    client = CapillaryClient(stack.settings.default_tenant(), timeout=10)
+    priority = stack.settings.identifier_priority
     start = time.perf_counter()
-    job = api.run(elements, timeout=1800)
+    for first in range(0, len(elements), VENDOR_BATCH):
+        for element in elements[first:first + VENDOR_BATCH]:
+            assert not upsert_customer(client, element, skip_change_identifier=False, priority=priority).errors
+    return len(elements) / (time.perf_counter() - start)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def service(stack: Stack, elements: list[dict]) -> tuple[float, float, float]:
+    """(items per second, Redis commands per item, worker CPU seconds per item)."""
+    worker = stack.workers[0]
+    store = redis.Redis.from_url(stack.redis.url)
+    store.config_resetstat()
+    cpu = cpu_seconds(worker.process.pid)
+    start = time.perf_counter()
+    job = stack.api.run(elements, timeout=1800)
     elapsed = time.perf_counter() - start
     assert job["failureCount"] == 0, job
-    return len(elements) / elapsed
+    commands = sum(v["calls"] for v in store.info("commandstats").values())
+    return len(elements) / elapsed, commands / len(elements), (cpu_seconds(worker.process.pid) - cpu) / len(elements)
+
+
+def rate_limit_adherence(sim: Simulator, tmp: Path, limits: dict[str, float], items: int) -> tuple[dict, int]:
+    """Achieved calls per minute over the limit, per limited endpoint, and the 429s, for new customers."""
+    (tmp / "limits").mkdir()
+    stack = Stack(tmp / "limits", sim, worker_concurrency=32, capillary_rate_limits=limits)
+    try:
+        stack.worker()
+        sim.reset(rateLimits=limits)
+        start = time.time()
+        stack.api.run(customers(items, "RL" + uuid.uuid4().hex[:6]), timeout=600)
+        calls = calls_since(sim, start)
+    finally:
+        stack.close()
+        sim.reset()
+    achieved = {}
+    for endpoint, rpm in limits.items():
+        times = sorted(c["t"] for c in calls if c["endpoint"] == endpoint and c["status"] == 200)
+        if len(times) > 1:
+            achieved[endpoint] = (len(times) - 1) / (times[-1] - times[0]) * 60 / rpm
+    return achieved, Counter(c["status"] for c in calls)[429]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=2000)
-    parser.add_argument("--latency-ms", type=float, default=20.0, help="simulated downstream latency")
+    parser.add_argument("--items", type=int, default=3000)
+    parser.add_argument("--latency-ms", type=float, nargs="+", default=[20.0, 50.0])
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--sync-items", type=int, default=200, help="profiles sent the synchronous way")
+    parser.add_argument("--limit-items", type=int, default=300)
     args = parser.parse_args()
 
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         sim = Simulator(tmp_path)
-        redis_server = RedisServer(tmp_path).start()
-        settings = make_settings(redis_server.url, sim.url, worker_concurrency=args.concurrency)
-        worker = Worker(settings, tmp_path / "worker.log")
+        (tmp_path / "main").mkdir()
+        stack = Stack(tmp_path / "main", sim, worker_concurrency=args.concurrency)
         try:
-            sim.reset(latencyMs=args.latency_ms, latencyJitterMs=0)
-            baseline = direct(sim, settings, batch(args.items, "D" + uuid.uuid4().hex[:6]), args.concurrency)
-            sim.reset(latencyMs=args.latency_ms, latencyJitterMs=0)
-            through = service(ApiClient(create_app(settings)), batch(args.items, "S" + uuid.uuid4().hex[:6]))
+            stack.worker()
+            sim.reset(latencyMs=0)
+            _rate, _commands, cpu0 = service(stack, customers(args.items, "Z" + uuid.uuid4().hex[:6]))
+            for latency in args.latency_ms:
+                sim.reset(latencyMs=latency, latencyJitterMs=0)
+                base = direct(stack, customers(args.items, "D" + uuid.uuid4().hex[:6]), args.concurrency)
+                sim.reset(latencyMs=latency, latencyJitterMs=0)
+                rate, commands, cpu = service(stack, customers(args.items, "S" + uuid.uuid4().hex[:6]))
+                sim.reset(latencyMs=latency, latencyJitterMs=0)
+                today = synchronous_today(stack, customers(args.sync_items, "T" + uuid.uuid4().hex[:6]))
+                rows.append((latency, base, rate, commands, cpu, today))
         finally:
-            worker.stop()
-            redis_server.stop()
-            sim.stop()
-    print(f"items={args.items} latency={args.latency_ms:g}ms concurrency={args.concurrency}")
-    print(f"baseline (direct calls, no service): {baseline:8.1f} items/s")
-    print(f"service (API + Redis + 1 worker):    {through:8.1f} items/s")
-    print(f"ratio service/baseline:              {through / baseline:8.2f}")
+            stack.close()
+        limits = {"add": 600.0, "update": 3000.0}
+        achieved, throttled = rate_limit_adherence(sim, tmp_path, limits, args.limit_items)
+        sim.stop()
+
+    print(f"{args.items} new customers, concurrency {args.concurrency}, one worker process, {os.cpu_count()} cores")
+    print(f"worker CPU at 0 ms latency: {cpu0 * 1000:.2f} ms per item")
+    print("latency | direct items/s | service items/s | ratio | Redis cmds/item | worker CPU ms/item "
+          f"| today (sync, batches of {VENDOR_BATCH}) items/s | service/today")
+    for latency, base, rate, commands, cpu, today in rows:
+        print(f"{latency:5g} ms | {base:14.1f} | {rate:15.1f} | {rate / base:5.2f} | {commands:15.1f} | "
+              f"{cpu * 1000:18.2f} | {today:36.1f} | {rate / today:6.1f}x")
+    print(f"rate limits {limits} (per minute), {args.limit_items} new customers: "
+          + ", ".join(f"{endpoint} at {share:.2f} of its limit" for endpoint, share in achieved.items())
+          + f"; {throttled} answers 429")
     return 0
 
 

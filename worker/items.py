@@ -1,8 +1,8 @@
 """One delivery of an item in the worker, without Celery: load, gate, upsert under its locks, record.
 
-The task wrapper in :mod:`worker.tasks` only calls :func:`run_item` and queues the job's finish
-when this was its last item. Everything an item does in Redis is fenced by its lease (see
-:mod:`worker.scheduler`): a delivery whose lease was taken away records nothing.
+The task wrapper in :mod:`worker.tasks` only calls :func:`run_item`. Everything an item does in
+Redis is fenced by its lease (see :mod:`worker.scheduler`): a delivery whose lease was taken away
+records nothing.
 
 Three kinds of "later", kept apart because only one of them is the item's fault; all three hand
 the item back to the scheduler (``defer``), so a waiting item never holds a worker thread:
@@ -30,7 +30,7 @@ from worker.logs import CURRENT, mask_value
 from worker.planning import identifier_keys
 from worker.ratelimit import RateLimited
 from worker.scheduler import Lapsed, LeaseLost
-from worker.upsert import CANCELLED, FAILED, ItemOutcome, error, upsert_customer
+from worker.upsert import CANCELLED, FAILED, ItemOutcome, error, upsert_valid_customer
 from worker.validation import validate_customer
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,6 @@ class ItemRun:
     (``CREATED 500000123``, ``FAILED 8045``, ``RETRY in 1.2s``, ``CANCELLED``)."""
 
     summary: str
-    last: bool = False  # it brought processedCount to totalCount: the job's finish is due
 
 
 class StoreJournal:
@@ -144,7 +143,7 @@ def _upsert_under_locks(ctx: WorkerContext, work: ItemWork, job_id: str, index: 
 
     attempt = int(memo.get("a") or 1)
     try:
-        outcome = upsert_customer(client.with_gate(gate), work.element,
+        outcome = upsert_valid_customer(client.with_gate(gate), work.element,
                                   skip_change_identifier=meta.skip_change_identifier,
                                   priority=ctx.settings.identifier_priority, journal=journal)
         return outcome, locks, None
@@ -215,12 +214,12 @@ def _record(ctx: WorkerContext, work: ItemWork, job_id: str, index: int, member:
     log.info("item %s entity=%s identifiers=[%s]%s", outcome.action, outcome.entity_id,
              _masked_identifiers(work.element),
              "".join(f" error {e.get('code')}: {e.get('message')}" for e in item["errors"]))
-    return ItemRun(outcome_summary(outcome), last=work.meta is not None and done.processed == work.meta.total)
+    return ItemRun(outcome_summary(outcome))
 
 
-def end_lapsed(ctx: WorkerContext, lapsed: Lapsed) -> bool:
+def end_lapsed(ctx: WorkerContext, lapsed: Lapsed) -> None:
     """Record an item whose lease lapsed and that must not run again: its job was cancelled, or
-    workers died under it too often. Answers whether this ended its job."""
+    workers died under it too often."""
     job_id, index, _token = lapsed.member.split(":", 2)
     index_ = int(index)
     work = ctx.store.load_item(job_id, index_)
@@ -230,7 +229,7 @@ def end_lapsed(ctx: WorkerContext, lapsed: Lapsed) -> bool:
         log.error("job %s item %s: %s workers stopped under it; giving it up", job_id, index_, lapsed.lapses)
         outcome = ItemOutcome(FAILED, errors=[error(
             CODE_REDELIVERED, f"the item was taken {lapsed.lapses} times by workers that stopped before finishing it")])
-    return _record(ctx, work, job_id, index_, lapsed.member, outcome, []).last
+    _record(ctx, work, job_id, index_, lapsed.member, outcome, [])
 
 
 def outcome_summary(outcome: ItemOutcome) -> str:

@@ -4,12 +4,14 @@ Every write an item makes is fenced by its lease: the member ``job:index:token``
 ``cu:inflight`` that the dispatcher created for this very delivery. The outcome script removes
 the member and writes the result with HSETNX in one step, so a delivery whose lease was taken
 away (its worker froze or lost its network, and the item was handed to another) records nothing,
-and no item is ever counted twice. The item that brings ``processedCount`` to ``totalCount``
-learns that it was the last and queues the job's finish.
+and no item is ever counted twice.
 
-The hot path is counted in Redis commands (issue: at most about 12 per item, broker included), so
-an item reads everything it needs with one HMGET on its input chunk, and records its outcome,
-releases its identifier locks, ends its lease and hands on its chain with one script.
+The hot path is counted in Redis commands (at most about 12 per item, broker included), so an
+item reads everything it needs with one HMGET on its input chunk, and records its outcome,
+releases its identifier locks, ends its lease and hands on its chain with one script. An item
+bumps exactly one counter, that of its kind of outcome (:data:`OUTCOME_COUNTERS`); the job
+document's counts are sums of them, and the dispatcher, which sees every job's items in flight,
+queues the job's finish once the counters add up to the total.
 """
 
 from __future__ import annotations
@@ -28,28 +30,27 @@ from worker import keys
 
 QUEUED, RUNNING, COMPLETED, CANCELLED = "QUEUED", "RUNNING", "COMPLETED", "CANCELLED"
 
-#: Counters kept in the job hash; ``successCount`` is derived (processed minus failed).
-COUNTERS = ("totalCount", "processedCount", "failureCount", "createdCount", "updatedCount", "cancelledCount")
+#: One counter per kind of outcome, in the job hash: an item bumps exactly one.
+OUTCOME_COUNTERS = ("n.created", "n.updated", "n.createdWithErrors", "n.updatedWithErrors", "n.failed",
+                    "n.cancelled")
 
 CODE_CANCELLED = 9002
 CANCELLED_MESSAGE = "the job was cancelled before this item ran"
 
 _RECORD_OUTCOME = """
 -- KEYS: inflight, job, result chunk, failed zset, ready list, sched due, identifier locks...
--- ARGV: member, index, item json, failed 0/1, counter or '', successor or '', job id
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return {-1, 0} end
+-- ARGV: member, index, item json, failed 0/1, outcome counter, successor or '', job id
+-- Answers -1: the lease is gone; 0: another delivery recorded the item; 1: recorded now.
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return -1 end
 if #KEYS > 6 then redis.call('DEL', unpack(KEYS, 7, #KEYS)) end
-if redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3]) == 0 then return {0, 0} end
-if ARGV[4] == '1' then
-  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[2])
-  redis.call('HINCRBY', KEYS[2], 'failureCount', 1)
-end
-if ARGV[5] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[5], 1) end
+if redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3]) == 0 then return 0 end
+if ARGV[4] == '1' then redis.call('ZADD', KEYS[4], ARGV[2], ARGV[2]) end
+redis.call('HINCRBY', KEYS[2], ARGV[5], 1)
 if ARGV[6] ~= '' then
   redis.call('RPUSH', KEYS[5], ARGV[6])
   redis.call('ZADD', KEYS[6], redis.call('TIME')[1], ARGV[7])
 end
-return {1, redis.call('HINCRBY', KEYS[2], 'processedCount', 1)}
+return 1
 """
 
 _DEFER = """
@@ -74,7 +75,16 @@ redis.call('ZADD', KEYS[4], 'LT', due, ARGV[7])
 return 1
 """
 
-_CANCEL = """
+#: Lua: the items of a job that have an outcome, from its outcome counters.
+_PROCESSED = """
+local function processed(job)
+  local n = 0
+  for _, v in ipairs(redis.call('HMGET', job, COUNTERS)) do n = n + (tonumber(v) or 0) end
+  return n
+end
+""".replace("COUNTERS", ", ".join(f"'{name}'" for name in OUTCOME_COUNTERS))
+
+_CANCEL = _PROCESSED + """
 -- KEYS: job, inflight, delayed, ready, sched jobs, sched due, input chunks...
 -- ARGV: job id. Answers {state before, 1 if nothing is left running}.
 -- Items not in flight are counted CANCELLED here, at once; items queued or running end on
@@ -90,13 +100,8 @@ for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   if string.sub(member, 1, #prefix) == prefix then running = running + 1 end
 end
 local total = tonumber(redis.call('HGET', KEYS[1], 'totalCount'))
-local processed = tonumber(redis.call('HGET', KEYS[1], 'processedCount'))
-local cancelled = total - processed - running
-if cancelled > 0 then
-  redis.call('HINCRBY', KEYS[1], 'cancelledCount', cancelled)
-  redis.call('HINCRBY', KEYS[1], 'failureCount', cancelled)
-  redis.call('HINCRBY', KEYS[1], 'processedCount', cancelled)
-end
+local cancelled = total - processed(KEYS[1]) - running
+if cancelled > 0 then redis.call('HINCRBY', KEYS[1], 'n.cancelled', cancelled) end
 redis.call('HSET', KEYS[1], 'cursor', total)
 redis.call('DEL', KEYS[3], KEYS[4])
 redis.call('ZREM', KEYS[5], ARGV[1])
@@ -105,14 +110,12 @@ if running == 0 then return {state, 1} end
 return {state, 0}
 """
 
-_FINISH = """
+_FINISH = _PROCESSED + """
 -- KEYS: job, sched jobs, sched due, then every key of the job (to expire).
 -- ARGV: now (ISO), ttl, job id. Sets the final state once; answers 1 the first time only.
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HGET', KEYS[1], 'finishedAt') then return 0 end
-local processed = tonumber(redis.call('HGET', KEYS[1], 'processedCount'))
-local total = tonumber(redis.call('HGET', KEYS[1], 'totalCount'))
-if processed < total then return -2 end
+if processed(KEYS[1]) < tonumber(redis.call('HGET', KEYS[1], 'totalCount')) then return -2 end
 if redis.call('HGET', KEYS[1], 'state') ~= 'CANCELLED' then redis.call('HSET', KEYS[1], 'state', 'COMPLETED') end
 redis.call('HSETNX', KEYS[1], 'startedAt', ARGV[1])
 redis.call('HSET', KEYS[1], 'finishedAt', ARGV[1])
@@ -173,8 +176,6 @@ class Recorded:
 
     recorded: bool  # False: the lease was lost, or another delivery recorded the item first
     lease_lost: bool
-    processed: int  # processedCount after this item (0 unless recorded): the item that reaches
-    #: totalCount is the job's last
 
 
 class JobStore:
@@ -224,15 +225,13 @@ class JobStore:
     def record_outcome(self, member: str, job_id: str, index: int, item: dict, *, failed: bool,
                        successor: int | None = None, locks: Iterable[str] = ()) -> Recorded:
         """Record an item's outcome once, end its lease, release its locks and hand on its chain."""
-        counter = {"CREATED": "createdCount", "UPDATED": "updatedCount", "CANCELLED": "cancelledCount"}.get(
-            item["action"], "")
-        status, processed = self._record(
+        status = self._record(
             keys=[keys.INFLIGHT, keys.job(job_id), keys.results(job_id, index), keys.failed(job_id),
                   keys.ready(job_id), keys.SCHED_DUE, *locks],
-            args=[member, index, json.dumps(item, separators=(",", ":")), "1" if failed else "0", counter,
-                  "" if successor is None else successor, job_id],
+            args=[member, index, json.dumps(item, separators=(",", ":")), "1" if failed else "0",
+                  outcome_counter(item["action"], failed), "" if successor is None else successor, job_id],
         )
-        return Recorded(recorded=status == 1, lease_lost=status == -1, processed=int(processed))
+        return Recorded(recorded=status == 1, lease_lost=status == -1)
 
     def defer(self, member: str, job_id: str, index: int, *, delay: float, memo: dict[str, Any],
               locks: Iterable[str] = (), keep_locks: bool = False, lock_ttl_ms: int = 0) -> int:
@@ -420,6 +419,28 @@ def cancelled_item(index: int, element: Any) -> dict:
             "warnings": [], "input": element}
 
 
+def outcome_counter(action: str, failed: bool) -> str:
+    """The one counter an item's outcome bumps."""
+    if action in ("CREATED", "UPDATED"):
+        return f"n.{action.lower()}WithErrors" if failed else f"n.{action.lower()}"
+    return "n.cancelled" if action == CANCELLED else "n.failed"
+
+
+def job_counts(raw: dict[str, str]) -> dict[str, int]:
+    """The document's counts from the outcome counters: each item is in exactly one of those."""
+    n = {name[2:]: int(raw.get(name) or 0) for name in OUTCOME_COUNTERS}
+    failure = n["createdWithErrors"] + n["updatedWithErrors"] + n["failed"] + n["cancelled"]
+    return {
+        "totalCount": int(raw.get("totalCount") or 0),
+        "processedCount": sum(n.values()),
+        "successCount": n["created"] + n["updated"],
+        "failureCount": failure,
+        "createdCount": n["created"] + n["createdWithErrors"],
+        "updatedCount": n["updated"] + n["updatedWithErrors"],
+        "cancelledCount": n["cancelled"],
+    }
+
+
 def job_document(raw: dict[str, str]) -> dict[str, Any] | None:
     """The public job document from the stored hash (internal fields left out); None for a hash
     that is not a whole job (an expired job's stray field must not break a listing)."""
@@ -430,10 +451,7 @@ def job_document(raw: dict[str, str]) -> dict[str, Any] | None:
         "state": raw.get("state", QUEUED),
         "skipChangeIdentifier": raw.get("skipChangeIdentifier") == "1",
     }
-    counts = {name: int(raw.get(name) or 0) for name in COUNTERS}
-    doc.update(totalCount=counts["totalCount"], processedCount=counts["processedCount"],
-               successCount=counts["processedCount"] - counts["failureCount"])
-    doc.update({name: counts[name] for name in COUNTERS[2:]})
+    doc.update(job_counts(raw))
     for name in ("createdAt", "startedAt", "finishedAt"):
         doc[name] = raw.get(name)
     return doc
@@ -488,7 +506,7 @@ class NewJob:
             "state": QUEUED,
             "skipChangeIdentifier": "1" if skip_change_identifier else "0",
             "createdAt": now_iso(),
-            **dict.fromkeys(COUNTERS, 0),
+            **dict.fromkeys(OUTCOME_COUNTERS, 0),
             "totalCount": self.count,
             "cursor": 0,
             "chained": len(next_index),

@@ -25,7 +25,7 @@ from worker.items import end_lapsed, run_item
 from worker.jobs import end_job, has_callback, send_callback
 from worker.logs import configure_logging
 from worker.queues import TaskNames
-from worker.scheduler import Delivery, Dispatcher, Lapsed
+from worker.scheduler import Delivery, Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,10 @@ STORE_PATIENCE_SECONDS = 120.0
 @shared_task(bind=True, name=TaskNames.PROCESS_ITEM)
 def process_item(self, job_id: str, index: int, token: str = "", tenant: str = "") -> str:
     """One customer element. ``tenant`` is there for people reading Flower; the worker takes the
-    tenant from the stored job. The answer is the item's outcome, as Flower shows it."""
+    tenant from the stored job. The answer is the item's outcome, as Flower shows it. The job's
+    finish is queued by the dispatcher, which sees when a job's last item has ended."""
     ctx = context_of(self.app)
-    run = while_store_recovers(lambda: run_item(ctx, job_id, index, token))
-    if run.last:
-        finish.delay(job_id, tenant=tenant)
-    return run.summary
+    return while_store_recovers(lambda: run_item(ctx, job_id, index, token)).summary
 
 
 @shared_task(bind=True, name=TaskNames.FINISH_JOB)
@@ -112,12 +110,9 @@ def start_scheduling(sender, **kwargs) -> None:
     app = sender.app
     ctx = context_of(app)
 
-    def lapsed(entry: Lapsed) -> None:
-        if end_lapsed(ctx, entry):
-            finish.delay(entry.member.split(":", 1)[0])
-
     dispatcher = Dispatcher(ctx.store.redis, ctx.settings, ctx.tenants, worker=ctx.worker,
-                            publish=lambda deliveries: publish(app, deliveries), end_lapsed=lapsed,
+                            publish=lambda deliveries: publish(app, deliveries),
+                            end_lapsed=lambda entry: end_lapsed(ctx, entry),
                             finish=lambda job_id, tenant: finish.delay(job_id, tenant=tenant))
     for name, target, stop in (("lease-keeper", ctx.keeper.run, ctx.keeper.leave),
                                ("dispatcher", dispatcher.run, dispatcher.stop)):

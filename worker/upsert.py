@@ -118,11 +118,24 @@ def upsert_customer(
     journal: Journal | None = None,
 ) -> ItemOutcome:
     """Run steps 1 to 5 for one element; raise RetryableError for the caller to retry."""
-    journal = journal or MemoryJournal()
     problems = validate_customer(element)
     if problems:
         return ItemOutcome(FAILED, errors=problems)
+    return upsert_valid_customer(client, element, skip_change_identifier=skip_change_identifier, priority=priority,
+                                 journal=journal)
 
+
+def upsert_valid_customer(
+    client: CapillaryClient,
+    element: dict,
+    *,
+    skip_change_identifier: bool,
+    priority: Sequence[str],
+    journal: Journal | None = None,
+) -> ItemOutcome:
+    """Steps 2 to 5, for an element :func:`validate_customer` passed (the worker validates first, before it
+    takes any lock)."""
+    journal = journal or MemoryJournal()
     profile = element["profiles"][0]
     source, account = profile["source"], profile.get("accountId") or None
     identifiers = order_identifiers(profile["identifiers"], priority)
