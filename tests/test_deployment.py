@@ -12,7 +12,7 @@ import pytest
 import requests
 import yaml
 
-from api import procfile
+from cli import procfile
 from tests.conftest import TOKEN, free_port, settings_env, wait_for
 from worker.queues import Queues
 
@@ -78,7 +78,7 @@ def test_the_client_commands_submit_follow_fetch_and_cancel(web, worker, sim, tm
     env = procfile.process_env({"UPSERT_URL": web, "UPSERT_API_TOKEN": TOKEN})
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "api.cli", *args], env=env, capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, capture_output=True, text=True,
                               timeout=120, cwd=ROOT)
 
     submitted = cli("submit", str(ROOT / "examples" / "seed-batch.json"), "--wait")
@@ -107,7 +107,7 @@ def test_dev_runs_the_whole_stack_and_the_example_job(redis_server, tmp_path):
     env.pop("UPSERT_API_TOKEN", None)
     env.pop("CAPILLARY_BASE_URL", None)
     run = subprocess.run(
-        [sys.executable, "-m", "api.cli", "dev", "--submit", str(ROOT / "examples" / "seed-batch.json"),
+        [sys.executable, "-m", "cli.main", "dev", "--submit", str(ROOT / "examples" / "seed-batch.json"),
          "--exit-after-submit"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
     )

@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     try:
         if args.command == "dev":
-            from api.devstack import run_dev
+            from cli.devstack import run_dev
 
             return run_dev(settings, submit=args.submit, exit_after_submit=args.exit_after_submit)
         client = ApiClient(settings.upsert_url, settings.upsert_api_token)

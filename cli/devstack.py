@@ -29,8 +29,8 @@ from pathlib import Path
 import redis
 import requests
 
-from api import procfile
-from api.cli import ApiClient, CliError, follow, read_batch, summary
+from cli import procfile
+from cli.main import ApiClient, CliError, follow, read_batch, summary
 from worker.settings import Settings
 
 DEFAULT_SIMULATOR_URL = Settings().capillary_base_url
