@@ -240,7 +240,7 @@ def _run_example(client: ApiClient, batch) -> None:
             break
         print("  " + item_line(item))
         if item["index"] in notes and item.get("errors"):
-            print(" " * 16 + notes[item["index"]])
+            print(" " * 17 + notes[item["index"]])
     print(summary(job), flush=True)
 
 
