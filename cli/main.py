@@ -273,21 +273,36 @@ def follow(client: ApiClient, job_id: str, timeout: float) -> dict:
     from rich.text import Text
 
     class Rate(ProgressColumn):
+        """Items per second: lately, while the job runs; over the whole job, once it has finished."""
+
         def render(self, task) -> Text:
-            speed = task.speed
+            speed = task.fields.get("overall") or task.speed
             return Text(f"{speed:,.0f} items/s" if speed else "- items/s", style="progress.data.speed")
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
                   TextColumn("{task.fields[eta]}", style="progress.remaining"), TimeElapsedColumn()) as progress:
-        bar = progress.add_task("QUEUED", total=None, eta="")
+        bar = progress.add_task("QUEUED", total=None, eta="", overall=None)
 
         def update(job: dict) -> None:
             failed = job["failureCount"] - job.get("cancelledCount", 0)
             progress.update(bar, total=job["totalCount"], completed=job["processedCount"],
                             description=job["state"] + (f" failed {failed:,}" if failed else ""),
-                            eta=eta_text(job))
+                            eta=eta_text(job), overall=overall_rate(job))
 
         return client.wait(job_id, timeout=timeout, on_progress=update)
+
+
+def overall_rate(job: dict) -> float | None:
+    """A finished job's items per second, start to finish by the server's clock; cancelled items not counted."""
+    if not (job.get("finishedAt") and job.get("startedAt")):
+        return None
+    seconds = (_parse_time(job["finishedAt"]) - _parse_time(job["startedAt"])).total_seconds()
+    worked = job["processedCount"] - job.get("cancelledCount", 0)
+    return worked / seconds if seconds > 0 and worked > 0 else None
+
+
+def _parse_time(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def eta_text(job: dict) -> str:
@@ -328,7 +343,7 @@ def local_time(stamp: str | None) -> str:
     if not stamp:
         return ""
     try:
-        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        return _parse_time(stamp).astimezone().strftime("%Y-%m-%d %H:%M:%S")
     except ValueError:
         return stamp
 

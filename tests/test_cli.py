@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import selectors
 import shutil
 import signal
 import subprocess
@@ -56,6 +55,7 @@ def test_submit_wait_prints_the_full_id_first_then_a_summary_and_exits_by_the_ou
 
     assert seed.returncode == 1, seed.stdout + seed.stderr  # 1: an item failed
     assert f"job {job_id} COMPLETED: total 2, created 1, updated 0, failed 1, cancelled 0" in seed.stdout
+    assert re.search(r"COMPLETED failed 1 .* 2/2 [\d,]+ items/s done", seed.stdout), seed.stdout  # the bar's end
     assert good.returncode == 0, good.stdout + good.stderr
     assert re.search(rf"job {JOB_ID} COMPLETED: total 3, created 3, updated 0, failed 0, cancelled 0", good.stdout)
 
@@ -80,19 +80,28 @@ def test_submit_wait_prints_the_full_id_first_then_a_summary_and_exits_by_the_ou
 def test_ctrl_c_leaves_the_job_running_and_says_how_to_follow_or_cancel_it(web_url, worker, sim, tmp_path):
     sim.configure(latencyMs=50)  # 600 customers: several seconds on the session's worker
     process = subprocess.Popen(
-        [CLI, "submit", str(ndjson(tmp_path / "slow.ndjson", 600)), "--wait"], cwd=ROOT, text=True,
-        env=procfile.process_env({"UPSERT_URL": web_url, "UPSERT_API_TOKEN": TOKEN}),
+        [CLI, "submit", str(ndjson(tmp_path / "slow.ndjson", 600)), "--wait"], cwd=ROOT,
+        # FORCE_COLOR: rich draws the live bar as on a terminal, so what it shows while the job runs can be read
+        env=procfile.process_env({"UPSERT_URL": web_url, "UPSERT_API_TOKEN": TOKEN, "FORCE_COLOR": "1"}),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
+    out = bytearray()
+    reader = threading.Thread(target=_drain, args=(process, out), daemon=True)
+    reader.start()
+
+    def shown() -> str:
+        return ANSI.sub("", out.decode("utf-8", "replace"))
+
     try:
-        with selectors.DefaultSelector() as selector:
-            selector.register(process.stdout, selectors.EVENT_READ)
-            assert selector.select(timeout=30), "no line from the command within 30 s"
-            accepted = process.stdout.readline()
-        job_id = re.match(rf"job ({JOB_ID}) accepted: 600 customers", accepted).group(1)
-        wait_for(lambda: get_job(web_url, job_id)["processedCount"] > 0, timeout=30, what="the job to start")
+        accepted = wait_for(lambda: re.match(rf"job ({JOB_ID}) accepted: 600 customers", shown()), timeout=30,
+                            what="the job id line")
+        job_id = accepted.group(1)
+        bar = wait_for(lambda: re.search(r"RUNNING .*? \d+/600 [\d,]+ items/s ETA \d+:\d\d", shown()), timeout=30,
+                       what="the bar to show the rate and the ETA").group(0)
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=15)
+        process.wait(15)
+        reader.join(5)
+        stderr = process.stderr.read().decode()
     finally:
         if process.poll() is None:
             process.kill()
@@ -100,7 +109,7 @@ def test_ctrl_c_leaves_the_job_running_and_says_how_to_follow_or_cancel_it(web_u
     cancel = run("cancel", job_id, url=web_url)
     again = run("cancel", job_id, url=web_url)
 
-    assert process.returncode == 130
+    assert process.returncode == 130, bar
     assert f"job {job_id} keeps running" in stderr
     assert f"customer-upsert status {job_id}" in stderr and f"customer-upsert cancel {job_id}" in stderr
     assert "Traceback" not in stderr
@@ -110,6 +119,15 @@ def test_ctrl_c_leaves_the_job_running_and_says_how_to_follow_or_cancel_it(web_u
     summary = re.search(r"CANCELLED: total 600, created (\d+), updated 0, failed 0, cancelled (\d+)", cancel.stdout)
     assert summary and int(summary.group(2)) > 0, cancel.stdout
     assert again.stdout.startswith(f"job {job_id} had already finished (CANCELLED); nothing was cancelled")
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _drain(process: subprocess.Popen, out: bytearray) -> None:
+    """Keep what the process writes to stdout in ``out``, as it comes."""
+    while chunk := os.read(process.stdout.fileno(), 4096):
+        out.extend(chunk)
 
 
 def _file(name: str, content: str | bytes, mode: int = 0o644):
