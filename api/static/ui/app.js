@@ -42,7 +42,8 @@ async function call(path, options = {}) {
 const number = (n) => Number(n).toLocaleString("en-US");
 
 function duration(seconds) {
-  seconds = Math.max(0, Math.round(seconds));
+  if (seconds < 1) return "under 1 s";
+  seconds = Math.round(seconds);
   if (seconds < 60) return `${seconds} s`;
   const m = Math.floor(seconds / 60), s = seconds % 60;
   if (m < 60) return `${m} min ${s} s`;
@@ -119,9 +120,11 @@ function update(row, job) {
   bar.setAttribute("aria-valuenow", done);
   bar.setAttribute("aria-label", `${number(done)} of ${number(total)} items processed`);
   const share = (n) => `${total ? (100 * n) / total : 0}%`;
-  $(".ok", bar).style.width = share(job.successCount);
-  $(".failed", bar).style.width = share(failed);
-  $(".cancelled", bar).style.width = share(cancelled);
+  for (const [part, count] of [["ok", job.successCount], ["failed", failed], ["cancelled", cancelled]]) {
+    const segment = $(`.${part}`, bar);
+    segment.style.width = share(count);
+    segment.classList.toggle("some", count > 0);  // one failure in thousands still shows
+  }
 
   const percent = total ? Math.floor((100 * done) / total) : 100;
   $(".progress-text", row).textContent = `${number(done)} / ${number(total)} processed (${percent}%)`;
@@ -137,9 +140,11 @@ function update(row, job) {
   const download = $(".download", row);
   download.hidden = job.failureCount === 0;
   download.textContent = `Download ${cancelled ? "failed and cancelled" : "failed"} items (${number(job.failureCount)})`;
+  $(".actions", row).hidden = $(".cancel", row).hidden && download.hidden && !$(".message", row).textContent;
 }
 
 function say(row, text, isError = false) {
+  $(".actions", row).hidden = false;
   const message = $(".message", row);
   message.textContent = text;
   message.classList.toggle("error", isError);
