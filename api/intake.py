@@ -8,12 +8,9 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from celery import Celery
-
 from api.errors import ApiError
-from worker.jobs import ChainPlanner
 from worker.jobstore import JobStore, NewJob
-from worker.queues import Queues, TaskNames
+from worker.planning import ChainPlanner
 
 JSON_TYPES = ("application/json",)
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines")
@@ -129,13 +126,14 @@ def parse_batch(raw: bytes, max_items: int) -> list[Any]:
     return body
 
 
-def accept(store: JobStore, celery: Celery, elements: Iterable[Any], *, tenant: str, skip_change_identifier: bool,
+def accept(store: JobStore, elements: Iterable[Any], *, tenant: str, skip_change_identifier: bool,
            callback_url: str | None = None, idempotency_key: str | None = None) -> str:
-    """Store the submission as it is read, then queue its fan-out; answer the job id.
+    """Store the submission as it is read, then hand the job to the scheduler; answer the job id.
 
     Each element is checked, planned and written to Redis as it comes, so only one chunk of
     inputs is held at a time; a submission refused part way (a bad line, too many items) is
-    removed again and nothing is queued.
+    removed again and nothing is queued. The intake publishes nothing itself: the workers'
+    dispatcher takes the job's items a window at a time (worker/scheduler.py).
 
     With an ``idempotency_key``: the job this key already made for the same submission, or a new
     one. The same key with a different submission (body, skipChangeIdentifier or callbackUrl;
@@ -152,9 +150,8 @@ def accept(store: JobStore, celery: Celery, elements: Iterable[Any], *, tenant: 
                 new.abort()
                 return earlier
         try:
-            job_id = new.finish(skip_change_identifier=skip_change_identifier, next_index=next_index,
+            job_id = new.commit(skip_change_identifier=skip_change_identifier, next_index=next_index,
                                 extra={"callbackUrl": callback_url} if callback_url else None)
-            _queue_fan_out(celery, job_id, tenant)
         except Exception:
             if idempotency_key is not None:
                 store.release_idempotency_key(tenant, idempotency_key)
@@ -199,14 +196,6 @@ def _earlier_job(store: JobStore, tenant: str, key: str, digest: str) -> str | N
                        "a request with this Idempotency-Key is still being accepted; retry shortly",
                        field="Idempotency-Key")
     return earlier["jobId"]
-
-
-def _queue_fan_out(celery: Celery, job_id: str, tenant: str) -> None:
-    """Messages name the job and its tenant (for operators, in Flower), never a credential."""
-    try:
-        celery.send_task(TaskNames.FAN_OUT, args=[job_id], kwargs={"tenant": tenant}, queue=Queues.JOBS)
-    except Exception:
-        raise ApiError(503, "queue_unavailable", "the job queue is unavailable; nothing was queued, try again")
 
 
 def _kind(value: Any) -> str:

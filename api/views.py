@@ -16,6 +16,9 @@ from api.openapi import build_spec
 from api.services import services
 from worker.callbacks import callback_problem
 from worker.estimate import with_estimate
+from worker.jobs import cancel_job as cancel
+from worker.jobs import has_callback
+from worker.queues import TaskNames
 
 jobs = Blueprint("jobs", __name__, url_prefix="/v2/integrations/customer/upsert")
 
@@ -42,7 +45,7 @@ def submit_bulk():
             raise ApiError(400, "invalid_callback", problem, field="callbackUrl")
     svc = services()
     elements = request_elements(request, svc.settings.max_items_per_job)
-    job_id = accept(svc.store, svc.celery, elements, tenant=g.tenant.id, skip_change_identifier=skip,
+    job_id = accept(svc.store, elements, tenant=g.tenant.id, skip_change_identifier=skip,
                     callback_url=callback, idempotency_key=key)
     location = url_for("jobs.get_job", job_id=job_id)
     if wait:
@@ -83,7 +86,10 @@ def get_job(job_id: str):
 @jobs.delete("/jobs/<job_id>")
 def cancel_job(job_id: str):
     _own_job(job_id)
-    services().store.cancel(job_id)
+    svc = services()
+    _before, ended = cancel(svc.store, job_id)
+    if ended and has_callback(svc.store, job_id):
+        svc.celery.send_task(TaskNames.SEND_CALLBACK, args=[job_id], kwargs={"tenant": g.tenant.id})
     return jsonify(_document(_own_job(job_id)))
 
 

@@ -20,8 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api.app import create_app
-from tests.conftest import JOBS, TOKEN, RedisServer, make_settings
-from tests.test_api import ndjson_file
+from tests.helpers import JOBS, TOKEN, RedisServer, make_settings, ndjson_file
 
 
 def as_json_array(ndjson: Path, target: Path) -> Path:

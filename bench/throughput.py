@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api.app import create_app
-from tests.conftest import ApiClient, RedisServer, Simulator, Worker, make_settings
+from tests.helpers import ApiClient, RedisServer, Simulator, Worker, make_settings
 from worker.client import CapillaryClient
 from worker.upsert import upsert_customer
 

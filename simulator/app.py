@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from typing import Any
@@ -41,6 +42,16 @@ class SimulatorState:
                 self.faults.reseed(new.seed)
             self._config = new
             return new
+
+    def take_lost_answer(self, endpoint: str) -> bool:
+        """Whether this call's answer is to be lost; takes one off ``lost_answers`` if so."""
+        with self._config_lock:
+            left = self._config.lost_answers.get(endpoint, 0)
+            if left <= 0:
+                return False
+            lost = {**self._config.lost_answers, endpoint: left - 1}
+            self._config = dataclasses.replace(self._config, lost_answers=lost)
+            return True
 
     def reset(self) -> None:
         self.store.reset()

@@ -6,7 +6,7 @@ import threading
 from collections import Counter, deque
 from typing import Any
 
-COUNTED_ENDPOINTS = ("lookup", "add", "update", "changeIdentifier", "token")
+COUNTED_ENDPOINTS = ("lookup", "get", "add", "update", "changeIdentifier", "token")
 LOG_LIMIT = 500_000
 
 

@@ -12,6 +12,7 @@ from werkzeug.serving import make_server
 
 from .app import create_app
 from .config import NOT_FOUND_STATUSES, SimulatorConfig, parse_rate_limits
+from .customers import LOOKUP_TYPES
 
 CREDENTIAL_ENV = {
     "till": "SIMULATOR_TILL",
@@ -54,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         help='per-endpoint requests per minute, e.g. "add=600,update=3000"',
     )
     parser.add_argument("--not-found-status", type=int, choices=NOT_FOUND_STATUSES, default=400)
+    parser.add_argument(
+        "--primary-identifier",
+        choices=LOOKUP_TYPES,
+        default=None,
+        help="dual eligibility: only this identifier type is unique and finds a customer (default: off)",
+    )
     parser.add_argument("--till", help="Basic auth till code (env SIMULATOR_TILL)")
     parser.add_argument("--password", help="Basic auth password (env SIMULATOR_PASSWORD)")
     parser.add_argument("--oauth-key", help="OAuth client key (env SIMULATOR_OAUTH_KEY)")
@@ -80,6 +87,7 @@ def config_from_args(args: argparse.Namespace, environ=os.environ) -> SimulatorC
         rate_limit_rps=args.rate_limit_rps,
         rate_limits=args.rate_limits,
         not_found_status=args.not_found_status,
+        primary_identifier=args.primary_identifier,
         token_ttl_seconds=args.token_ttl,
         seed=args.seed,
         **credentials,

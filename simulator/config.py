@@ -11,7 +11,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-ENDPOINTS = ("lookup", "add", "update", "changeIdentifier")
+from .customers import LOOKUP_TYPES
+
+ENDPOINTS = ("lookup", "get", "add", "update", "changeIdentifier")
 NOT_FOUND_STATUSES = (400, 404, 200)
 
 
@@ -25,6 +27,15 @@ class SimulatorConfig:
 
     ``latency_jitter_ms`` of ``None`` means half of ``latency_ms``, so a single ``--latency-ms`` gives a
     realistic spread without a second flag.
+
+    ``primary_identifier`` switches on dual eligibility (reference §1.7): only that type is unique per source
+    and account and finds a customer; ``None`` is the classic mode, every identifier unique and findable.
+    Switch it on an empty store (``/__admin/reset``): identifiers already stored keep the rule they were written
+    under.
+
+    ``lost_answers`` counts, per endpoint, the next calls that are handled in full (the write happens) and whose
+    answer is then held back for ``hang_seconds``, as when a connection drops after the server acted. Each such
+    call takes one off its count, so ``{"add": 1}`` loses exactly the next add's answer.
     """
 
     host: str = "127.0.0.1"
@@ -40,6 +51,8 @@ class SimulatorConfig:
     rate_limit_rps: float = 0.0
     rate_limits: dict[str, float] = field(default_factory=dict)
     not_found_status: int = 400
+    primary_identifier: str | None = None
+    lost_answers: dict[str, int] = field(default_factory=dict)
     till: str | None = None
     password: str | None = None
     oauth_key: str | None = None
@@ -77,6 +90,15 @@ class SimulatorConfig:
             if endpoint not in ENDPOINTS:
                 raise ValueError(f"rate_limits: unknown endpoint {endpoint!r}; expected one of {ENDPOINTS}")
             _non_negative(f"rate_limits.{endpoint}", rpm)
+        if self.primary_identifier is not None and self.primary_identifier not in LOOKUP_TYPES:
+            raise ValueError(f"primary_identifier must be null or one of {LOOKUP_TYPES}")
+        if not isinstance(self.lost_answers, dict):
+            raise ValueError("lost_answers must map endpoint names to a number of calls")
+        for endpoint, count in self.lost_answers.items():
+            if endpoint not in ENDPOINTS:
+                raise ValueError(f"lost_answers: unknown endpoint {endpoint!r}; expected one of {ENDPOINTS}")
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ValueError(f"lost_answers.{endpoint} must be a non-negative integer")
         for name in ("till", "password", "oauth_key", "oauth_secret"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
@@ -112,6 +134,8 @@ PATCHABLE = {
     "rateLimitRps": "rate_limit_rps",
     "rateLimits": "rate_limits",
     "notFoundStatus": "not_found_status",
+    "primaryIdentifier": "primary_identifier",
+    "lostAnswers": "lost_answers",
     "tokenTtlSeconds": "token_ttl_seconds",
     "till": "till",
     "password": "password",
@@ -124,7 +148,7 @@ PATCHABLE = {
 def apply_patch(config: SimulatorConfig, patch: Any) -> SimulatorConfig:
     """Return a validated copy of ``config`` with the camelCase fields of ``patch`` applied.
 
-    ``rateLimits`` replaces the whole per-endpoint map, so an endpoint limit is removed by leaving it out.
+    ``rateLimits`` and ``lostAnswers`` replace the whole map, so an endpoint is removed by leaving it out.
     """
     if not isinstance(patch, dict):
         raise ValueError("body must be a JSON object")
@@ -132,8 +156,9 @@ def apply_patch(config: SimulatorConfig, patch: Any) -> SimulatorConfig:
     if unknown:
         raise ValueError(f"unknown config fields: {', '.join(unknown)}")
     changes = {PATCHABLE[key]: value for key, value in patch.items()}
-    if "rate_limits" in changes and isinstance(changes["rate_limits"], dict):
-        changes["rate_limits"] = dict(changes["rate_limits"])
+    for name in ("rate_limits", "lost_answers"):
+        if isinstance(changes.get(name), dict):
+            changes[name] = dict(changes[name])
     return dataclasses.replace(config, **changes).validate()
 
 
@@ -154,6 +179,8 @@ def to_json(config: SimulatorConfig) -> dict[str, Any]:
         "rateLimitRps": config.rate_limit_rps,
         "rateLimits": dict(config.rate_limits),
         "notFoundStatus": config.not_found_status,
+        "primaryIdentifier": config.primary_identifier,
+        "lostAnswers": dict(config.lost_answers),
         "tokenTtlSeconds": config.token_ttl_seconds,
         "till": config.till,
         "passwordSet": config.password is not None,

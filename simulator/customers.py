@@ -46,10 +46,14 @@ REGISTER_TYPES = (
     "line",
     "cardnumber",
 )
-LOOKUP_TYPES = (*REGISTER_TYPES, "cardExternalId")
-CHANGE_TYPES = LOOKUP_TYPES
-_CANONICAL_TYPES = {name.lower(): name for name in LOOKUP_TYPES}
-# §3: the customer status labels (card labels on identifiers are a different thing and are not checked).
+CHANGE_TYPES = (*REGISTER_TYPES, "cardExternalId")
+# §1.7: the lookup takes only these; the other types are valid on add and changeIdentifier, never on lookup.
+LOOKUP_TYPES = ("mobile", "email", "externalId", "cardnumber", "wechat", "cardExternalId")
+_CANONICAL_TYPES = {name.lower(): name for name in CHANGE_TYPES}
+# §3, §6: card status labels this org knows; a card with another label is refused with 3017.
+CARD_STATUS_LABELS = ("ACTIVE", "NOT_ISSUED", "SUSPENDED", "EXPIRED")
+CARD_LABEL_INVALID = (3017, "status label invalid")
+# §3: the customer status labels (card labels on identifiers are checked by refuse_unknown_card_labels).
 STATUS_LABELS = (
     "Active",
     "Suspended",
@@ -81,6 +85,7 @@ _ALREADY_ATTACHED = {
 }
 
 NOT_FOUND_MESSAGE = "Customer not found for the given identifiers"
+NOT_IN_SOURCE_MESSAGE = "No customer found in the given source with the given identifier"
 
 
 class ApiError(Exception):
@@ -157,8 +162,27 @@ def lookup_scope(source: Any, account_id: Any) -> tuple[str | None, str]:
     return name, account
 
 
+def get_scope(source: Any, account_id: Any) -> tuple[str, str]:
+    """Validate the source and account of ``GET v2/customers/{id}`` (§2, codes of DOC-CODES)."""
+    name = _text(source)
+    if name is None:
+        raise ApiError(8016, "GET failed, No source passed")
+    name = name.upper()
+    if name not in SOURCES:
+        raise ApiError(8012, "Get, Invalid source passed")
+    if name == "INSTORE":
+        return name, ""
+    account = _text(account_id)
+    if account is None:
+        raise ApiError(8091, "GET failed, No account id passed")
+    return name, account
+
+
 def lookup_keys(names: Any, values: Any) -> list[tuple[str, str]]:
-    """Parse ``identifierName``/``identifierValue``, including the comma lists of dual eligibility (§1.7)."""
+    """Parse ``identifierName``/``identifierValue``, including the comma lists of dual eligibility (§1.7).
+
+    Only the six lookup types are taken (8013 otherwise), however valid the type is on add.
+    """
     if not _text(names) or not _text(values):
         raise ApiError(8002, "Lookup failed, No identifiers passed")
     name_list = [n.strip() for n in names.split(",")]
@@ -168,10 +192,15 @@ def lookup_keys(names: Any, values: Any) -> list[tuple[str, str]]:
     keys = []
     for name, value in zip(name_list, value_list, strict=True):
         id_type = canonical_type(name)
-        if id_type is None:
+        if id_type not in LOOKUP_TYPES:
             raise ApiError(8013, "Lookup,Invalid identifier passed")
         keys.append((id_type, value))
     return keys
+
+
+def eligible_keys(keys: list[tuple[str, str]], primary: str | None) -> list[tuple[str, str]]:
+    """The keys that may find a customer: all of them, or under dual eligibility only the primary (§1.7)."""
+    return keys if primary is None else [key for key in keys if key[0] == primary]
 
 
 def registration_identifiers(raw: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -218,6 +247,28 @@ def change_identifiers(raw: Any) -> list[dict[str, Any]]:
             raise ApiError(*problem)
         identifiers.append(identifier)
     return identifiers
+
+
+def refuse_unknown_card_labels(
+    identifiers: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split off the cards whose status label the org does not know: ``(kept, errors)``.
+
+    The seed's 3017 example (§6): the customer is written, the card is not, and the answer says so in
+    ``errors`` next to the id. A card without a label is kept.
+    """
+    kept, errors = [], []
+    for identifier in identifiers:
+        label = identifier.get("statusLabel")
+        if identifier["type"] == "cardnumber" and label is not None and _card_label(label) not in CARD_STATUS_LABELS:
+            errors.append(item(*CARD_LABEL_INVALID))
+        else:
+            kept.append(identifier)
+    return kept, errors
+
+
+def _card_label(label: Any) -> str:
+    return str(label).strip().upper()
 
 
 def already_attached_warning(identifier: dict[str, Any]) -> dict[str, Any]:
@@ -316,7 +367,7 @@ def ignored_identifier_warnings(customer: Customer, body: dict[str, Any]) -> lis
     held = {(i["type"], i["value"]) for i in customer.identifiers}
     warnings = []
     for entry in first_profile(body).get("identifiers") or []:
-        identifier = _identifier(entry, LOOKUP_TYPES)
+        identifier = _identifier(entry, CHANGE_TYPES)
         if identifier and (identifier["type"], identifier["value"]) not in held:
             warnings.append(item(91005, f"{identifier['type']} is primary identifier and cannot be updated"))
     return warnings
@@ -388,12 +439,22 @@ def lookup_shape(customer: Customer) -> dict[str, Any]:
         "segments": {},
         "associatedWith": top.get("associatedWith") or customer.created_by,
         "extendedFields": dict(top.get("extendedFields") or {}),
-        "cardDetails": [],
+        "cardDetails": [_card_details(customer.id, i) for i in identifiers if i["type"] == "cardnumber"],
     }
     for key, value in top.items():
         shape.setdefault(key, value)
     shape["warnings"] = []
     return shape
+
+
+def _card_details(customer_id: int, card: dict[str, Any]) -> dict[str, Any]:
+    """A short ``cardDetails`` entry (§2, the seed's result); a card sent without a label is active."""
+    status = _card_label(card.get("statusLabel") or "ACTIVE")
+    details = {"cardNumber": card["value"], "customerId": customer_id}
+    details.update({k: card[k] for k in ("seriesId", "seriesCode", "cardExternalId") if k in card})
+    details["statusInfo"] = {"label": card.get("statusLabel") or status, "status": status,
+                             "isActive": status == "ACTIVE"}
+    return details
 
 
 def _till(code: str) -> dict[str, Any]:

@@ -1,8 +1,11 @@
 """SQLite store of customers and their identifiers.
 
 One connection, guarded by one lock, serves all request threads: SQLite serialises writers anyway and this
-keeps every read-check-write sequence atomic. The UNIQUE index on (source, account_id, type, value) is the
-backstop that makes a duplicate identifier impossible even if a code path forgot to check first.
+keeps every read-check-write sequence atomic. The partial UNIQUE index on (source, account_id, type, value) is the
+backstop that makes a duplicate identifier impossible even if a code path forgot to check first; it covers every
+identifier but the ``shared`` ones, the secondary identifiers of dual eligibility (reference §1.7), which several
+customers may hold. Methods that write take ``primary``: the org's primary identifier type under dual
+eligibility, ``None`` when every identifier is unique.
 """
 
 from __future__ import annotations
@@ -35,8 +38,11 @@ CREATE TABLE IF NOT EXISTS identifiers (
     type TEXT NOT NULL,
     value TEXT NOT NULL,
     extra TEXT NOT NULL DEFAULT '{}',
-    UNIQUE (source, account_id, type, value)
+    shared INTEGER NOT NULL DEFAULT 0
 );
+CREATE UNIQUE INDEX IF NOT EXISTS identifiers_unique ON identifiers (source, account_id, type, value)
+    WHERE shared = 0;
+CREATE INDEX IF NOT EXISTS identifiers_by_value ON identifiers (type, value);
 CREATE INDEX IF NOT EXISTS identifiers_by_customer ON identifiers (customer_id);
 """
 
@@ -110,10 +116,20 @@ class Store:
             else:
                 row = self._db.execute(
                     "SELECT customer_id FROM identifiers "
-                    "WHERE source = ? AND account_id = ? AND type = ? AND value = ?",
+                    "WHERE source = ? AND account_id = ? AND type = ? AND value = ? ORDER BY customer_id LIMIT 1",
                     (source, account_id, id_type, value),
                 ).fetchone()
             return self._load(row["customer_id"]) if row else None
+
+    def held_elsewhere(self, source: str, account_id: str, id_type: str, value: str) -> bool:
+        """Whether a customer of another source or account holds the identifier."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM identifiers WHERE type = ? AND value = ? AND NOT (source = ? AND account_id = ?) "
+                "LIMIT 1",
+                (id_type, value, source, account_id),
+            ).fetchone()
+            return row is not None
 
     def get(self, customer_id: int) -> Customer | None:
         with self._lock:
@@ -125,12 +141,21 @@ class Store:
             return [customer for customer in map(self._load, ids) if customer is not None]
 
     def add(
-        self, source: str, account_id: str, identifiers: list[dict[str, Any]], doc: dict[str, Any], actor: str
+        self,
+        source: str,
+        account_id: str,
+        identifiers: list[dict[str, Any]],
+        doc: dict[str, Any],
+        actor: str,
+        primary: str | None = None,
     ) -> int:
-        """Insert a customer with its identifiers; raise :class:`IdentifierTaken` if any is already used."""
+        """Insert a customer with its identifiers; raise :class:`IdentifierTaken` if a unique one is used."""
         stamp = now_iso()
         with self._transaction():
-            self._raise_if_taken(source, account_id, identifiers, allowed_owner=None)
+            for identifier in identifiers:
+                owner = self._owner(source, account_id, identifier)
+                if owner is not None and not _shared(identifier, primary):
+                    raise IdentifierTaken(owner, identifier)
             cursor = self._db.execute(
                 "INSERT INTO customers "
                 "(source, account_id, doc, created_at, modified_at, created_by, modified_by) "
@@ -138,7 +163,7 @@ class Store:
                 (source, account_id, json.dumps(doc), stamp, stamp, actor, actor),
             )
             customer_id = cursor.lastrowid
-            self._insert_identifiers(customer_id, source, account_id, identifiers)
+            self._insert_identifiers(customer_id, source, account_id, identifiers, primary)
             return customer_id
 
     def update(
@@ -165,8 +190,9 @@ class Store:
         add: Iterable[dict[str, Any]],
         remove: Iterable[dict[str, Any]],
         actor: str,
+        primary: str | None = None,
     ) -> IdentifierChange:
-        """Remove then add identifiers in one transaction; raise :class:`IdentifierTaken` if an added one
+        """Remove then add identifiers in one transaction; raise :class:`IdentifierTaken` if an added unique one
         belongs to another customer in the same source and account (nothing is changed then)."""
         outcome = IdentifierChange()
         with self._transaction():
@@ -178,13 +204,13 @@ class Store:
             fresh = []
             for identifier in add:
                 owner = self._owner(customer.source, customer.account_id, identifier)
-                if owner == customer.id:
+                if self._holds(customer.id, identifier):
                     outcome.already_attached.append(identifier)
-                elif owner is not None:
+                elif owner is not None and not _shared(identifier, primary):
                     raise IdentifierTaken(owner, identifier)
                 elif all((i["type"], i["value"]) != (identifier["type"], identifier["value"]) for i in fresh):
                     fresh.append(identifier)
-            self._insert_identifiers(customer.id, customer.source, customer.account_id, fresh)
+            self._insert_identifiers(customer.id, customer.source, customer.account_id, fresh, primary)
             self._db.execute(
                 "UPDATE customers SET modified_at = ?, modified_by = ? WHERE id = ?",
                 (now_iso(), actor, customer.id),
@@ -194,31 +220,36 @@ class Store:
     def _transaction(self):
         return _Transaction(self._lock, self._db)
 
-    def _raise_if_taken(
-        self, source: str, account_id: str, identifiers: list[dict[str, Any]], allowed_owner: int | None
-    ) -> None:
-        for identifier in identifiers:
-            owner = self._owner(source, account_id, identifier)
-            if owner is not None and owner != allowed_owner:
-                raise IdentifierTaken(owner, identifier)
-
     def _owner(self, source: str, account_id: str, identifier: dict[str, Any]) -> int | None:
+        """The customer holding a unique (not shared) identifier in the source and account."""
         row = self._db.execute(
             "SELECT customer_id FROM identifiers "
-            "WHERE source = ? AND account_id = ? AND type = ? AND value = ?",
+            "WHERE source = ? AND account_id = ? AND type = ? AND value = ? AND shared = 0",
             (source, account_id, identifier["type"], identifier["value"]),
         ).fetchone()
         return row["customer_id"] if row else None
 
+    def _holds(self, customer_id: int, identifier: dict[str, Any]) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM identifiers WHERE customer_id = ? AND type = ? AND value = ?",
+            (customer_id, identifier["type"], identifier["value"]),
+        ).fetchone()
+        return row is not None
+
     def _insert_identifiers(
-        self, customer_id: int, source: str, account_id: str, identifiers: Iterable[dict[str, Any]]
+        self,
+        customer_id: int,
+        source: str,
+        account_id: str,
+        identifiers: Iterable[dict[str, Any]],
+        primary: str | None,
     ) -> None:
         for identifier in identifiers:
             extra = {k: v for k, v in identifier.items() if k not in ("type", "value")}
             try:
                 self._db.execute(
-                    "INSERT INTO identifiers (customer_id, source, account_id, type, value, extra) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO identifiers (customer_id, source, account_id, type, value, extra, shared) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         customer_id,
                         source,
@@ -226,6 +257,7 @@ class Store:
                         identifier["type"],
                         identifier["value"],
                         json.dumps(extra),
+                        int(_shared(identifier, primary)),
                     ),
                 )
             except sqlite3.IntegrityError:
@@ -254,6 +286,11 @@ class Store:
             created_by=row["created_by"],
             modified_by=row["modified_by"],
         )
+
+
+def _shared(identifier: dict[str, Any], primary: str | None) -> bool:
+    """Under dual eligibility every identifier but the primary may be held by several customers."""
+    return primary is not None and identifier["type"] != primary
 
 
 class _Transaction:

@@ -21,7 +21,7 @@ from flask import Flask, jsonify, request
 from werkzeug.serving import make_server
 
 from cli import procfile
-from tests.conftest import JOBS, TOKEN, free_port, wait_for
+from tests.helpers import JOBS, TOKEN, free_port, wait_for
 from tests.web_process import web_url_fixture  # noqa: F401  (the web_url fixture)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
+import requests
+from requests.adapters import BaseAdapter
 
-from tests.conftest import SIM_PASSWORD, SIM_TILL
+from tests.helpers import SIM_PASSWORD, SIM_TILL
 from worker.client import CapillaryClient, PermanentError, RetryableError, basic_auth_header
 from worker.settings import Tenant
 from worker.upsert import CREATED, FAILED, UPDATED, upsert_customer
@@ -105,11 +109,11 @@ class RacedClient(CapillaryClient):
         super().__init__(tenant_, timeout=2)
         self._rival = rival
 
-    def add(self, body: dict):
+    def add(self, body: dict, **kwargs):
         if self._rival is not None:
             rival, self._rival = self._rival, None
             assert CapillaryClient(self.tenant, timeout=2).add(rival).body.get("createdId")
-        return super().add(body)
+        return super().add(body, **kwargs)
 
 
 def test_an_add_that_loses_a_race_falls_back_to_updating_the_winner(sim):
@@ -129,7 +133,7 @@ def test_an_add_that_loses_a_race_falls_back_to_updating_the_winner(sim):
     assert outcome.result["profiles"][0]["firstName"] == "Ours"
 
 
-def test_a_new_customer_costs_one_lookup_per_identifier_one_add_and_one_read_back(sim):
+def test_a_new_customer_costs_one_lookup_per_identifier_one_add_and_one_read_back_by_id(sim):
     client = CapillaryClient(tenant(sim), timeout=2)
     element = {"profiles": [{"identifiers": [{"type": "externalId", "value": "NEW-" + uuid.uuid4().hex},
                                              {"type": "mobile", "value": "919900000077"}], "source": "INSTORE"}]}
@@ -138,5 +142,70 @@ def test_a_new_customer_costs_one_lookup_per_identifier_one_add_and_one_read_bac
 
     assert outcome.action == CREATED and outcome.result["id"] == outcome.entity_id
     by_endpoint = sim.calls()["byEndpoint"]
-    assert by_endpoint["lookup"] == {"400": 2, "200": 1} and by_endpoint["add"] == {"200": 1}
+    assert by_endpoint["lookup"] == {"400": 2} and by_endpoint["add"] == {"200": 1}
+    assert by_endpoint["get"] == {"200": 1}
     assert by_endpoint["update"] == by_endpoint["changeIdentifier"] == {}
+
+
+class CannedAdapter(BaseAdapter):
+    """Answers requests from canned ``(status, body)`` pairs keyed by the start of ``"METHOD /path"`` (the
+    longest key that matches wins), for answers the simulator never gives."""
+
+    def __init__(self, answers: dict[str, tuple[int, bytes | dict]]) -> None:
+        super().__init__()
+        self.answers = answers
+
+    def send(self, request, **kwargs):
+        call = f"{request.method} {urlsplit(request.url).path}"
+        status, body = self.answers[max((k for k in self.answers if call.startswith(k)), key=len)]
+        response = requests.Response()
+        response.status_code, response.request, response.url = status, request, request.url
+        response._content = json.dumps(body).encode() if isinstance(body, dict) else body
+        return response
+
+    def close(self) -> None:
+        pass
+
+
+def canned_client(answers: dict[str, tuple[int, bytes | dict]]) -> CapillaryClient:
+    client = CapillaryClient(Tenant(id="t", token="x", base_url="http://canned"), timeout=1, quick_retries=0)
+    client.session.mount("http://canned", CannedAdapter(answers))
+    return client
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind", "says"),
+    [
+        (400, b"", PermanentError, "HTTP 400 with an empty body"),
+        (404, b"<html><body>Not Found</body></html>", PermanentError, "HTTP 404 with a body that is not a JSON object: "
+                                                                      "'<html><body>Not Found</body></html>'"),
+        (200, b"[1, 2]", PermanentError, "HTTP 200 with a body that is not a JSON object: '[1, 2]'"),
+        (500, b"x" * 200, RetryableError, "HTTP 500 with a body that is not a JSON object: '" + "x" * 80 + "'..."),
+        (500, {"errors": [{"status": False, "code": 500, "message": "Requests have failed due to errors"}]},
+         RetryableError, "HTTP 500: Requests have failed due to errors"),
+        (507, b"", RetryableError, "HTTP 507 with an empty body"),
+    ],
+)
+def test_answers_without_a_usable_body_are_errors_that_say_what_came_back(status, body, kind, says):
+    client = canned_client({"GET": (status, body)})
+
+    with pytest.raises(kind) as caught:
+        client.lookup(source="INSTORE", account_id=None, identifier_name="mobile", identifier_value="919900000001")
+    assert type(caught.value) is kind and caught.value.status == status
+    assert caught.value.message == f"lookup: downstream answered {says}"
+
+
+@pytest.mark.parametrize("status", [200, 400, 404])
+@pytest.mark.parametrize("code", [8015, 8065])
+def test_not_found_is_decided_on_the_code_whatever_the_status_and_the_company(status, code):
+    merged = {"status": False, "code": 8069, "message": "Merged customer found"}
+    not_found = {"errors": [merged, {"status": False, "code": code, "message": "not here"}], "warnings": [merged]}
+    customer = {"id": 7, "profiles": [{"userId": 7, "source": "INSTORE", "accountId": "", "identifiers": [
+        {"type": "mobile", "value": "919900000001"}]}]}
+    client = canned_client({"GET /v2/customers/lookup": (status, not_found),
+                            "POST /v2/customers": (200, {"createdId": 7}), "GET /v2/customers/": (200, customer)})
+    element = {"profiles": [{"identifiers": [{"type": "mobile", "value": "919900000001"}], "source": "INSTORE"}]}
+
+    outcome = upsert_customer(client, element, skip_change_identifier=False, priority=[])
+
+    assert outcome.action == CREATED and outcome.entity_id == 7 and not outcome.errors

@@ -13,7 +13,7 @@ import requests
 import yaml
 
 from cli import procfile
-from tests.conftest import TOKEN, free_port, settings_env, wait_for
+from tests.helpers import TOKEN, free_port, settings_env, wait_for
 from worker.queues import Queues
 
 ROOT = Path(__file__).resolve().parents[1]

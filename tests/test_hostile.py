@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from api.app import create_app
-from tests.conftest import JOBS, TOKEN, ApiClient, RedisServer, Simulator, Worker, make_settings, wait_for
+from tests.helpers import JOBS, TOKEN, ApiClient, RedisServer, Simulator, Worker, make_settings, wait_for
 from worker.settings import Settings
 
 GOOD = [{"profiles": [{"identifiers": [{"type": "externalId", "value": "H1"}], "source": "INSTORE"}]}]
@@ -131,7 +131,7 @@ def test_the_same_idempotency_key_returns_the_first_job_and_another_body_is_409(
 
     assert first.status_code == again.status_code == 202
     assert again.get_json()["jobId"] == first.get_json()["jobId"]
-    assert broker.llen("jobs") == 1  # one fan-out: nothing queued again
+    assert broker.zcard("cu:sched:jobs") == 1  # one job for the dispatcher: nothing queued again
     assert other.status_code == 409 and "different body" in other.get_json()["errors"][0]["message"]
 
 
@@ -205,9 +205,9 @@ def _decoded(raw: bytes) -> tuple[list, dict]:
 def test_queue_messages_carry_the_job_and_tenant_ids_and_never_a_credential(tmp_path, simulator):
     import redis
 
-    import worker.tasks  # noqa: F401  (registers the tasks with the app below)
     from worker.celery_app import create_celery
-    from worker.queues import TaskNames
+    from worker.scheduler import Dispatcher, LeaseKeeper
+    from worker.tasks import publish
 
     redis_server = RedisServer(tmp_path).start()
     tenants = tmp_path / "tenants.toml"
@@ -225,20 +225,26 @@ webhook_secret = "webhook-north-secret"
         job_id = client.post(f"{JOBS}/bulk", json=[_c("Q1"), _c("Q2"), _c("Q1")],
                              headers={"Authorization": "Bearer token-north-secret"}).get_json()["jobId"]
         broker = redis.Redis.from_url(redis_server.url)
-        fan_out_raw = broker.lpop("jobs")
-        args, kwargs = _decoded(fan_out_raw)
-        assert (args, kwargs) == ([job_id], {"tenant": "north"})
+        assert broker.llen("items") == 0  # the intake publishes nothing; the dispatcher does
 
-        # The real fan-out task, run here against the same broker, publishes the item messages.
+        # The real dispatcher, run here against the same broker, for a fleet of one 4-thread worker.
+        store = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        LeaseKeeper(store, worker="w1", slots=4, lease_seconds=20).renew_once()
         celery = create_celery(settings)
-        celery.tasks[TaskNames.FAN_OUT].apply(args=args, kwargs=kwargs).get()
+        dispatcher = Dispatcher(store, settings, settings.tenants(), publish=lambda d: publish(celery, d),
+                                end_lapsed=print, finish=print, worker="w1")
+        assert dispatcher.lead()
+        dispatcher.slow_round()
+        assert dispatcher.tick()
         item_raws = broker.lrange("items", 0, -1)
 
         assert sorted(_decoded(raw)[0] for raw in item_raws) == [[job_id, 0], [job_id, 1]]  # item 2 waits for 0
-        assert all(_decoded(raw)[1] == {"tenant": "north"} for raw in item_raws)
-        for raw in [fan_out_raw, *item_raws]:
+        assert all(set(_decoded(raw)[1]) == {"tenant", "token"} for raw in item_raws)
+        assert all(_decoded(raw)[1]["tenant"] == "north" for raw in item_raws)
+        for raw in item_raws:
             readable = raw + base64.b64decode(json.loads(raw)["body"])  # headers, properties and the body
-            for secret in (b"token-north-secret", b"password-north-secret", b"webhook-north-secret", b"north.till"):
+            for secret in (b"token-north-secret", b"password-north-secret", b"webhook-north-secret", b"north.till",
+                           b"Q1", b"Q2"):
                 assert secret not in readable
     finally:
         redis_server.stop()

@@ -9,7 +9,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
 from api.app import create_app
-from tests.conftest import TOKEN, RedisServer, make_settings
+from tests.helpers import TOKEN, RedisServer, make_settings
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.conftest import JOBS, TOKEN, wait_for
+from tests.helpers import JOBS, TOKEN, wait_for
 from tests.web_process import web_url_fixture  # noqa: F401  (the web_url fixture)
 
 ROOT = Path(__file__).resolve().parents[1]

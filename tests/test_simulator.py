@@ -381,3 +381,182 @@ def test_cli_serves_over_real_http():
         stdout, _ = process.communicate(timeout=10)
     assert process.returncode == 0
     assert f"simulator listening on {base}" in stdout
+
+
+# -- fidelity to the reference: lookup types, 8065, cards and 3017, dual eligibility, get by id, lost answers --
+
+
+def add(client, *identifiers, source="WEB_ENGAGE", account="acc-1", **top):
+    profile = {"identifiers": [{"type": t, "value": v, **extra} for t, v, *rest in identifiers
+                               for extra in (rest[0] if rest else {},)], "source": source}
+    if account is not None:
+        profile["accountId"] = account
+    return client.post("/v2/customers", json={"profiles": [profile], **top})
+
+
+def get(client, user_id, source="WEB_ENGAGE", account="acc-1"):
+    query = {"source": source} | ({"accountId": account} if account is not None else {})
+    return client.get(f"/v2/customers/{user_id}", query_string=query)
+
+
+@pytest.mark.parametrize("name", ["unionId", "line", "fbId", "martjackId", "cuid", "tmall_uname", "mobilePush"])
+def test_lookup_refuses_types_that_only_add_and_change_identifier_take(client, name):
+    assert add(client, ("mobile", "919988221100"), (name, "u-1")).status_code == 200
+
+    assert error_codes(lookup(client, "u-1", name=name)) == [8013]
+    found = lookup(client, "919988221100").get_json()
+    assert {"type": name, "value": "u-1"} in found["profiles"][0]["identifiers"]
+
+
+def test_lookup_takes_the_six_lookup_types(client):
+    keys = [("mobile", "919988221100"), ("email", "a@b.co"), ("externalId", "E1"), ("cardnumber", "C1"),
+            ("wechat", "W1")]
+    created = add(client, *keys).get_json()["createdId"]
+    # cardExternalId is no register type (§1.7): it comes through changeIdentifier.
+    url = f"/v2/customers/{created}/changeIdentifier?source=WEB_ENGAGE&accountId=acc-1"
+    assert client.post(url, json={"add": [{"type": "cardExternalId", "value": "CE1"}]}).status_code == 200
+
+    for name, value in [*keys, ("cardExternalId", "CE1")]:
+        assert lookup(client, value, name=name).get_json()["id"] == created, name
+
+
+@pytest.mark.parametrize("status", [400, 404, 200])
+def test_an_identifier_known_only_in_another_source_or_account_is_8065(status):
+    client = make_client(not_found_status=status)
+    add(client, ("mobile", "919988221100"), source="INSTORE", account=None)
+    add(client, ("email", "a@b.co"), account="acc-2")
+
+    other_source = lookup(client, "919988221100")
+    other_account = lookup(client, "a@b.co", name="email")
+
+    for response in (other_source, other_account):
+        assert response.status_code == status
+        (problem,) = response.get_json()["errors"]
+        assert problem == {"status": False, "code": 8065,
+                           "message": "No customer found in the given source with the given identifier"}
+    assert error_codes(lookup(client, "919900000000")) == [8015]
+    assert lookup(client, "919988221100", source="ALL", account=None).status_code == 200
+    # Registering it in this source too works, and says it combined.
+    again = add(client, ("mobile", "919988221100"))
+    assert again.status_code == 200 and [w["code"] for w in again.get_json()["warnings"]] == [8050]
+
+
+def test_an_unknown_card_status_label_writes_the_customer_but_not_the_card(client):
+    card = {"seriesId": 46, "seriesCode": "BUKLPRM", "statusLabel": "NEW CARD"}
+    added = add(client, ("externalId", "VISHK"), ("cardnumber", "BUKL0001", card))
+
+    assert added.status_code == 200
+    body = added.get_json()
+    assert body == {"createdId": body["createdId"], "warnings": [],
+                    "errors": [{"status": False, "code": 3017, "message": "status label invalid"}]}
+    result = get(client, body["createdId"]).get_json()
+    assert result["profiles"][0]["identifiers"] == [{"type": "externalId", "value": "VISHK"}]
+    assert result["cardDetails"] == []
+    assert error_codes(lookup(client, "BUKL0001", name="cardnumber")) == [8015]
+
+
+def test_a_known_card_status_label_keeps_the_card_with_its_fields(client):
+    card = {"seriesId": 46, "seriesCode": "BUKLPRM", "statusLabel": "active"}
+    created = add(client, ("externalId", "VISHK"), ("cardnumber", "BUKL0001", card)).get_json()["createdId"]
+
+    result = lookup(client, "BUKL0001", name="cardnumber").get_json()
+    assert result["id"] == created
+    assert {"type": "cardnumber", "value": "BUKL0001", **card} in result["profiles"][0]["identifiers"]
+    (details,) = result["cardDetails"]
+    assert details["cardNumber"] == "BUKL0001" and details["seriesId"] == 46 and details["customerId"] == created
+    assert details["statusInfo"] == {"label": "active", "status": "ACTIVE", "isActive": True}
+
+
+def test_change_identifier_links_the_rest_and_refuses_a_card_with_an_unknown_label(client):
+    created = add(client, ("externalId", "VISHK")).get_json()["createdId"]
+    url = f"/v2/customers/{created}/changeIdentifier?source=WEB_ENGAGE&accountId=acc-1"
+    bad_card = {"type": "cardnumber", "value": "BUKL0001", "seriesCode": "BUKLPRM", "statusLabel": "Lost"}
+
+    partial = client.post(url, json={"add": [bad_card, {"type": "email", "value": "a@b.co"}]})
+    only_card = client.post(url, json={"add": [bad_card]})
+    good = client.post(url, json={"add": [bad_card | {"statusLabel": "SUSPENDED"}]})
+
+    assert partial.status_code == 200
+    assert partial.get_json() == {"createdId": created, "warnings": [],
+                                  "errors": [{"status": False, "code": 3017, "message": "status label invalid"}]}
+    assert only_card.status_code == 400 and error_codes(only_card) == [3017]
+    assert good.status_code == 200 and "errors" not in good.get_json()
+    identifiers = get(client, created).get_json()["profiles"][0]["identifiers"]
+    assert {"type": "email", "value": "a@b.co"} in identifiers
+    assert bad_card | {"statusLabel": "SUSPENDED"} in identifiers
+
+
+def test_dual_eligibility_only_the_primary_is_unique_and_finds_a_customer():
+    client = make_client(primary_identifier="mobile")
+    first = add(client, ("mobile", "919900000001"), ("email", "family@x.co"), ("externalId", "E1"))
+    second = add(client, ("mobile", "919900000002"), ("email", "family@x.co"), ("externalId", "E1"))
+    assert first.status_code == second.status_code == 200, "secondary identifiers may be shared"
+    first_id, second_id = first.get_json()["createdId"], second.get_json()["createdId"]
+
+    assert error_codes(lookup(client, "family@x.co", name="email")) == [8015]
+    assert error_codes(lookup(client, "E1", name="externalId")) == [8015]
+    assert lookup(client, "919900000002").get_json()["id"] == second_id
+    picked = lookup(client, "family@x.co,919900000001,E1", name="email,mobile,externalId")
+    assert picked.get_json()["id"] == first_id, "a comma list picks the primary"
+    assert error_codes(lookup(client, "family@x.co,E1", name="email,externalId")) == [8015]
+
+    assert error_codes(add(client, ("mobile", "919900000001"), ("email", "new@x.co"))) == [8006]
+    url = f"/v2/customers/{second_id}/changeIdentifier?source=WEB_ENGAGE&accountId=acc-1"
+    taken = client.post(url, json={"add": [{"type": "mobile", "value": "919900000001"}]})
+    assert taken.status_code == 400 and error_codes(taken) == [8008]
+    shared = client.post(url, json={"add": [{"type": "externalId", "value": "E-shared"}]})
+    assert shared.status_code == 200
+    other = f"/v2/customers/{first_id}/changeIdentifier?source=WEB_ENGAGE&accountId=acc-1"
+    assert client.post(other, json={"add": [{"type": "externalId", "value": "E-shared"}]}).status_code == 200
+
+
+def test_dual_eligibility_is_switched_by_admin_config_and_the_cli():
+    client = make_client()
+    assert client.patch("/__admin/config", json={"primaryIdentifier": "mobile"}).get_json()["primaryIdentifier"] == (
+        "mobile")
+    assert client.patch("/__admin/config", json={"primaryIdentifier": "unionId"}).status_code == 400
+    add(client, ("mobile", "919900000001"), ("email", "a@b.co"))
+    assert error_codes(lookup(client, "a@b.co", name="email")) == [8015]
+    client.patch("/__admin/config", json={"primaryIdentifier": None})
+    assert lookup(client, "a@b.co", name="email").status_code == 200
+
+    from simulator.cli import build_parser, config_from_args
+
+    assert config_from_args(build_parser().parse_args(["--primary-identifier", "email"]), {}).primary_identifier == (
+        "email")
+
+
+def test_get_by_id_answers_the_lookup_shape_in_its_own_source_only():
+    client = make_client(not_found_status=404)
+    created = add(client, ("mobile", "919988221100")).get_json()["createdId"]
+
+    found = get(client, created)
+    assert found.status_code == 200 and found.get_json() == lookup(client, "919988221100").get_json()
+    for response in (get(client, created, account="acc-2"), get(client, created, source="INSTORE", account=None),
+                     get(client, created + 1000)):
+        assert response.status_code == 404 and error_codes(response) == [8015]
+    blank = client.get("/v2/customers/not-a-number?source=WEB_ENGAGE&accountId=acc-1")
+    assert blank.status_code == 400 and blank.data == b""
+    assert error_codes(client.get(f"/v2/customers/{created}")) == [8016]
+    assert error_codes(get(client, created, source="MARS")) == [8012]
+    assert error_codes(get(client, created, account=None)) == [8091]
+    counts = client.get("/__admin/calls").get_json()["byEndpoint"]
+    assert counts["get"] == {"200": 1, "400": 4, "404": 3} and counts["lookup"] == {"200": 1}
+
+
+def test_a_lost_answer_is_written_then_held_back_once(client):
+    patched = client.patch("/__admin/config", json={"lostAnswers": {"add": 1}, "hangSeconds": 0.3}).get_json()
+    assert patched["lostAnswers"] == {"add": 1}
+
+    started = time.monotonic()
+    first = add(client, ("mobile", "919988221100"))
+    held = time.monotonic() - started
+    started = time.monotonic()
+    second = add(client, ("mobile", "919911111111"))
+
+    assert held >= 0.3 and time.monotonic() - started < 0.3
+    assert first.status_code == second.status_code == 200
+    assert client.get("/__admin/config").get_json()["lostAnswers"] == {"add": 0}
+    assert client.get("/__admin/customers").get_json()["count"] == 2
+    assert client.patch("/__admin/config", json={"lostAnswers": {"nope": 1}}).status_code == 400
+    assert client.patch("/__admin/config", json={"lostAnswers": {"add": -1}}).status_code == 400

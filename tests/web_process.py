@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from cli import procfile
-from tests.conftest import free_port, settings_env, wait_for
+from tests.helpers import free_port, settings_env, wait_for
 
 
 @pytest.fixture(scope="module", name="web_url")

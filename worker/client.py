@@ -4,12 +4,15 @@ One pooled ``requests.Session`` per tenant and process, a timeout on every call,
 transport or HTTP failure turned into our own exception types, so tasks never look at
 ``requests``. Business outcomes (8015 not found, 8006 already exists, ...) are not exceptions:
 they come back in :class:`ApiResult` and the upsert logic decides on ``errors[].code``, never on the
-HTTP status alone (the vendor does not document which status goes with which code).
+HTTP status alone (the vendor does not document which status goes with which code). Every 5xx is
+retryable, with or without ``errors[]``; a 4xx without a JSON object body (the vendor documents
+"400 Bad Request with Blank response") is a permanent error that quotes what came back.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import random
 import threading
@@ -23,9 +26,11 @@ from requests.adapters import HTTPAdapter
 
 from worker.settings import Tenant
 
-#: HTTP statuses worth another try: throttling, gateway trouble, and Capillary's
+#: HTTP statuses worth another try besides every 5xx: throttling, and Capillary's
 #: 521 "Multiple actions are running for the same customer".
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504, 521})
+#: How much of a body that is not JSON an error message quotes.
+BODY_EXCERPT_BYTES = 80
 CODE_MULTIPLE_ACTIONS = 521
 OAUTH_HEADER = "X-CAP-API-OAUTH-TOKEN"
 
@@ -42,7 +47,7 @@ class DownstreamError(Exception):
 
 
 class RetryableError(DownstreamError):
-    """Transient: the same call may succeed later (timeouts, connection errors, 429, 5xx gateway, 521)."""
+    """Transient: the same call may succeed later (timeouts, connection errors, 429, any 5xx, 521)."""
 
     def __init__(self, message: str, *, retry_after: float | None = None, timed_out: bool = False, **kwargs: Any):
         super().__init__(message, **kwargs)
@@ -61,11 +66,11 @@ class ApiResult:
 
     @property
     def errors(self) -> list[dict]:
-        return list(self.body.get("errors") or [])
+        return _items(self.body, "errors")
 
     @property
     def warnings(self) -> list[dict]:
-        return list(self.body.get("warnings") or [])
+        return _items(self.body, "warnings")
 
     @property
     def error_codes(self) -> set[int]:
@@ -94,7 +99,7 @@ class _Token:
 
 
 class CapillaryClient:
-    """Calls the four v2 customer endpoints for one tenant.
+    """Calls the v2 customer endpoints for one tenant.
 
     Thread-safe: the worker runs items on a thread pool that shares one client (and so one
     connection pool and one OAuth token) per tenant.
@@ -126,15 +131,22 @@ class CapillaryClient:
         self.session.headers.update({"Accept": "application/json", "Content-Type": "application/json"})
         self._token = _Token()
 
-    # -- the four endpoints -------------------------------------------------------------------
+    # -- the endpoints ------------------------------------------------------------------------
 
     def lookup(self, *, source: str, account_id: str | None, identifier_name: str, identifier_value: str):
         params = _params(source, account_id)
         params.update(identifierName=identifier_name, identifierValue=identifier_value)
         return self._call("lookup", "GET", "/v2/customers/lookup/customerDetails", params=params)
 
-    def add(self, body: dict) -> ApiResult:
-        return self._call("add", "POST", "/v2/customers", json=body)
+    def get_customer(self, user_id: int, *, source: str, account_id: str | None) -> ApiResult:
+        """``GET v2/customers/{id}``: the customer in lookup shape, found by id whatever identifiers the org
+        lets the lookup find customers by (dual eligibility)."""
+        return self._call("get", "GET", f"/v2/customers/{int(user_id)}", params=_params(source, account_id))
+
+    def add(self, body: dict, *, before_send: Callable[[], None] | None = None) -> ApiResult:
+        """``before_send`` runs as each try goes out, after its rate-limit token: from then on the add may
+        land even if its answer never comes back."""
+        return self._call("add", "POST", "/v2/customers", json=body, before_send=before_send)
 
     def update(self, user_id: int, *, source: str, account_id: str | None, body: dict) -> ApiResult:
         return self._call(
@@ -154,11 +166,12 @@ class CapillaryClient:
 
     # -- transport ----------------------------------------------------------------------------
 
-    def _call(self, endpoint: str, method: str, path: str, **kwargs: Any) -> ApiResult:
+    def _call(self, endpoint: str, method: str, path: str, *, before_send: Callable[[], None] | None = None,
+              **kwargs: Any) -> ApiResult:
         quick_left = self.quick_retries
         while True:
             try:
-                return self._call_once(endpoint, method, path, **kwargs)
+                return self._call_once(endpoint, method, path, before_send, **kwargs)
             except RetryableError as exc:
                 if exc.status == 429:
                     if self.on_throttle is not None:
@@ -169,12 +182,15 @@ class CapillaryClient:
                 quick_left -= 1
                 time.sleep(random.uniform(*QUICK_RETRY_SECONDS))
 
-    def _call_once(self, endpoint: str, method: str, path: str, **kwargs: Any) -> ApiResult:
+    def _call_once(self, endpoint: str, method: str, path: str, before_send: Callable[[], None] | None,
+                   **kwargs: Any) -> ApiResult:
         renewed = False
         while True:
             if self.before_call is not None:
                 self.before_call(endpoint)
             headers = self._auth_headers(endpoint)
+            if before_send is not None:
+                before_send()
             try:
                 response = self.session.request(
                     method, self.base_url + path, headers=headers, timeout=self.timeout, **kwargs
@@ -196,10 +212,10 @@ class CapillaryClient:
     def _interpret(self, endpoint: str, response: requests.Response) -> ApiResult:
         status = response.status_code
         body = _json_object(response)
-        codes = {_as_int(e.get("code")) for e in (body or {}).get("errors") or []} if body else set()
-        if status in RETRYABLE_STATUSES or CODE_MULTIPLE_ACTIONS in codes:
+        codes = {_as_int(e.get("code")) for e in _items(body, "errors")}
+        if status in RETRYABLE_STATUSES or status >= 500 or CODE_MULTIPLE_ACTIONS in codes:
             raise RetryableError(
-                f"{endpoint}: downstream answered HTTP {status}" + _first_message(body),
+                f"{endpoint}: downstream answered HTTP {status}" + _what_came_back(body, response),
                 endpoint=endpoint,
                 status=status,
                 code=CODE_MULTIPLE_ACTIONS if CODE_MULTIPLE_ACTIONS in codes else None,
@@ -210,15 +226,10 @@ class CapillaryClient:
                 f"{endpoint}: downstream refused our credentials (HTTP {status})", endpoint=endpoint, status=status
             )
         if body is None:
-            if status >= 500:
-                raise RetryableError(f"{endpoint}: downstream answered HTTP {status}", endpoint=endpoint,
-                                     status=status)
             raise PermanentError(
-                f"{endpoint}: downstream answered HTTP {status} without a JSON body", endpoint=endpoint,
-                status=status,
+                f"{endpoint}: downstream answered HTTP {status}" + _what_came_back(body, response),
+                endpoint=endpoint, status=status,
             )
-        if status >= 500 and not body.get("errors"):
-            raise RetryableError(f"{endpoint}: downstream answered HTTP {status}", endpoint=endpoint, status=status)
         return ApiResult(status=status, body=body)
 
     # -- authentication -----------------------------------------------------------------------
@@ -277,6 +288,13 @@ class CapillaryClient:
     def close(self) -> None:
         self.session.close()
 
+    def with_gate(self, gate: BeforeCall) -> CapillaryClient:
+        """This client for one item: the same connections and token, with ``gate`` called before
+        each request (the item's lease check and its rate-limit tokens)."""
+        view = copy.copy(self)
+        view.before_call = gate
+        return view
+
 
 def basic_auth_header(till: str, password: str) -> str:
     """Capillary's Basic auth: ``base64(till + ":" + md5hex(password))``."""
@@ -309,11 +327,22 @@ def _retry_after(response: requests.Response) -> float | None:
         return None
 
 
-def _first_message(body: dict | None) -> str:
-    errors = (body or {}).get("errors") or []
-    if errors and isinstance(errors[0], dict) and errors[0].get("message"):
-        return f": {errors[0]['message']}"
-    return ""
+def _what_came_back(body: dict | None, response: requests.Response) -> str:
+    """The first error's message of a JSON answer, else the start of the raw body, for an error message."""
+    if body is None:
+        raw = response.content
+        if not raw.strip():
+            return " with an empty body"
+        excerpt = raw[:BODY_EXCERPT_BYTES].decode("utf-8", "replace")
+        return f" with a body that is not a JSON object: {excerpt!r}" + ("..." if len(raw) > BODY_EXCERPT_BYTES else "")
+    errors = _items(body, "errors")
+    return f": {errors[0]['message']}" if errors and errors[0].get("message") else ""
+
+
+def _items(body: dict | None, key: str) -> list[dict]:
+    """The ``errors`` or ``warnings`` of a body; entries that are not objects are dropped, not trusted."""
+    value = (body or {}).get(key)
+    return [entry for entry in value if isinstance(entry, dict)] if isinstance(value, list) else []
 
 
 def _as_int(value: Any) -> int | None:

@@ -1,4 +1,5 @@
-"""What a worker process shares between its item threads: the job store and one client per tenant."""
+"""What a worker process shares between its item threads: the job store, the lease keeper, the
+identifier locks and one downstream client per tenant."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from worker.client import CapillaryClient
 from worker.jobstore import JobStore
 from worker.locks import IdentifierLocks
 from worker.ratelimit import RateLimiter
+from worker.scheduler import LeaseKeeper, worker_id
 from worker.settings import Settings, Tenant
 
 
@@ -23,31 +25,31 @@ class WorkerContext:
             settings.redis_url, ttl_seconds=settings.job_ttl_seconds,
             max_connections=settings.worker_concurrency + 16,
         )
-        self.locks = IdentifierLocks(self.store.redis)
+        self.worker = worker_id()
+        self.keeper = LeaseKeeper(self.store.redis, worker=self.worker, slots=settings.worker_concurrency,
+                                  lease_seconds=settings.item_lease_seconds)
+        self.locks = IdentifierLocks(self.store.redis, ttl_ms=int(settings.item_lease_seconds * 2000))
         #: For callbacks: a session of its own, apart from the downstream's pools.
         self.http = requests.Session()
-        self._clients: dict[str, CapillaryClient] = {}
+        self._clients: dict[str, tuple[CapillaryClient, RateLimiter]] = {}
         self._lock = threading.Lock()
 
-    def client_for(self, tenant_id: str) -> CapillaryClient:
+    def client_for(self, tenant_id: str) -> tuple[CapillaryClient, RateLimiter]:
+        """The tenant's client and rate limiter; KeyError for a tenant this worker does not know."""
         with self._lock:
-            client = self._clients.get(tenant_id)
-            if client is None:
-                tenant = self.tenants.get(tenant_id)
-                if tenant is None:
-                    raise KeyError(f"unknown tenant {tenant_id!r}")
+            found = self._clients.get(tenant_id)
+            if found is None:
+                tenant = self.tenants[tenant_id]
                 limiter = RateLimiter(self.store.redis, tenant.id, max_rps=tenant.max_rps,
-                                      per_minute=tenant.rate_limits,
-                                      horizon=self.settings.max_rate_sleep_seconds)
+                                      per_minute=tenant.rate_limits)
                 client = CapillaryClient(
                     tenant,
                     timeout=self.settings.capillary_timeout_seconds,
                     pool_size=self.settings.worker_concurrency,
-                    before_call=limiter.acquire,
                     on_throttle=limiter.pause,
                 )
-                self._clients[tenant_id] = client
-            return client
+                found = self._clients[tenant_id] = (client, limiter)
+            return found
 
 
 _contexts: dict[int, WorkerContext] = {}

@@ -8,7 +8,7 @@ from typing import Any
 from worker.settings import Tenant
 
 #: Calls an item makes, on average, when nothing is known of the batch: two identifiers looked
-#: up, one write, one lookup for the result.
+#: up, one write, one read-back by id for the result (counted under the lookup limit).
 LOOKUPS_PER_ITEM = 3
 CALLS_PER_ITEM = 4
 

@@ -1,16 +1,18 @@
-"""One item's life in the worker, without Celery: load, upsert, decide retry, record once.
+"""One delivery of an item in the worker, without Celery: load, gate, upsert under its locks, record.
 
-The task wrapper in :mod:`worker.tasks` only turns the :class:`ItemStep` answered here into
-Celery calls (retry later, enqueue the next item of a chain, start the job's finish).
+The task wrapper in :mod:`worker.tasks` only calls :func:`run_item` and queues the job's finish
+when this was its last item. Everything an item does in Redis is fenced by its lease (see
+:mod:`worker.scheduler`): a delivery whose lease was taken away records nothing.
 
-Three kinds of "later", kept apart because only one of them is the item's fault:
+Three kinds of "later", kept apart because only one of them is the item's fault; all three hand
+the item back to the scheduler (``defer``), so a waiting item never holds a worker thread:
 
 * a transient downstream failure (but 429): retried with exponential backoff and jitter, honouring
   Retry-After, and counted: after ``ITEM_MAX_ATTEMPTS`` the item fails (code 9001);
-* no rate-limit token, a 429, or another job's item holding one of its identifiers: requeued with a
-  countdown, not counted, so waiting for a slow endpoint never fails an item;
-* a message taken again and again without an outcome (the worker died each time): after
-  :data:`MAX_DELIVERIES` the item fails (code 9004) instead of killing workers forever.
+* no rate-limit token, a 429, or another job's item holding one of its identifiers: not counted,
+  so waiting for a slow endpoint never fails an item;
+* a worker dying under it: the lease lapses and the scheduler hands it out again, counted apart
+  (code 9004 after :data:`worker.scheduler.MAX_LAPSES`).
 """
 
 from __future__ import annotations
@@ -18,150 +20,231 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from worker.client import DownstreamError, PermanentError, RetryableError
 from worker.context import WorkerContext
-from worker.jobs import identifier_keys
-from worker.jobstore import CANCELLED as JOB_CANCELLED
-from worker.jobstore import JobStore
+from worker.jobstore import CANCELLED_MESSAGE, CODE_CANCELLED, ItemWork, JobStore
+from worker.keys import inflight_member
 from worker.logs import CURRENT, mask_value
-from worker.ratelimit import RateLimited, holding
+from worker.planning import identifier_keys
+from worker.ratelimit import RateLimited
+from worker.scheduler import Lapsed, LeaseLost
 from worker.upsert import CANCELLED, FAILED, ItemOutcome, error, upsert_customer
+from worker.validation import validate_customer
 
 log = logging.getLogger(__name__)
 
 CODE_RETRIES_EXHAUSTED = 9001
-CODE_CANCELLED = 9002
 CODE_DOWNSTREAM_REFUSED = 9003
 CODE_REDELIVERED = 9004
+CODE_UNKNOWN_TENANT = 9005
 
-#: Takes of one message (same item, same retry) before the item is given up as poison.
-MAX_DELIVERIES = 4
 #: How long to wait before trying again for identifiers another job's item holds.
 LOCK_WAIT_SECONDS = (0.2, 1.0)
 
 
 @dataclass(frozen=True)
-class ItemStep:
-    """What must happen after one run of an item."""
+class ItemRun:
+    """What one delivery did: ``summary`` is the task's result, shown by Flower
+    (``CREATED 500000123``, ``FAILED 8045``, ``RETRY in 1.2s``, ``CANCELLED``)."""
 
-    retry_in: float | None = None
-    next_attempt: int = 1
-    reserved: dict[str, list[float]] | None = None  # rate-limit tokens the next run holds: due times
-    next_index: int | None = None
-    finish_job: bool = False
+    summary: str
+    last: bool = False  # it brought processedCount to totalCount: the job's finish is due
 
 
 class StoreJournal:
-    """The item's journal in the job store; what earlier runs wrote came with the item's input."""
+    """The item's memory across runs (worker/upsert.py's Journal), kept in its memo.
 
-    def __init__(self, store: JobStore, job_id: str, index: int, created_id: int | None) -> None:
-        self.store, self.job_id, self.index = store, job_id, index
-        self._created = created_id
+    The memo travels in the item's input chunk: read with the input, written back when the item
+    is deferred, and written at once only where a crash must not lose it: before an add, whose
+    answer may never arrive.
+    """
+
+    def __init__(self, store: JobStore, job_id: str, index: int, memo: dict[str, Any]) -> None:
+        self.store, self.job_id, self.index, self.memo = store, job_id, index, memo
 
     def created_id(self) -> int | None:
-        return self._created
+        created = self.memo.get("c")
+        return int(created) if created is not None else None
 
     def record_created(self, user_id: int) -> None:
-        self.store.record_created(self.job_id, self.index, user_id)
-        self._created = user_id
+        self.memo["c"] = int(user_id)
+        self.memo.pop("d", None)
+
+    def add_in_doubt(self) -> bool:
+        return bool(self.memo.get("d"))
+
+    def mark_add_in_doubt(self) -> None:
+        self.memo.pop("c", None)
+        self.memo["d"] = 1
+        self.store.save_memo(self.job_id, self.index, self.memo)
 
 
-def run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int = 1, delivery: str = "0",
-             reserved: dict[str, list[float]] | None = None) -> ItemStep:
-    token = CURRENT.set((job_id, index))
+def run_item(ctx: WorkerContext, job_id: str, index: int, token: str) -> ItemRun:
+    token_ = CURRENT.set((job_id, index))
     try:
-        return _run_item(ctx, job_id, index, attempt, delivery, reserved)
+        return _run_item(ctx, job_id, index, inflight_member(job_id, index, token))
     finally:
-        CURRENT.reset(token)
+        CURRENT.reset(token_)
 
 
-def _run_item(ctx: WorkerContext, job_id: str, index: int, attempt: int, delivery: str,
-              reserved: dict[str, list[float]] | None) -> ItemStep:
-    store = ctx.store
-    work = store.load_item(job_id, index, delivery)
-    if work.header is None:
+def _run_item(ctx: WorkerContext, job_id: str, index: int, member: str) -> ItemRun:
+    work = ctx.store.load_item(job_id, index)
+    if work.meta is None:
         log.warning("job %s is gone; dropping item %s", job_id, index)
-        return ItemStep()
-    if work.already_done:
-        return _after_redelivery(store, job_id, index)
-
-    if work.header.state == JOB_CANCELLED:
-        outcome = ItemOutcome(CANCELLED, errors=[error(CODE_CANCELLED, "the job was cancelled before this item ran")])
-    elif work.element is None:
-        outcome = ItemOutcome(FAILED, errors=[error(10000, "the item's input is missing from the job store")])
-    elif work.deliveries > MAX_DELIVERIES:
-        log.error("job %s item %s taken %s times without an outcome; giving it up", job_id, index, work.deliveries)
-        outcome = ItemOutcome(FAILED, errors=[error(
-            CODE_REDELIVERED,
-            f"the item was taken {work.deliveries - 1} times by workers that stopped before finishing it",
-        )])
-    else:
-        owner = f"{job_id}:{index}"
-        locks = ctx.locks.keys(work.header.tenant, identifier_keys(work.element))
-        if not ctx.locks.acquire(locks, owner):
-            return ItemStep(retry_in=random.uniform(*LOCK_WAIT_SECONDS), next_attempt=attempt)
-        held: dict[str, list[float]] = {}
+        return ItemRun("SKIPPED: the job is gone")
+    outcome, locks = _gate(ctx, work)
+    if outcome is None:
+        ctx.keeper.hold(member)
         try:
-            with holding(reserved) as held:
-                outcome = upsert_customer(
-                    ctx.client_for(work.header.tenant),
-                    work.element,
-                    skip_change_identifier=work.header.skip_change_identifier,
-                    priority=ctx.settings.identifier_priority,
-                    journal=StoreJournal(store, job_id, index, work.created_id),
-                )
-        except RateLimited as exc:
-            # Tokens reserved but not used this run travel on with the item, so a run that redoes
-            # an update before reaching its reserved changeIdentifier cannot starve itself.
-            carry = {k: v for k, v in held.items() if v}
-            if exc.reserved:
-                carry[exc.endpoint] = [*carry.get(exc.endpoint, []), exc.due]
-                return ItemStep(retry_in=exc.wait, next_attempt=attempt, reserved=carry)
-            wait = min(ctx.settings.max_countdown_seconds, exc.wait * random.uniform(1.0, 1.5))
-            return ItemStep(retry_in=wait, next_attempt=attempt, reserved=carry or None)
-        except RetryableError as exc:
-            if exc.status == 429:
-                # Throttled: the fleet is paused (see ratelimit); not the item's fault, not an attempt.
-                wait = min(ctx.settings.max_countdown_seconds, (exc.retry_after or 1.0) * random.uniform(1.0, 1.5))
-                return ItemStep(retry_in=wait, next_attempt=attempt)
-            if attempt < ctx.settings.item_max_attempts:
-                delay = backoff_seconds(attempt, exc.retry_after, ctx.settings.retry_base_seconds,
-                                        min(ctx.settings.retry_max_seconds, ctx.settings.max_countdown_seconds))
-                log.info("job %s item %s attempt %s failed (%s); retrying in %.1fs",
-                         job_id, index, attempt, exc.message, delay)
-                return ItemStep(retry_in=delay, next_attempt=attempt + 1)
-            outcome = ItemOutcome(FAILED, errors=[gave_up_error(exc, attempt)])
-        except PermanentError as exc:
-            outcome = ItemOutcome(FAILED, errors=[error(exc.code or exc.status or CODE_DOWNSTREAM_REFUSED,
-                                                        exc.message)])
+            outcome, locks, later = _upsert_under_locks(ctx, work, job_id, index, member)
+        except LeaseLost:
+            log.warning("job %s item %s: lease lost to another worker; leaving the item to it", job_id, index)
+            return ItemRun("ABANDONED: lease lost")
         finally:
-            ctx.locks.release(locks, owner)
+            ctx.keeper.drop(member)
+        if later is not None:
+            return later
+    return _record(ctx, work, job_id, index, member, outcome, locks)
 
+
+def _gate(ctx: WorkerContext, work: ItemWork) -> tuple[ItemOutcome | None, list[str]]:
+    """The outcomes that need no downstream call and no lock: cancelled, broken, invalid."""
+    if work.cancelled:
+        return ItemOutcome(CANCELLED, errors=[error(CODE_CANCELLED, CANCELLED_MESSAGE)]), []
+    if work.element is None:
+        return ItemOutcome(FAILED, errors=[error(10000, "the item's input is missing from the job store")]), []
+    if work.meta.tenant not in ctx.tenants:
+        return ItemOutcome(FAILED, errors=[error(
+            CODE_UNKNOWN_TENANT, f"this worker has no settings for tenant {work.meta.tenant!r}; "
+                                 "check UPSERT_TENANTS_FILE on every worker")]), []
+    problems = validate_customer(work.element)
+    if problems:
+        return ItemOutcome(FAILED, errors=problems), []
+    return None, []
+
+
+def _upsert_under_locks(ctx: WorkerContext, work: ItemWork, job_id: str, index: int,
+                        member: str) -> tuple[ItemOutcome | None, list[str], ItemRun | None]:
+    """Run the upsert holding the item's identifier locks; answer its outcome, or how it was deferred."""
+    meta, memo = work.meta, dict(work.memo)
+    locks = ctx.locks.keys(meta.tenant, identifier_keys(work.element))
+    if not ctx.locks.acquire(locks, member):
+        return None, [], _defer(ctx, job_id, index, member, random.uniform(*LOCK_WAIT_SECONDS), memo, [],
+                                "RETRY: identifiers held by another job's item")
+    ctx.keeper.add_locks(member, locks)
+    client, limiter = ctx.client_for(meta.tenant)
+    reserved = {k: [float(t) for t in v] for k, v in (memo.get("r") or {}).items() if isinstance(v, list)}
+    journal = StoreJournal(ctx.store, job_id, index, memo)
+
+    def gate(endpoint: str) -> None:
+        ctx.keeper.check(member)
+        limiter.acquire(endpoint, reserved)
+
+    attempt = int(memo.get("a") or 1)
+    try:
+        outcome = upsert_customer(client.with_gate(gate), work.element,
+                                  skip_change_identifier=meta.skip_change_identifier,
+                                  priority=ctx.settings.identifier_priority, journal=journal)
+        return outcome, locks, None
+    except RateLimited as exc:
+        carry = {k: v for k, v in reserved.items() if v}
+        if exc.reserved:
+            carry[exc.endpoint] = [*carry.get(exc.endpoint, []), exc.due]
+            delay = exc.wait
+        else:
+            delay = exc.wait * random.uniform(1.0, 1.5)
+        memo["r"] = carry
+        return None, locks, _defer(ctx, job_id, index, member, delay, memo, locks,
+                                   f"RETRY in {delay:.1f}s: rate limit ({exc.endpoint})", journal)
+    except RetryableError as exc:
+        if exc.status == 429:
+            # Throttled: the fleet is paused (see ratelimit); not the item's fault, not an attempt.
+            delay = (exc.retry_after or 1.0) * random.uniform(1.0, 1.5)
+            return None, locks, _defer(ctx, job_id, index, member, delay, memo, locks,
+                                       f"RETRY in {delay:.1f}s: throttled (429)", journal)
+        if attempt < ctx.settings.item_max_attempts:
+            delay = backoff_seconds(attempt, exc.retry_after, ctx.settings.retry_base_seconds,
+                                    ctx.settings.retry_max_seconds)
+            log.info("job %s item %s attempt %s failed (%s); retrying in %.1fs", job_id, index, attempt,
+                     exc.message, delay)
+            memo["a"] = attempt + 1
+            return None, locks, _defer(ctx, job_id, index, member, delay, memo, locks,
+                                       f"RETRY in {delay:.1f}s: {exc.message}", journal)
+        return ItemOutcome(FAILED, errors=[gave_up_error(exc, attempt)]), locks, None
+    except PermanentError as exc:
+        return ItemOutcome(FAILED, errors=[error(exc.code or exc.status or CODE_DOWNSTREAM_REFUSED,
+                                                 exc.message)]), locks, None
+
+
+def _defer(ctx: WorkerContext, job_id: str, index: int, member: str, delay: float, memo: dict,
+           locks: list[str], summary: str, journal: StoreJournal | None = None) -> ItemRun:
+    """Hand the item back to the scheduler for ``delay`` seconds.
+
+    While an add may have landed without our hearing of it, the item keeps its identifier locks:
+    no other job's item may create or claim that customer before this item has looked again.
+    """
+    keep = journal is not None and journal.add_in_doubt()
+    answer = ctx.store.defer(member, job_id, index, delay=delay, memo=memo, locks=locks, keep_locks=keep,
+                             lock_ttl_ms=int((delay + ctx.settings.item_lease_seconds * 2) * 1000))
+    if answer == 0:  # cancelled meanwhile: the item ends here, as cancelled
+        outcome = ItemOutcome(CANCELLED, errors=[error(CODE_CANCELLED, "the job was cancelled while this item "
+                                                                       "waited to be retried")])
+        work = ctx.store.load_item(job_id, index)
+        return _record(ctx, work, job_id, index, member, outcome, locks)
+    if answer == -1:
+        log.warning("job %s item %s: lease lost to another worker; not retrying it here", job_id, index)
+        return ItemRun("ABANDONED: lease lost")
+    return ItemRun(summary)
+
+
+def _record(ctx: WorkerContext, work: ItemWork, job_id: str, index: int, member: str,
+            outcome: ItemOutcome, locks: list[str]) -> ItemRun:
     item = outcome.as_item(index)
     if outcome.failed:
         item["input"] = work.element  # so the failed export can be resubmitted as it is
-    recorded, last, next_index = store.record_outcome(job_id, index, item, failed=outcome.failed)
-    if recorded:
-        log.info("item %s entity=%s identifiers=[%s]%s", outcome.action, outcome.entity_id,
-                 _masked_identifiers(work.element),
-                 "".join(f" error {e.get('code')}: {e.get('message')}" for e in item["errors"]))
-    return ItemStep(next_index=next_index, finish_job=last)
+    done = ctx.store.record_outcome(member, job_id, index, item, failed=outcome.failed,
+                                    successor=work.successor, locks=locks)
+    if not done.recorded:
+        if done.lease_lost:
+            log.warning("job %s item %s: lease lost to another worker; this run's outcome is not recorded",
+                        job_id, index)
+            return ItemRun("ABANDONED: lease lost")
+        return ItemRun("DUPLICATE: recorded already")
+    log.info("item %s entity=%s identifiers=[%s]%s", outcome.action, outcome.entity_id,
+             _masked_identifiers(work.element),
+             "".join(f" error {e.get('code')}: {e.get('message')}" for e in item["errors"]))
+    return ItemRun(outcome_summary(outcome), last=work.meta is not None and done.processed == work.meta.total)
+
+
+def end_lapsed(ctx: WorkerContext, lapsed: Lapsed) -> bool:
+    """Record an item whose lease lapsed and that must not run again: its job was cancelled, or
+    workers died under it too often. Answers whether this ended its job."""
+    job_id, index, _token = lapsed.member.split(":", 2)
+    index_ = int(index)
+    work = ctx.store.load_item(job_id, index_)
+    if lapsed.state == "CANCELLED":
+        outcome = ItemOutcome(CANCELLED, errors=[error(CODE_CANCELLED, CANCELLED_MESSAGE)])
+    else:
+        log.error("job %s item %s: %s workers stopped under it; giving it up", job_id, index_, lapsed.lapses)
+        outcome = ItemOutcome(FAILED, errors=[error(
+            CODE_REDELIVERED, f"the item was taken {lapsed.lapses} times by workers that stopped before finishing it")])
+    return _record(ctx, work, job_id, index_, lapsed.member, outcome, []).last
+
+
+def outcome_summary(outcome: ItemOutcome) -> str:
+    """``CREATED 500000123``, ``CREATED 500000123 3017`` (partly applied), ``FAILED 8045``, ``CANCELLED``."""
+    if outcome.action == CANCELLED:
+        return CANCELLED
+    codes = [str(e.get("code")) for e in outcome.errors[:3]]
+    if outcome.action == FAILED:
+        return " ".join(["FAILED", *codes])
+    return " ".join([outcome.action, str(outcome.entity_id), *codes])
 
 
 def _masked_identifiers(element) -> str:
     return ", ".join(f"{kind}={mask_value(kind, value)}" for kind, value, _s, _a in identifier_keys(element))
-
-
-def _after_redelivery(store: JobStore, job_id: str, index: int) -> ItemStep:
-    """The outcome was recorded by a run that may have died before it handed on its work.
-
-    Hand it on again: the next item of the chain (a no-op if that one ran already) and the job's
-    finish (which sets the final state only once).
-    """
-    job = store.get_job(job_id) or {}
-    complete = job.get("processedCount") == job.get("totalCount") and not job.get("finishedAt")
-    return ItemStep(next_index=store.next_in_chain(job_id, index), finish_job=complete)
 
 
 def backoff_seconds(attempt: int, retry_after: float | None, base: float, cap: float) -> float:

@@ -1,72 +1,113 @@
-"""The job store in Redis: jobs, their inputs, per-item results and counters.
+"""The job store in Redis: jobs, their inputs, per-item results and counters (layout: worker/keys.py).
 
-Layout (every key expires ``JOB_TTL_SECONDS`` after the job finishes)::
+Every write an item makes is fenced by its lease: the member ``job:index:token`` in
+``cu:inflight`` that the dispatcher created for this very delivery. The outcome script removes
+the member and writes the result with HSETNX in one step, so a delivery whose lease was taken
+away (its worker froze or lost its network, and the item was handed to another) records nothing,
+and no item is ever counted twice. The item that brings ``processedCount`` to ``totalCount``
+learns that it was the last and queues the job's finish.
 
-    cu:job:{id}                 hash   the job document's fields and its counters
-    cu:job:{id}:in:{chunk}      hash   index -> input element (JSON), CHUNK items per key
-    cu:job:{id}:res:{chunk}     hash   index -> item result (JSON), CHUNK items per key
-    cu:job:{id}:failed / :ok    zset   indexes by outcome (score = index), for filtered paging
-    cu:job:{id}:next            hash   index -> next index, for items that must run in order
-    cu:job:{id}:created         hash   index -> customer id this item added (survives retries)
-    cu:tenant:{t}:jobs          zset   job ids by creation time
-
-Inputs and results are split into chunks so that no key, message or process ever holds a
-whole 100,000-item job. An item's outcome is written with HSETNX inside one script that also
-bumps the counters, so a redelivered or retried item can never be counted twice, and exactly
-one item (the one that brings ``processedCount`` to ``totalCount``) learns that it was the last.
+The hot path is counted in Redis commands (issue: at most about 12 per item, broker included), so
+an item reads everything it needs with one HMGET on its input chunk, and records its outcome,
+releases its identifier locks, ends its lease and hands on its chain with one script.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
-CHUNK = 1000
-PREFIX = "cu"
-#: Unfinished jobs by the time of their last progress, for the sweeper (worker/sweeper.py).
-ACTIVE_KEY = f"{PREFIX}:active"
+from worker import keys
 
 QUEUED, RUNNING, COMPLETED, CANCELLED = "QUEUED", "RUNNING", "COMPLETED", "CANCELLED"
-FINAL_STATES = frozenset({COMPLETED, CANCELLED})
 
-COUNTERS = ("totalCount", "processedCount", "successCount", "failureCount", "createdCount", "updatedCount",
-            "cancelledCount")
+#: Counters kept in the job hash; ``successCount`` is derived (processed minus failed).
+COUNTERS = ("totalCount", "processedCount", "failureCount", "createdCount", "updatedCount", "cancelledCount")
+
+CODE_CANCELLED = 9002
+CANCELLED_MESSAGE = "the job was cancelled before this item ran"
 
 _RECORD_OUTCOME = """
--- KEYS: job, result chunk, failed zset, ok zset, next hash, active jobs zset
--- ARGV: index, item json, failed (0/1), counter for the action or '', ttl, now, job id
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then
-  return {-1, redis.call('HGET', KEYS[5], ARGV[1]) or false}
+-- KEYS: inflight, job, result chunk, failed zset, ready list, sched due, identifier locks...
+-- ARGV: member, index, item json, failed 0/1, counter or '', successor or '', job id
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return {-1, 0} end
+if #KEYS > 6 then redis.call('DEL', unpack(KEYS, 7, #KEYS)) end
+if redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3]) == 0 then return {0, 0} end
+if ARGV[4] == '1' then
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[2])
+  redis.call('HINCRBY', KEYS[2], 'failureCount', 1)
 end
-redis.call('ZADD', KEYS[6], ARGV[6], ARGV[7])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-if ARGV[3] == '1' then
-  redis.call('HINCRBY', KEYS[1], 'failureCount', 1)
-  redis.call('ZADD', KEYS[3], ARGV[1], ARGV[1])
-  redis.call('EXPIRE', KEYS[3], ARGV[5])
-else
-  redis.call('HINCRBY', KEYS[1], 'successCount', 1)
-  redis.call('ZADD', KEYS[4], ARGV[1], ARGV[1])
-  redis.call('EXPIRE', KEYS[4], ARGV[5])
+if ARGV[5] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[5], 1) end
+if ARGV[6] ~= '' then
+  redis.call('RPUSH', KEYS[5], ARGV[6])
+  redis.call('ZADD', KEYS[6], redis.call('TIME')[1], ARGV[7])
 end
-if ARGV[4] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[4], 1) end
-local processed = redis.call('HINCRBY', KEYS[1], 'processedCount', 1)
+return {1, redis.call('HINCRBY', KEYS[2], 'processedCount', 1)}
+"""
+
+_DEFER = """
+-- KEYS: inflight, input chunk, delayed zset, sched due, identifier locks...
+-- ARGV: member, index, delay (s), memo json, keep locks 0/1, lock ttl ms, job id
+-- Answers -1: the lease is gone; 0: the job was cancelled (record the item instead); 1: deferred.
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 end
+if redis.call('HGET', KEYS[2], 'cancelled') then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+if #KEYS > 4 then
+  if ARGV[5] == '1' then
+    for i = 5, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
+  else
+    redis.call('DEL', unpack(KEYS, 5, #KEYS))
+  end
+end
+local t = redis.call('TIME')
+local due = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[3])
+redis.call('HSET', KEYS[2], 'm:' .. ARGV[2], ARGV[4])
+redis.call('ZADD', KEYS[3], due, ARGV[2])
+redis.call('ZADD', KEYS[4], 'LT', due, ARGV[7])
+return 1
+"""
+
+_CANCEL = """
+-- KEYS: job, inflight, delayed, ready, sched jobs, sched due, input chunks...
+-- ARGV: job id. Answers {state before, 1 if nothing is left running}.
+-- Items not in flight are counted CANCELLED here, at once; items queued or running end on
+-- their own (a queued one sees the 'cancelled' mark on its chunk and records CANCELLED).
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {false, 0} end
+if state ~= 'QUEUED' and state ~= 'RUNNING' then return {state, 0} end
+redis.call('HSET', KEYS[1], 'state', 'CANCELLED')
+for i = 7, #KEYS do redis.call('HSET', KEYS[i], 'cancelled', '1') end
+local prefix = ARGV[1] .. ':'
+local running = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if string.sub(member, 1, #prefix) == prefix then running = running + 1 end
+end
 local total = tonumber(redis.call('HGET', KEYS[1], 'totalCount'))
-local last = 0
-if processed == total then last = 1 end
-return {last, redis.call('HGET', KEYS[5], ARGV[1]) or false}
+local processed = tonumber(redis.call('HGET', KEYS[1], 'processedCount'))
+local cancelled = total - processed - running
+if cancelled > 0 then
+  redis.call('HINCRBY', KEYS[1], 'cancelledCount', cancelled)
+  redis.call('HINCRBY', KEYS[1], 'failureCount', cancelled)
+  redis.call('HINCRBY', KEYS[1], 'processedCount', cancelled)
+end
+redis.call('HSET', KEYS[1], 'cursor', total)
+redis.call('DEL', KEYS[3], KEYS[4])
+redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1])
+if running == 0 then return {state, 1} end
+return {state, 0}
 """
 
 _FINISH = """
--- KEYS: job; ARGV: now, ttl. Sets the final state once; answers 1 the first time only.
+-- KEYS: job, sched jobs, sched due, then every key of the job (to expire).
+-- ARGV: now (ISO), ttl, job id. Sets the final state once; answers 1 the first time only.
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HGET', KEYS[1], 'finishedAt') then return 0 end
 local processed = tonumber(redis.call('HGET', KEYS[1], 'processedCount'))
@@ -75,27 +116,22 @@ if processed < total then return -2 end
 if redis.call('HGET', KEYS[1], 'state') ~= 'CANCELLED' then redis.call('HSET', KEYS[1], 'state', 'COMPLETED') end
 redis.call('HSETNX', KEYS[1], 'startedAt', ARGV[1])
 redis.call('HSET', KEYS[1], 'finishedAt', ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('ZREM', KEYS[3], ARGV[3])
+local idem = redis.call('HGET', KEYS[1], 'idempotencyKey')
+if idem then redis.call('EXPIRE', idem, ARGV[2]) end
+for i = 4, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
 return 1
-"""
-
-_START = """
--- KEYS: job; ARGV: now. QUEUED -> RUNNING only: a cancel that came first must stand.
-redis.call('HSETNX', KEYS[1], 'startedAt', ARGV[1])
-if redis.call('HGET', KEYS[1], 'state') == 'QUEUED' then redis.call('HSET', KEYS[1], 'state', 'RUNNING') end
-return 1
-"""
-
-_CANCEL = """
--- KEYS: job. Answers the state before the call; only unfinished jobs change.
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return false end
-if state == 'QUEUED' or state == 'RUNNING' then redis.call('HSET', KEYS[1], 'state', 'CANCELLED') end
-return state
 """
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso(datetime.now(UTC))
+
+
+def iso(moment: datetime) -> str:
+    """The one timestamp format of the API: UTC, milliseconds, ``Z``."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_job_id() -> str:
@@ -103,21 +139,42 @@ def new_job_id() -> str:
 
 
 @dataclass(frozen=True)
-class JobHeader:
-    """What an item task needs to know about its job, read in the same round trip as its input."""
+class JobMeta:
+    """What every item of a job needs to know about it, stored in each input chunk."""
 
     tenant: str
-    state: str
+    total: int
     skip_change_identifier: bool
+
+    def dumps(self) -> str:
+        return json.dumps({"tenant": self.tenant, "total": self.total, "skip": self.skip_change_identifier})
+
+    @classmethod
+    def loads(cls, raw: str) -> JobMeta:
+        data = json.loads(raw)
+        return cls(tenant=data["tenant"], total=int(data["total"]), skip_change_identifier=bool(data["skip"]))
+
+
+@dataclass
+class ItemWork:
+    """One item as a delivery finds it: read in one round trip."""
+
+    meta: JobMeta | None  # None: the job is gone (expired or never existed)
+    element: Any
+    cancelled: bool
+    #: What earlier runs of this item left: attempt, reserved tokens, created id, add in doubt, lapses.
+    memo: dict[str, Any] = field(default_factory=dict)
+    successor: int | None = None
 
 
 @dataclass(frozen=True)
-class ItemWork:
-    header: JobHeader | None  # None: the job is gone (expired or never existed)
-    element: Any
-    already_done: bool
-    deliveries: int = 1  # how often this very message (same item, same retry) has been taken
-    created_id: int | None = None  # the customer an earlier run of this item added
+class Recorded:
+    """What recording an outcome did."""
+
+    recorded: bool  # False: the lease was lost, or another delivery recorded the item first
+    lease_lost: bool
+    processed: int  # processedCount after this item (0 unless recorded): the item that reaches
+    #: totalCount is the job's last
 
 
 class JobStore:
@@ -125,30 +182,19 @@ class JobStore:
         self.redis = client
         self.ttl = ttl_seconds
         self._record = client.register_script(_RECORD_OUTCOME)
-        self._finish = client.register_script(_FINISH)
+        self._defer = client.register_script(_DEFER)
         self._cancel = client.register_script(_CANCEL)
-        self._start = client.register_script(_START)
+        self._finish = client.register_script(_FINISH)
 
     @classmethod
     def from_url(cls, url: str, *, ttl_seconds: int = 604800, max_connections: int = 64) -> JobStore:
+        # Socket timeouts: a host cut off from Redis must fail its commands (and so stop, presume its
+        # leases lost) within seconds, not after TCP's retransmissions give up many minutes later.
         pool = redis.BlockingConnectionPool.from_url(
             url, decode_responses=True, max_connections=max_connections, timeout=30,
-            health_check_interval=30, socket_keepalive=True,
+            health_check_interval=30, socket_keepalive=True, socket_timeout=10, socket_connect_timeout=5,
         )
         return cls(redis.Redis(connection_pool=pool), ttl_seconds=ttl_seconds)
-
-    # -- keys --------------------------------------------------------------------------------
-
-    @staticmethod
-    def job_key(job_id: str) -> str:
-        return f"{PREFIX}:job:{job_id}"
-
-    def _chunk_key(self, job_id: str, kind: str, index: int) -> str:
-        return f"{self.job_key(job_id)}:{kind}:{index // CHUNK}"
-
-    @staticmethod
-    def tenant_jobs_key(tenant: str) -> str:
-        return f"{PREFIX}:tenant:{tenant}:jobs"
 
     # -- intake ------------------------------------------------------------------------------
 
@@ -156,61 +202,69 @@ class JobStore:
         """A job to be stored element by element; see :class:`NewJob`."""
         return NewJob(self, tenant)
 
-    # -- item work ---------------------------------------------------------------------------
+    # -- one item ----------------------------------------------------------------------------
 
-    def load_item(self, job_id: str, index: int, delivery: str = "0") -> ItemWork:
-        """The job header, the element, whether its outcome is already recorded, and how often this
-        delivery (``delivery`` names the message: the item's retry generation) was taken: one round trip."""
-        key = self.job_key(job_id)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(key, "tenant", "state", "skipChangeIdentifier")
-        pipe.hget(self._chunk_key(job_id, "in", index), str(index))
-        pipe.hexists(self._chunk_key(job_id, "res", index), str(index))
-        pipe.hincrby(f"{key}:deliveries", f"{index}:{delivery}", 1)
-        pipe.expire(f"{key}:deliveries", self.ttl)
-        pipe.hset(f"{key}:touched", str(index), repr(time.time()))
-        pipe.expire(f"{key}:touched", self.ttl)
-        pipe.hget(f"{key}:created", str(index))
-        (tenant, state, skip), raw, done, deliveries, _, _, _, created = pipe.execute()
-        if tenant is None:
-            return ItemWork(header=None, element=None, already_done=bool(done))
-        header = JobHeader(tenant=tenant, state=state, skip_change_identifier=skip == "1")
-        return ItemWork(header=header, element=json.loads(raw) if raw is not None else None,
-                        already_done=bool(done), deliveries=int(deliveries),
-                        created_id=int(created) if created is not None else None)
+    def load_item(self, job_id: str, index: int) -> ItemWork:
+        i = str(index)
+        raw, meta, cancelled, memo, successor = self.redis.hmget(
+            keys.inputs(job_id, index), i, keys.META_FIELD, keys.CANCELLED_FIELD, f"m:{i}", f"n:{i}")
+        if meta is None:
+            return ItemWork(meta=None, element=None, cancelled=False)
+        return ItemWork(
+            meta=JobMeta.loads(meta),
+            element=json.loads(raw) if raw is not None else None,
+            cancelled=cancelled is not None,
+            memo=json.loads(memo) if memo else {},
+            successor=int(successor) if successor is not None else None,
+        )
 
-    def record_outcome(self, job_id: str, index: int, item: dict, *, failed: bool) -> tuple[bool, bool, int | None]:
-        """Record an item's outcome once. Answers (recorded now, was last, next index in its chain)."""
+    def save_memo(self, job_id: str, index: int, memo: dict[str, Any]) -> None:
+        self.redis.hset(keys.inputs(job_id, index), f"m:{index}", json.dumps(memo, separators=(",", ":")))
+
+    def record_outcome(self, member: str, job_id: str, index: int, item: dict, *, failed: bool,
+                       successor: int | None = None, locks: Iterable[str] = ()) -> Recorded:
+        """Record an item's outcome once, end its lease, release its locks and hand on its chain."""
         counter = {"CREATED": "createdCount", "UPDATED": "updatedCount", "CANCELLED": "cancelledCount"}.get(
-            item["action"], ""
+            item["action"], "")
+        status, processed = self._record(
+            keys=[keys.INFLIGHT, keys.job(job_id), keys.results(job_id, index), keys.failed(job_id),
+                  keys.ready(job_id), keys.SCHED_DUE, *locks],
+            args=[member, index, json.dumps(item, separators=(",", ":")), "1" if failed else "0", counter,
+                  "" if successor is None else successor, job_id],
         )
-        key = self.job_key(job_id)
-        last, nxt = self._record(
-            keys=[key, self._chunk_key(job_id, "res", index), f"{key}:failed", f"{key}:ok", f"{key}:next", ACTIVE_KEY],
-            args=[index, json.dumps(item, separators=(",", ":")), "1" if failed else "0", counter, self.ttl,
-                  time.time(), job_id],
+        return Recorded(recorded=status == 1, lease_lost=status == -1, processed=int(processed))
+
+    def defer(self, member: str, job_id: str, index: int, *, delay: float, memo: dict[str, Any],
+              locks: Iterable[str] = (), keep_locks: bool = False, lock_ttl_ms: int = 0) -> int:
+        """Hand the item back to the scheduler for ``delay`` seconds (on Redis's clock, shared by
+        every host). Answers 1 deferred, 0 the job was cancelled (the caller records the item
+        CANCELLED), -1 the lease is gone (do nothing)."""
+        return int(self._defer(
+            keys=[keys.INFLIGHT, keys.inputs(job_id, index), keys.delayed(job_id), keys.SCHED_DUE, *locks],
+            args=[member, index, delay, json.dumps(memo, separators=(",", ":")), "1" if keep_locks else "0",
+                  lock_ttl_ms, job_id],
+        ))
+
+    # -- a job's end ---------------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> tuple[str | None, bool]:
+        """Cancel an unfinished job: answers (state before, whether nothing is left running)."""
+        total = int(self.redis.hget(keys.job(job_id), "totalCount") or 0)
+        state, idle = self._cancel(
+            keys=[keys.job(job_id), keys.INFLIGHT, keys.delayed(job_id), keys.ready(job_id), keys.SCHED_JOBS,
+                  keys.SCHED_DUE, *(f"{keys.job(job_id)}:in:{n}" for n in keys.chunks(total))],
+            args=[job_id],
         )
-        return last != -1, last == 1, int(nxt) if nxt is not None else None
+        return state, bool(idle)
 
-    def next_in_chain(self, job_id: str, index: int) -> int | None:
-        nxt = self.redis.hget(f"{self.job_key(job_id)}:next", str(index))
-        return int(nxt) if nxt is not None else None
-
-    def chained_indexes(self, job_id: str) -> set[int]:
-        """Indexes that wait for an earlier item of their chain rather than starting on their own."""
-        return {int(v) for v in self.redis.hvals(f"{self.job_key(job_id)}:next")}
-
-    def fan_out_state(self, job_id: str) -> tuple[int | None, int]:
-        """(totalCount, first index not yet published); totalCount None when the job is gone."""
-        total, position = self.redis.hmget(self.job_key(job_id), "totalCount", "fanOutNext")
-        return (int(total) if total is not None else None), int(position or 0)
-
-    def save_fan_out_position(self, job_id: str, position: int) -> None:
-        self.redis.hset(self.job_key(job_id), "fanOutNext", str(position))
-
-    def mark_running(self, job_id: str) -> None:
-        self._start(keys=[self.job_key(job_id)], args=[now_iso()])
-        self.touch_active(job_id)
+    def finish(self, job_id: str) -> bool:
+        """Set the final state and start the TTL of every key of the job; True only for the one call
+        that did it."""
+        total = int(self.redis.hget(keys.job(job_id), "totalCount") or 0)
+        return self._finish(
+            keys=[keys.job(job_id), keys.SCHED_JOBS, keys.SCHED_DUE, *keys.job_keys(job_id, total)],
+            args=[now_iso(), self.ttl, job_id],
+        ) == 1
 
     # -- idempotency keys ------------------------------------------------------------------------
 
@@ -220,90 +274,37 @@ class JobStore:
         The claim is made before the job exists (so two racing requests cannot both create one)
         and holds no job id until :meth:`bind_idempotency_key`; an unbound claim lapses in a minute.
         """
-        name = f"{PREFIX}:idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
+        name = keys.idempotency(tenant, key)
         if self.redis.set(name, json.dumps({"digest": digest, "jobId": None}), nx=True, ex=60):
             return None
         raw = self.redis.get(name)
         return json.loads(raw) if raw else {"digest": digest, "jobId": None}
 
     def bind_idempotency_key(self, tenant: str, key: str, digest: str, job_id: str) -> None:
-        name = f"{PREFIX}:idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
-        self.redis.set(name, json.dumps({"digest": digest, "jobId": job_id}), ex=self.ttl)
+        """The key now names the job; it expires with the job (see the finish script), not before."""
+        name = keys.idempotency(tenant, key)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(name, json.dumps({"digest": digest, "jobId": job_id}))
+        pipe.hset(keys.job(job_id), "idempotencyKey", name)
+        pipe.execute()
 
     def release_idempotency_key(self, tenant: str, key: str) -> None:
-        self.redis.delete(f"{PREFIX}:idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}")
-
-    # -- the sweeper's view ----------------------------------------------------------------------
-
-    def touch_active(self, job_id: str, now: float | None = None) -> None:
-        self.redis.zadd(ACTIVE_KEY, {job_id: time.time() if now is None else now})
-
-    def forget_active(self, job_id: str) -> None:
-        self.redis.zrem(ACTIVE_KEY, job_id)
-
-    def stalled_jobs(self, progress_before: float, limit: int = 100) -> list[str]:
-        return self.redis.zrangebyscore(ACTIVE_KEY, "-inf", progress_before, start=0, num=limit)
-
-    def lost_items(self, job_id: str, total: int, *, touched_before: float) -> list[int]:
-        """Items with no outcome that could run now and that no worker has taken lately."""
-        key = self.job_key(job_id)
-        pipe = self.redis.pipeline(transaction=False)
-        for start in range(0, total, CHUNK):
-            pipe.hkeys(self._chunk_key(job_id, "res", start))
-        pipe.hgetall(f"{key}:touched")
-        pipe.hgetall(f"{key}:next")
-        *chunks, touched, chains = pipe.execute()
-        done = {int(i) for chunk in chunks for i in chunk}
-        waits_for = {int(nxt): int(prev) for prev, nxt in chains.items()}
-        return [
-            i for i in range(total)
-            if i not in done
-            and (i not in waits_for or waits_for[i] in done)
-            and float(touched.get(str(i), 0)) < touched_before
-        ]
-
-    def finish(self, job_id: str) -> bool:
-        """Set the final state; True only for the one call that did it."""
-        finished = self._finish(keys=[self.job_key(job_id)], args=[now_iso(), self.ttl]) == 1
-        if finished:
-            self.forget_active(job_id)
-        return finished
-
-    def keep_for_ttl(self, job_id: str, total: int) -> None:
-        """Restart every key's expiry so a finished job is kept JOB_TTL_SECONDS from now."""
-        key = self.job_key(job_id)
-        pipe = self.redis.pipeline(transaction=False)
-        for suffix in ("", ":failed", ":ok", ":next", ":created", ":deliveries", ":touched"):
-            pipe.expire(key + suffix, self.ttl)
-        for start in range(0, total, CHUNK):
-            pipe.expire(self._chunk_key(job_id, "in", start), self.ttl)
-            pipe.expire(self._chunk_key(job_id, "res", start), self.ttl)
-        pipe.execute()
-
-    # -- journal of adds, so a retried item still reports CREATED ----------------------------
-
-    def record_created(self, job_id: str, index: int, user_id: int) -> None:
-        key = f"{self.job_key(job_id)}:created"
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(key, str(index), str(user_id))
-        pipe.expire(key, self.ttl)
-        pipe.execute()
+        self.redis.delete(keys.idempotency(tenant, key))
 
     # -- reading -----------------------------------------------------------------------------
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
-        raw = self.redis.hgetall(self.job_key(job_id))
-        return job_document(raw) if raw else None
+        return job_document(self.redis.hgetall(keys.job(job_id)))
 
     def job_tenant(self, job_id: str) -> str | None:
-        return self.redis.hget(self.job_key(job_id), "tenant")
+        return self.redis.hget(keys.job(job_id), "tenant")
 
-    def cancel(self, job_id: str) -> str | None:
-        return self._cancel(keys=[self.job_key(job_id)])
+    def job_fields(self, job_id: str, *names: str) -> list[str | None]:
+        return self.redis.hmget(keys.job(job_id), names)
 
     def list_jobs(self, tenant: str, *, state: str | None = None, limit: int = 20) -> list[dict]:
         jobs: list[dict] = []
-        key = self.tenant_jobs_key(tenant)
+        key = keys.tenant_jobs(tenant)
         offset, page = 0, max(limit, 50)
         while len(jobs) < limit:
             ids = self.redis.zrevrange(key, offset, offset + page - 1)
@@ -312,14 +313,13 @@ class JobStore:
             offset += len(ids)
             pipe = self.redis.pipeline(transaction=False)
             for job_id in ids:
-                pipe.hgetall(self.job_key(job_id))
+                pipe.hgetall(keys.job(job_id))
             expired = []
             for job_id, raw in zip(ids, pipe.execute(), strict=True):
-                if not raw:
-                    expired.append(job_id)
-                    continue
                 doc = job_document(raw)
-                if state is None or doc["state"] == state:
+                if doc is None:
+                    expired.append(job_id)
+                elif state is None or doc["state"] == state:
                     jobs.append(doc)
             if expired:
                 self.redis.zrem(key, *expired)
@@ -327,37 +327,80 @@ class JobStore:
 
     def results(self, job_id: str, *, offset: int, limit: int, outcome: str = "all") -> list[dict]:
         """Items in input order; ``outcome`` is all, failed or succeeded."""
-        if outcome == "all":
-            total = int(self.redis.hget(self.job_key(job_id), "totalCount") or 0)
-            indexes = list(range(offset, min(offset + limit, total)))
-        else:
-            zset = f"{self.job_key(job_id)}:{'failed' if outcome == 'failed' else 'ok'}"
-            indexes = [int(i) for i in self.redis.zrange(zset, offset, offset + limit - 1)]
-        return self._items(job_id, indexes)
+        indexes = self._indexes(job_id, outcome)
+        return self._items(job_id, indexes[offset:offset + limit])
 
-    def iter_results(self, job_id: str, *, outcome: str = "all", page: int = CHUNK) -> Iterator[dict]:
-        offset = 0
-        while True:
-            items = self.results(job_id, offset=offset, limit=page, outcome=outcome)
-            if not items:
-                return
-            yield from items
-            offset += page
+    def iter_results(self, job_id: str, *, outcome: str = "all") -> Iterator[dict]:
+        indexes = self._indexes(job_id, outcome)
+        for start in range(0, len(indexes), keys.CHUNK):
+            yield from self._items(job_id, indexes[start:start + keys.CHUNK])
+
+    def _indexes(self, job_id: str, outcome: str) -> range | list[int]:
+        """The indexes a listing shows, in input order.
+
+        Failed items are in a sorted set; items a cancel ended without running have no result at
+        all (they were counted at once, see the cancel script) and are failures too.
+        """
+        total_raw, state = self.redis.hmget(keys.job(job_id), "totalCount", "state")
+        total = int(total_raw or 0)
+        if outcome == "all":
+            return range(total)
+        failed = {int(i) for i in self.redis.zrange(keys.failed(job_id), 0, -1)}
+        if outcome == "failed" and state != CANCELLED:
+            return sorted(failed)
+        recorded = self._recorded(job_id, total)
+        if outcome == "succeeded":
+            return sorted(recorded - failed)
+        never_ran = set(range(total)) - recorded - self._in_flight(job_id)
+        return sorted(failed | never_ran)
+
+    def _recorded(self, job_id: str, total: int) -> set[int]:
+        pipe = self.redis.pipeline(transaction=False)
+        for n in keys.chunks(total):
+            pipe.hkeys(f"{keys.job(job_id)}:res:{n}")
+        return {int(i) for chunk in pipe.execute() for i in chunk}
+
+    def _in_flight(self, job_id: str) -> set[int]:
+        prefix = job_id + ":"
+        return {keys.parse_member(m)[1] for m in self.redis.zrange(keys.INFLIGHT, 0, -1) if m.startswith(prefix)}
 
     def _items(self, job_id: str, indexes: Iterable[int]) -> list[dict]:
         by_chunk: dict[int, list[int]] = {}
         for i in indexes:
-            by_chunk.setdefault(i // CHUNK, []).append(i)
+            by_chunk.setdefault(keys.chunk_number(i), []).append(i)
+        if not by_chunk:
+            return []
         pipe = self.redis.pipeline(transaction=False)
-        order: list[list[int]] = []
-        for _chunk, members in by_chunk.items():
-            pipe.hmget(self._chunk_key(job_id, "res", members[0]), [str(i) for i in members])
-            order.append(members)
-        items: list[dict] = []
-        for members, values in zip(order, pipe.execute(), strict=True):
+        pipe.hget(keys.job(job_id), "state")
+        for members in by_chunk.values():
+            pipe.hmget(keys.results(job_id, members[0]), [str(i) for i in members])
+        state, *pages = pipe.execute()
+        items: dict[int, dict] = {}
+        missing: list[int] = []
+        for members, values in zip(by_chunk.values(), pages, strict=True):
             for i, raw in zip(members, values, strict=True):
-                # Not processed yet: say so in place, so paging stays aligned with the input.
-                items.append(json.loads(raw) if raw is not None else pending_item(i))
+                if raw is not None:
+                    items[i] = json.loads(raw)
+                else:
+                    missing.append(i)
+        if missing and state == CANCELLED:
+            items.update(self._cancelled_items(job_id, missing))
+        return [items.get(i) or pending_item(i) for i in sorted(set(items) | set(missing))]
+
+    def _cancelled_items(self, job_id: str, indexes: list[int]) -> dict[int, dict]:
+        """Items a cancel ended before they ran, shown as such, with their input for resubmitting."""
+        running = self._in_flight(job_id)
+        wanted = [i for i in indexes if i not in running]
+        by_chunk: dict[int, list[int]] = {}
+        for i in wanted:
+            by_chunk.setdefault(keys.chunk_number(i), []).append(i)
+        pipe = self.redis.pipeline(transaction=False)
+        for members in by_chunk.values():
+            pipe.hmget(keys.inputs(job_id, members[0]), [str(i) for i in members])
+        items = {}
+        for members, values in zip(by_chunk.values(), pipe.execute(), strict=True):
+            for i, raw in zip(members, values, strict=True):
+                items[i] = cancelled_item(i, json.loads(raw) if raw is not None else None)
         return items
 
     def ping(self) -> bool:
@@ -371,15 +414,26 @@ def pending_item(index: int) -> dict:
     return {"index": index, "action": "PENDING", "entityId": None, "result": None, "errors": [], "warnings": []}
 
 
-def job_document(raw: dict[str, str]) -> dict[str, Any]:
-    """The public job document from the stored hash (internal fields left out)."""
+def cancelled_item(index: int, element: Any) -> dict:
+    return {"index": index, "action": CANCELLED, "entityId": None, "result": None,
+            "errors": [{"status": False, "code": CODE_CANCELLED, "message": CANCELLED_MESSAGE}],
+            "warnings": [], "input": element}
+
+
+def job_document(raw: dict[str, str]) -> dict[str, Any] | None:
+    """The public job document from the stored hash (internal fields left out); None for a hash
+    that is not a whole job (an expired job's stray field must not break a listing)."""
+    if not raw or "jobId" not in raw:
+        return None
     doc: dict[str, Any] = {
         "jobId": raw["jobId"],
         "state": raw.get("state", QUEUED),
         "skipChangeIdentifier": raw.get("skipChangeIdentifier") == "1",
     }
-    for name in COUNTERS:
-        doc[name] = int(raw.get(name) or 0)
+    counts = {name: int(raw.get(name) or 0) for name in COUNTERS}
+    doc.update(totalCount=counts["totalCount"], processedCount=counts["processedCount"],
+               successCount=counts["processedCount"] - counts["failureCount"])
+    doc.update({name: counts[name] for name in COUNTERS[2:]})
     for name in ("createdAt", "startedAt", "finishedAt"):
         doc[name] = raw.get(name)
     return doc
@@ -389,8 +443,8 @@ class NewJob:
     """A job being stored as its submission is read: inputs go to Redis a chunk at a time.
 
     Only the chunk being filled is held in memory, so a streamed submission is never held
-    whole. The job becomes visible with :meth:`finish`, after all its inputs are stored; a
-    submission refused half way is undone with :meth:`abort`, leaving nothing behind.
+    whole. The job becomes visible, and eligible for dispatch, with :meth:`commit`, after all its
+    inputs are stored; a submission refused half way is undone with :meth:`abort`.
     """
 
     def __init__(self, store: JobStore, tenant: str) -> None:
@@ -403,54 +457,56 @@ class NewJob:
     def add(self, element: Any) -> None:
         self._chunk[str(self.count)] = json.dumps(element, separators=(",", ":"))
         self.count += 1
-        if len(self._chunk) == CHUNK:
+        if len(self._chunk) == keys.CHUNK:
             self._flush()
 
     def _flush(self) -> None:
-        if not self._chunk:
-            return
-        chunk_key = self.store._chunk_key(self.job_id, "in", self.count - 1)
-        pipe = self.store.redis.pipeline(transaction=False)
-        pipe.hset(chunk_key, mapping=self._chunk)
-        pipe.expire(chunk_key, self.store.ttl)
-        pipe.execute()
-        self._chunk = {}
+        if self._chunk:
+            self.store.redis.hset(keys.inputs(self.job_id, self.count - 1), mapping=self._chunk)
+            self._chunk = {}
 
-    def finish(self, *, skip_change_identifier: bool, next_index: dict[int, int],
+    def commit(self, *, skip_change_identifier: bool, next_index: dict[int, int],
                extra: dict[str, str] | None = None) -> str:
-        """Store the last inputs, the order of chained items and the job itself; answer its id."""
+        """Store the last inputs, the order of chained items and the job itself; answer its id.
+
+        No key of the job expires while it runs: the finish script starts their TTL.
+        """
         self._flush()
-        key = self.store.job_key(self.job_id)
+        job_id, redis_ = self.job_id, self.store.redis
+        meta = JobMeta(self.tenant, self.count, skip_change_identifier).dumps()
+        now = time.time()
+        pipe = redis_.pipeline(transaction=False)
+        for n in keys.chunks(self.count):
+            fields = {keys.META_FIELD: meta}
+            fields.update({f"n:{prev}": str(nxt) for prev, nxt in next_index.items() if keys.chunk_number(prev) == n})
+            pipe.hset(f"{keys.job(job_id)}:in:{n}", mapping=fields)
+        if next_index:
+            pipe.sadd(keys.waits(job_id), *next_index.values())
         doc = {
-            "jobId": self.job_id,
+            "jobId": job_id,
             "tenant": self.tenant,
             "state": QUEUED,
             "skipChangeIdentifier": "1" if skip_change_identifier else "0",
             "createdAt": now_iso(),
-            "createdTs": repr(time.time()),
             **dict.fromkeys(COUNTERS, 0),
             "totalCount": self.count,
+            "cursor": 0,
+            "chained": len(next_index),
             **(extra or {}),
         }
-        pipe = self.store.redis.pipeline(transaction=False)
-        if next_index:
-            pipe.hset(f"{key}:next", mapping={str(k): str(v) for k, v in next_index.items()})
-            pipe.expire(f"{key}:next", self.store.ttl)
-        # The job hash goes last: a job is visible only once its inputs are all stored.
-        pipe.hset(key, mapping={k: str(v) for k, v in doc.items()})
-        pipe.expire(key, self.store.ttl)
-        pipe.zadd(self.store.tenant_jobs_key(self.tenant), {self.job_id: time.time()})
-        pipe.zadd(ACTIVE_KEY, {self.job_id: time.time()})
+        # The job hash, and its place in the scheduler, go last: a job is visible only once its
+        # inputs are all stored.
+        pipe.hset(keys.job(job_id), mapping={k: str(v) for k, v in doc.items()})
+        pipe.zadd(keys.tenant_jobs(self.tenant), {job_id: now})
+        pipe.zadd(keys.SCHED_JOBS, {job_id: now})
         pipe.execute()
-        return self.job_id
+        return job_id
 
     def abort(self) -> None:
-        """Remove whatever was stored of this job: its inputs and, if it was finished, the job."""
+        """Remove whatever was stored of this job: its inputs and, if it was committed, the job."""
         self._chunk = {}
-        key = self.store.job_key(self.job_id)
-        chunks = [f"{key}:in:{n}" for n in range((self.count + CHUNK - 1) // CHUNK)]
         pipe = self.store.redis.pipeline(transaction=False)
-        pipe.delete(key, f"{key}:next", *chunks)
-        pipe.zrem(self.store.tenant_jobs_key(self.tenant), self.job_id)
-        pipe.zrem(ACTIVE_KEY, self.job_id)
+        pipe.delete(*keys.job_keys(self.job_id, max(self.count, 1)))
+        pipe.zrem(keys.tenant_jobs(self.tenant), self.job_id)
+        pipe.zrem(keys.SCHED_JOBS, self.job_id)
         pipe.execute()

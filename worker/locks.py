@@ -1,8 +1,14 @@
-"""Short per-identifier locks in Redis, so two jobs never add the same new customer at once.
+"""Per-identifier locks in Redis, so items of different jobs never write the same customer at once.
 
-Within one job, items that share an identifier are already chained at intake; these locks are
-for items of different jobs. A lock belongs to one item (``job:index``), so a redelivered item
-takes back its own lock at once instead of waiting for a dead attempt's lock to expire.
+Within one job, items that share an identifier are chained at intake; these locks are for items
+of different jobs. A lock is a plain key set with NX, one command per identifier; its value is
+the holding delivery (``job:index:token``). A later delivery of the same item (its lease lapsed
+and it was handed out again) takes the lock over at once instead of waiting for it to expire.
+
+A lock lives as long as the item's lease: twice the lease, renewed by the worker's lease keeper
+together with the lease (worker/scheduler.py), and deleted by the script that records the
+item's outcome, in the same step that ends the lease. So a live item never loses its lock, and a
+dead one's lock frees itself soon after its lease has lapsed.
 """
 
 from __future__ import annotations
@@ -11,41 +17,45 @@ from collections.abc import Iterable
 
 import redis
 
-#: Longer than an item can take in one worker (its calls with their timeouts), so a lock never
-#: lapses under a live item; short enough that a dead worker's locks free themselves soon.
-LOCK_SECONDS = 120
+from worker import keys
 
-_ACQUIRE = """
+_TAKE_OVER = """
+-- KEYS: locks; ARGV: owner, the item's prefix 'job:index:', ttl ms. All or none.
 for i = 1, #KEYS do
   local holder = redis.call('GET', KEYS[i])
-  if holder and holder ~= ARGV[1] then return 0 end
+  if holder and string.sub(holder, 1, #ARGV[2]) ~= ARGV[2] then return 0 end
 end
-for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[1], 'EX', ARGV[2]) end
-return 1
-"""
-
-_RELEASE = """
-for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
-end
+for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[3]) end
 return 1
 """
 
 
 class IdentifierLocks:
-    def __init__(self, client: redis.Redis) -> None:
-        self._acquire = client.register_script(_ACQUIRE)
-        self._release = client.register_script(_RELEASE)
+    def __init__(self, client: redis.Redis, *, ttl_ms: int) -> None:
+        self.redis = client
+        self.ttl_ms = ttl_ms
+        self._take_over = client.register_script(_TAKE_OVER)
 
     @staticmethod
     def keys(tenant: str, identifiers: Iterable[tuple[str, str, str, str]]) -> list[str]:
-        return sorted({f"cu:lock:{tenant}:{source}:{account}:{kind}:{value}"
+        return sorted({keys.identifier_lock(tenant, source, account, kind, value)
                        for kind, value, source, account in identifiers})
 
-    def acquire(self, keys: list[str], owner: str) -> bool:
-        """All of ``keys`` or none."""
-        return not keys or self._acquire(keys=keys, args=[owner, LOCK_SECONDS]) == 1
-
-    def release(self, keys: list[str], owner: str) -> None:
-        if keys:
-            self._release(keys=keys, args=[owner])
+    def acquire(self, lock_keys: list[str], owner: str) -> bool:
+        """All of ``lock_keys`` or none, for ``owner`` (``job:index:token``)."""
+        if not lock_keys:
+            return True
+        pipe = self.redis.pipeline(transaction=False)
+        for key in lock_keys:
+            pipe.set(key, owner, nx=True, px=self.ttl_ms)
+        taken = [key for key, ok in zip(lock_keys, pipe.execute(), strict=True) if ok]
+        if len(taken) == len(lock_keys):
+            return True
+        # Rare: held already. By an earlier delivery of this same item, then it is ours to take over.
+        refused = [key for key in lock_keys if key not in taken]
+        item = owner.rsplit(":", 1)[0] + ":"
+        if self._take_over(keys=refused, args=[owner, item, self.ttl_ms]) == 1:
+            return True
+        if taken:
+            self.redis.delete(*taken)  # ours since a moment ago; give them back and wait
+        return False

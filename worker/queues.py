@@ -2,9 +2,9 @@
 
 
 class Queues:
-    #: One message per customer element.
+    #: One message per customer element, and never many more than the fleet can run at once.
     ITEMS = "items"
-    #: Job-level work (fan-out, finishing): kept apart so it never waits behind a long item queue.
+    #: Job-level work (finishing, callbacks): kept apart so it never waits behind items.
     JOBS = "jobs"
 
     @classmethod
@@ -13,7 +13,6 @@ class Queues:
 
 
 class TaskNames:
-    FAN_OUT = "customer_upsert.fan_out"
     PROCESS_ITEM = "customer_upsert.process_item"
     FINISH_JOB = "customer_upsert.finish_job"
     SEND_CALLBACK = "customer_upsert.send_callback"

@@ -13,7 +13,7 @@ A call that finds no token reserves the next free one (the bucket goes into debt
 line up instead of stampeding). A write that must wait for its own endpoint's limit does not
 sleep on its worker slot: it raises :class:`RateLimited` and the task requeues the item with a
 countdown to its token, so a slot is never held by an ``add`` that waits while an ``update``
-could run; the requeued run gets its token back through :func:`holding`. Waits for lookups or
+could run; the requeued run passes its token back to :meth:`RateLimiter.acquire`. Waits for lookups or
 for the all-endpoints limit are slept in place (see :data:`REQUEUE_ENDPOINTS`). Waits beyond the
 horizon (a backlog longer than the broker may hold a message) reserve nothing: the item is
 requeued and looks again later.
@@ -24,12 +24,12 @@ A 429 from the downstream pauses the tenant's whole fleet for its ``Retry-After`
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import redis
+
+from worker import keys
 
 SLEEP_UNDER_SECONDS = 0.25
 BURST_SECONDS = 0.5
@@ -88,19 +88,20 @@ return 1
 #: first, so requeueing for them would only restart the item at its first lookup, forever.
 REQUEUE_ENDPOINTS = frozenset({"add", "update", "changeIdentifier"})
 
-#: Tokens this item reserved on earlier runs, by endpoint: the epoch seconds each one is due.
-RESERVED: contextvars.ContextVar[dict[str, list[float]] | None] = contextvars.ContextVar("reserved_tokens",
-                                                                                        default=None)
 #: A reserved token used later than this after its time is dropped and a fresh one taken: late
 #: tokens spent together with on-time ones would land as a burst the downstream may refuse.
 LATE_TOLERANCE_SECONDS = 0.2
+
+#: Tokens an item reserved on earlier runs, by endpoint: the epoch seconds each one is due. The
+#: item carries them in its memo and hands them to :meth:`RateLimiter.acquire`, which uses them up.
+Reserved = dict[str, list[float]]
 
 
 class RateLimited(Exception):
     """No token for a while: requeue the item after ``wait`` seconds rather than hold a worker slot.
 
     ``reserved``: a token for ``endpoint`` is already taken for the item, due after ``wait``;
-    the next run passes it back through :func:`holding` instead of asking again.
+    the next run passes it back to :meth:`RateLimiter.acquire` instead of asking again.
     """
 
     def __init__(self, endpoint: str, wait: float, *, reserved: bool) -> None:
@@ -111,23 +112,12 @@ class RateLimited(Exception):
         self.due = time.time() + wait
 
 
-@contextlib.contextmanager
-def holding(reserved: dict[str, list[float]] | None) -> Iterator[dict[str, list[float]]]:
-    """Run with the tokens earlier runs of the item reserved; yields what is left of them."""
-    tokens = {k: sorted(float(t) for t in v) for k, v in (reserved or {}).items() if v}
-    context = RESERVED.set(tokens)
-    try:
-        yield tokens
-    finally:
-        RESERVED.reset(context)
-
-
 class RateLimiter:
     def __init__(self, client: redis.Redis, tenant_id: str, *, max_rps: float = 0.0,
                  per_minute: Mapping[str, float] | None = None, horizon: float = 30.0) -> None:
         self.redis = client
         self.horizon = horizon
-        prefix = f"cu:ratelimit:{tenant_id}"
+        prefix = keys.rate_limit_prefix(tenant_id)
         self.pause_key = f"{prefix}:pause"
         self._global = (f"{prefix}:all", max_rps * HEADROOM) if max_rps > 0 else None
         self._endpoints = {name: (f"{prefix}:{name}", rpm / 60.0 * HEADROOM)
@@ -137,9 +127,11 @@ class RateLimiter:
         self._pause_checked_until = 0.0
         self._pause_remaining_at = (0.0, 0.0)
 
-    def acquire(self, endpoint: str) -> None:
-        """Take a token for one call to ``endpoint``; sleep through a short wait, raise on a long one."""
-        reserved = RESERVED.get()
+    def acquire(self, endpoint: str, reserved: Reserved | None = None) -> None:
+        """Take a token for one call to ``endpoint`` (or use one of ``reserved``); sleep through a
+        short wait, raise :class:`RateLimited` on a long one."""
+        if endpoint == "get":  # reading a customer by id counts against the lookup limit
+            endpoint = "lookup"
         if reserved and reserved.get(endpoint):
             late = time.time() - reserved[endpoint].pop(0)
             if late <= LATE_TOLERANCE_SECONDS:

@@ -42,17 +42,23 @@ class Tenant:
     webhook_secret: str = field(default="", repr=False)
     #: Hosts a job's callbackUrl may point at; none: callbacks are refused.
     callback_hosts: tuple[str, ...] = ()
+    #: Items of this tenant queued or running at once, all its jobs together; 0: no cap beyond its
+    #: fair share (see worker/scheduler.py).
+    max_concurrency: int = 0
 
 
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str = ""  # empty: the broker is REDIS_URL
-    #: Redis broker only: an unacknowledged message comes back after this long (see celery_app).
-    broker_visibility_timeout: int = 300
-    #: A job with no new outcome for this long, while the item queue is empty, gets its lost items
-    #: published again (worker/sweeper.py). 0: the visibility timeout plus a minute.
-    job_stall_seconds: float = 0.0
+    #: A dispatched item's lease (worker/scheduler.py): its worker renews it every quarter of this;
+    #: once it lapses the item is handed out again, so a dead worker's items run again this soon.
+    item_lease_seconds: float = 20.0
+    #: Items of one job queued or running at once; 0: as many as the fleet can take.
+    job_window: int = 0
+    #: Items of one tenant queued or running at once, for tenants that set no max_concurrency;
+    #: 0: no cap beyond the fair share.
+    tenant_max_concurrency: int = 0
     capillary_base_url: str = "http://127.0.0.1:8100"
     capillary_till: str = ""
     capillary_password: str = field(default="", repr=False)
@@ -69,6 +75,8 @@ class Settings:
     upsert_url: str = "http://127.0.0.1:8000"
     tenants_file: str = ""
     port: int = 8000
+    #: The worker's Celery node name before the @; empty: ``worker-<pid>``, unique on every host.
+    worker_name: str = ""
     worker_concurrency: int = 32
     item_max_attempts: int = 8
     retry_base_seconds: float = 1.0
@@ -81,24 +89,6 @@ class Settings:
     #: The environment variables that were set (non-empty) when these settings were read, so that
     #: a caller such as ``customer-upsert dev`` can tell a value chosen from a default.
     env_names: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
-
-    @property
-    def max_countdown_seconds(self) -> float:
-        """The longest an item may wait in a worker for its countdown: well inside the visibility
-        timeout, or the Redis broker would hand the waiting message to a second worker."""
-        return min(60.0, self.broker_visibility_timeout / 3)
-
-    @property
-    def stall_seconds(self) -> float:
-        return self.job_stall_seconds or self.broker_visibility_timeout + 60.0
-
-    @property
-    def max_rate_sleep_seconds(self) -> float:
-        """The longest one call sleeps in place for a rate-limit token (lookups, the global limit).
-
-        An item makes about five calls, so five such sleeps plus a countdown and the calls'
-        timeouts must stay inside the visibility timeout too."""
-        return self.broker_visibility_timeout / 10
 
     @property
     def effective_broker_url(self) -> str:
@@ -128,8 +118,9 @@ class Settings:
         return cls(
             redis_url=text("REDIS_URL", defaults.redis_url),
             broker_url=text("BROKER_URL", ""),
-            broker_visibility_timeout=int(number("BROKER_VISIBILITY_TIMEOUT", 300, int, 10)),
-            job_stall_seconds=number("JOB_STALL_SECONDS", 0.0),
+            item_lease_seconds=number("ITEM_LEASE_SECONDS", 20.0, minimum=2),
+            job_window=int(number("JOB_WINDOW", 0, int)),
+            tenant_max_concurrency=int(number("TENANT_MAX_CONCURRENCY", 0, int)),
             capillary_base_url=text("CAPILLARY_BASE_URL", defaults.capillary_base_url).rstrip("/"),
             capillary_till=text("CAPILLARY_TILL", ""),
             capillary_password=env.get("CAPILLARY_PASSWORD", ""),
@@ -145,6 +136,7 @@ class Settings:
                                         if h.strip()),
             tenants_file=text("UPSERT_TENANTS_FILE", ""),
             port=int(number("PORT", 8000, int, 1)),
+            worker_name=text("WORKER_NAME", ""),
             worker_concurrency=int(number("WORKER_CONCURRENCY", 32, int, 1)),
             item_max_attempts=int(number("ITEM_MAX_ATTEMPTS", 8, int, 1)),
             retry_base_seconds=number("RETRY_BASE_SECONDS", 1.0),
@@ -173,6 +165,7 @@ class Settings:
             rate_limits=dict(self.capillary_rate_limits),
             webhook_secret=self.upsert_webhook_secret,
             callback_hosts=self.upsert_callback_hosts,
+            max_concurrency=self.tenant_max_concurrency,
         )
 
     def tenants(self) -> dict[str, Tenant]:
@@ -191,7 +184,7 @@ class Settings:
 
 _TENANT_FIELDS = {
     "token": str, "capillary_base_url": str, "till": str, "password": str, "oauth_key": str, "oauth_secret": str,
-    "max_rps": float, "rate_limits": object, "webhook_secret": str, "callback_hosts": list,
+    "max_rps": float, "rate_limits": object, "webhook_secret": str, "callback_hosts": list, "max_concurrency": int,
 }
 
 
@@ -237,8 +230,15 @@ def load_tenants_file(path: str, defaults: Settings) -> dict[str, Tenant]:
             rate_limits=limits,
             webhook_secret=str(entry.get("webhook_secret") or ""),
             callback_hosts=tuple(str(h).lower() for h in entry.get("callback_hosts") or ()),
+            max_concurrency=_whole(entry.get("max_concurrency") or 0, f"{where}: max_concurrency"),
         )
     return tenants
+
+
+def _whole(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SettingsError(f"{what} must be a whole number, 0 or more")
+    return value
 
 
 def parse_rate_limits(raw: str) -> dict[str, float]:

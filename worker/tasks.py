@@ -1,76 +1,60 @@
-"""Celery tasks: thin wrappers that unpack ids, call plain functions and decide retry or hand-on."""
+"""Celery tasks: thin wrappers that unpack ids, call plain functions and queue what comes next.
+
+Routing lives in ``task_routes`` (worker/celery_app.py) only. Each worker process also runs two
+threads of its own: the lease keeper, and the dispatcher (which works only while this process
+holds the leader's lock); see worker/scheduler.py.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import redis
-from amqp.exceptions import ChannelError
 from celery import shared_task
-from celery.signals import setup_logging, worker_ready, worker_shutdown
+from celery.signals import celeryd_init, setup_logging, worker_ready, worker_shutdown
 
 from worker.context import context_of
-from worker.items import run_item
-from worker.jobs import fan_out_indexes, finish_job, send_callback
+from worker.items import end_lapsed, run_item
+from worker.jobs import end_job, has_callback, send_callback
 from worker.logs import configure_logging
-from worker.queues import Queues, TaskNames
-from worker.sweeper import SweeperThread, sweep
+from worker.queues import TaskNames
+from worker.scheduler import Delivery, Dispatcher, Lapsed
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: How long a task waits for the job store to come back before it gives up (the message then
-#: stays unacknowledged and comes back after the broker's visibility timeout).
+#: How long a task waits for the job store to come back before it gives up (the item's lease
+#: then lapses and the scheduler hands it out again).
 STORE_PATIENCE_SECONDS = 120.0
 
-#: Heads published per round before the fan-out's progress is saved (so a redelivered
-#: fan-out resumes instead of starting over).
-FAN_OUT_BATCH = 500
 
-
-@shared_task(bind=True, name=TaskNames.FAN_OUT, acks_late=True, reject_on_worker_lost=True)
-def fan_out(self, job_id: str, tenant: str = "") -> None:
+@shared_task(bind=True, name=TaskNames.PROCESS_ITEM)
+def process_item(self, job_id: str, index: int, token: str = "", tenant: str = "") -> str:
+    """One customer element. ``tenant`` is there for people reading Flower; the worker takes the
+    tenant from the stored job. The answer is the item's outcome, as Flower shows it."""
     ctx = context_of(self.app)
-    with self.app.producer_or_acquire() as producer:
-        for batch in fan_out_indexes(ctx.store, job_id, FAN_OUT_BATCH):
-            for index in batch.indexes:
-                process_item.apply_async((job_id, index), {"tenant": tenant}, queue=Queues.ITEMS, producer=producer)
-            batch.done()
+    run = while_store_recovers(lambda: run_item(ctx, job_id, index, token))
+    if run.last:
+        finish.delay(job_id, tenant=tenant)
+    return run.summary
 
 
-# max_retries=None on the task: unlimited for Celery (`retry(max_retries=None)` would mean "the
-# default of 3"). Our own limits live in worker.items: attempts, and deliveries.
-@shared_task(bind=True, name=TaskNames.PROCESS_ITEM, acks_late=True, reject_on_worker_lost=True, max_retries=None)
-def process_item(self, job_id: str, index: int, attempt: int = 1, reserved: dict | None = None,
-                 tenant: str = "") -> None:
-    ctx = context_of(self.app)
-    step = while_store_recovers(
-        lambda: run_item(ctx, job_id, index, attempt, str(self.request.retries), reserved)
-    )
-    if step.retry_in is not None:
-        # Celery's own retry count does not see redeliveries; `attempt` is ours (see worker.items).
-        raise self.retry(args=(job_id, index),
-                         kwargs={"attempt": step.next_attempt, "reserved": step.reserved, "tenant": tenant},
-                         countdown=step.retry_in)
-    if step.next_index is not None:
-        process_item.apply_async((job_id, step.next_index), {"tenant": tenant}, queue=Queues.ITEMS)
-    if step.finish_job:
-        finish.apply_async((job_id,), {"tenant": tenant}, queue=Queues.JOBS)
-
-
-@shared_task(bind=True, name=TaskNames.FINISH_JOB, acks_late=True, reject_on_worker_lost=True)
+@shared_task(bind=True, name=TaskNames.FINISH_JOB)
 def finish(self, job_id: str, tenant: str = "") -> None:
-    ctx = context_of(self.app)
-    if while_store_recovers(lambda: finish_job(ctx, job_id)) and ctx.store.redis.hexists(
-            ctx.store.job_key(job_id), "callbackUrl"):
-        callback.apply_async((job_id,), {"tenant": tenant}, queue=Queues.JOBS)
+    store = context_of(self.app).store
+    if while_store_recovers(lambda: end_job(store, job_id)) and has_callback(store, job_id):
+        callback.delay(job_id, tenant=tenant)
 
 
-@shared_task(bind=True, name=TaskNames.SEND_CALLBACK, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+@shared_task(bind=True, name=TaskNames.SEND_CALLBACK, max_retries=None)
 def callback(self, job_id: str, attempt: int = 1, tenant: str = "") -> None:
     delay = send_callback(context_of(self.app), job_id, attempt)
     if delay is not None:
@@ -95,52 +79,54 @@ def while_store_recovers(work: Callable[[], T], patience: float = STORE_PATIENCE
             delay = min(delay * 2, 5.0)
 
 
+def publish(app, deliveries: list[Delivery]) -> None:
+    """Send one message per delivery, in one round trip where the transport can batch."""
+    with app.producer_or_acquire() as producer:
+        batch = producer.batch() if hasattr(producer, "batch") else contextlib.nullcontext()
+        with batch:
+            for d in deliveries:
+                process_item.apply_async((d.job_id, d.index), {"token": d.token, "tenant": d.tenant},
+                                         producer=producer)
+
+
 @setup_logging.connect
 def use_json_logs(loglevel=None, **kwargs) -> None:
     """Connected, this replaces Celery's own logging set-up: JSON lines, personal data masked."""
     configure_logging(loglevel or "INFO")
 
 
-_sweepers: list[SweeperThread] = []
+@celeryd_init.connect
+def unique_node_name(sender=None, instance=None, **kwargs) -> None:
+    """Without WORKER_NAME, every worker process is ``worker-<pid>@<host>``: two workers on one host
+    must never share a name (on RabbitMQ the second would die on the locked pidbox queue; on Redis
+    Flower and remote control would merge them)."""
+    if instance is not None and not instance.app.upsert_settings.worker_name:
+        instance.hostname = f"worker-{os.getpid()}@{instance.hostname.partition('@')[2] or socket.gethostname()}"
+
+
+_running: list[tuple[threading.Thread, Callable[[], None]]] = []
 
 
 @worker_ready.connect
-def start_sweeper(sender, **kwargs) -> None:
+def start_scheduling(sender, **kwargs) -> None:
     app = sender.app
     ctx = context_of(app)
-    stall = ctx.settings.stall_seconds
 
-    def run_once() -> int:
-        return sweep(
-            ctx.store,
-            stall_seconds=stall,
-            queue_depth=lambda: items_waiting(app),
-            publish_item=lambda job_id, index, tenant: process_item.apply_async(
-                (job_id, index), {"tenant": tenant}, queue=Queues.ITEMS),
-            finish=lambda job_id, tenant: finish.apply_async((job_id,), {"tenant": tenant}, queue=Queues.JOBS),
-        )
+    def lapsed(entry: Lapsed) -> None:
+        if end_lapsed(ctx, entry):
+            finish.delay(entry.member.split(":", 1)[0])
 
-    thread = SweeperThread(ctx.store, interval=max(1.0, stall / 5), run_once=run_once)
-    thread.start()
-    _sweepers.append(thread)
+    dispatcher = Dispatcher(ctx.store.redis, ctx.settings, ctx.tenants, worker=ctx.worker,
+                            publish=lambda deliveries: publish(app, deliveries), end_lapsed=lapsed,
+                            finish=lambda job_id, tenant: finish.delay(job_id, tenant=tenant))
+    for name, target, stop in (("lease-keeper", ctx.keeper.run, ctx.keeper.leave),
+                               ("dispatcher", dispatcher.run, dispatcher.stop)):
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        _running.append((thread, stop))
 
 
 @worker_shutdown.connect
-def stop_sweeper(**kwargs) -> None:
-    for thread in _sweepers:
-        thread.stopping.set()
-
-
-def items_waiting(app) -> int:
-    """Messages in the item queue; when unknown, assume some (a sweep then waits for next time)."""
-    try:
-        with app.connection_for_write() as conn:
-            return conn.default_channel.queue_declare(queue=Queues.ITEMS, passive=True).message_count
-    except ChannelError as exc:
-        if str(getattr(exc, "reply_code", "")) == "404":
-            return 0  # the Redis transport has no queue key once a queue is empty
-        log.warning("cannot read the item queue's length", exc_info=True)
-        return 1
-    except Exception:
-        log.warning("cannot read the item queue's length", exc_info=True)
-        return 1
+def stop_scheduling(**kwargs) -> None:
+    for _thread, stop in _running:
+        stop()

@@ -7,8 +7,9 @@ propagate as :class:`~worker.client.RetryableError` for the task to retry; every
 in an :class:`ItemOutcome`.
 
 Which profile drives the calls: the element's first profile gives the source, account and
-identifiers used for lookup and change-identifier; the whole element is the add/update body,
-so further profiles and any field the v2 APIs accept are passed through untouched.
+identifiers used for lookup (only the types the lookup takes) and change-identifier; the whole
+element is the add body and, without its identifiers, the update body, so further profiles and
+any field the v2 APIs accept are passed through untouched. The result is read back by id.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from worker.client import ApiResult, CapillaryClient
-from worker.validation import validate_customer
+from worker.client import CapillaryClient
+from worker.validation import LOOKUP_TYPES, validate_customer
 
 CREATED, UPDATED, FAILED, CANCELLED = "CREATED", "UPDATED", "FAILED", "CANCELLED"
 
-CODE_NOT_FOUND = 8015
+#: Lookup codes that mean "no such customer here": 8015, and 8065 "No customer found in the given
+#: source with the given identifier" (the identifier is known in another source only).
+NOT_FOUND_CODES = frozenset({8015, 8065})
 CODE_ALREADY_EXISTS = 8006
 #: Our code for identifiers that resolve to different customers. Capillary reports the same
 #: situation as warning 8052 "Conflicting Customers found" on add.
@@ -58,27 +61,48 @@ class ItemOutcome:
 
 
 class Journal(Protocol):
-    """Remembers, across attempts of one item, that this item created its customer.
+    """What earlier attempts of this one item did downstream, so a retry reports what really happened.
 
-    Without it a retry after a successful add would find the customer and report UPDATED.
+    ``created_id`` / ``record_created``: the customer this item added. Without it a retry after a
+    successful add would find the customer and report UPDATED.
+
+    ``add_in_doubt`` / ``mark_add_in_doubt``: an add was sent and its answer never arrived (a timeout, a
+    dropped connection, a worker killed mid-call). The mark is set as each add goes out (after its
+    rate-limit token, so an add only requeued for a token is not in doubt) and cleared by
+    ``record_created`` when the answer names the new customer. A later attempt that finds a customer by
+    lookup, or is told 8006, while the mark is set knows that add landed: the customer is the item's own.
+    The mark also stays after an add answered without an id (a 429, an 8006 for a racing writer); if that
+    run is retried and another writer created the customer meanwhile, the item reports CREATED for it:
+    rare, and only the label is wrong.
     """
 
     def created_id(self) -> int | None: ...
 
     def record_created(self, user_id: int) -> None: ...
 
+    def add_in_doubt(self) -> bool: ...
+
+    def mark_add_in_doubt(self) -> None: ...
+
 
 class MemoryJournal:
-    """A journal for one attempt only: enough when nothing retries the item (tools, tests)."""
+    """A journal kept in memory: enough when the retries of an item run in one process (tools, tests)."""
 
     def __init__(self) -> None:
         self._created: int | None = None
+        self._in_doubt = False
 
     def created_id(self) -> int | None:
         return self._created
 
     def record_created(self, user_id: int) -> None:
-        self._created = user_id
+        self._created, self._in_doubt = user_id, False
+
+    def add_in_doubt(self) -> bool:
+        return self._in_doubt
+
+    def mark_add_in_doubt(self) -> None:
+        self._created, self._in_doubt = None, True  # as in the job store: one field, id or mark
 
 
 def error(code: int, message: str) -> dict:
@@ -102,118 +126,143 @@ def upsert_customer(
     profile = element["profiles"][0]
     source, account = profile["source"], profile.get("accountId") or None
     identifiers = order_identifiers(profile["identifiers"], priority)
+    # Read before this run marks its own add: only an earlier run's unanswered add makes a found customer ours.
+    earlier_add_in_doubt = journal.add_in_doubt()
 
-    found, matched_by, failure = find_customer(client, source, account, identifiers)
+    found, failure = find_customer(client, source, account, identifiers)
     if failure is not None:
         return failure
 
     warnings: list[dict] = []
-    # Whether ``found`` was read after our last write: then it is the result, with no further lookup.
-    read_after_write = False
+    user_id: int | None = None  # set here when this run adds the customer
+    holder = found  # the customer as last seen
+    fresh = False  # whether ``holder`` was read after our last write, so it is the result as it stands
     if found is None:
-        created_id, outcome = _add(client, element, journal, warnings)
-        if outcome is not None:
-            return outcome
-        if created_id is not None:
-            found = _read_back(client, source, account, matched_by)
-            read_after_write = True
+        answer = client.add(element, before_send=journal.mark_add_in_doubt)
+        warnings += answer.warnings
+        created = answer.body.get("createdId")
+        if created:
+            # The customer exists now, whatever else the answer says. Errors beside the id are a partial
+            # success (the seed's 3017: the profile written, a card refused): report what was written.
+            user_id = int(created)
+            journal.record_created(user_id)
+            if answer.errors:
+                return _outcome(client, CREATED, user_id, source, account, answer.errors, warnings)
+            holder, fresh = _read_back(client, user_id, source, account, warnings), True
+        elif CODE_ALREADY_EXISTS not in answer.error_codes:
+            return ItemOutcome(FAILED, errors=answer.errors or [error(10001, "Failed to add customer")],
+                               warnings=warnings)
         else:
             # 8006: a racing writer (or an earlier attempt of ours whose answer was lost) holds the customer
             # now. Look everything up again, conflicts included, and write our profile over it.
-            found, matched_by, failure = find_customer(client, source, account, identifiers)
+            holder, failure = find_customer(client, source, account, identifiers)
             if failure is not None:
                 return failure
-        if found is None:
-            return ItemOutcome(FAILED, errors=[error(CODE_NOT_FOUND, "customer not found right after adding it")],
-                               warnings=warnings)
-    if not read_after_write:
-        answer = client.update(_user_id(found), source=source, account_id=account, body=element)
+            if holder is None:
+                # Taken by an identifier the lookup cannot see (a unionId, a line id, ...) of another customer.
+                return ItemOutcome(FAILED, errors=answer.errors, warnings=warnings)
+
+    if user_id is not None:
+        written = CREATED
+    else:
+        user_id = _user_id(holder)
+        if earlier_add_in_doubt:
+            journal.record_created(user_id)
+        # What this item has written so far: the add of an earlier attempt, or nothing yet.
+        written = CREATED if journal.created_id() == user_id else None
+        answer = client.update(user_id, source=source, account_id=account, body=update_body(element))
         warnings += answer.warnings
         if answer.errors:
-            return ItemOutcome(FAILED, entity_id=_user_id(found), errors=answer.errors, warnings=warnings)
+            if answer.body.get("createdId"):
+                written = written or UPDATED  # answered with the id: the update was applied in part
+            return _outcome(client, written, user_id, source, account, answer.errors, warnings)
+        written = written or UPDATED
 
-    user_id = _user_id(found)
-    action = CREATED if journal.created_id() == user_id else UPDATED
     errors: list[dict] = []
-    if not skip_change_identifier:
-        add, remove = identifier_changes(_profile_for(found, source, account), identifiers)
+    # After a clean add the read-back rarely lacks anything: only an identifier the add dropped (a type it
+    # does not register, such as cardExternalId) is moved here.
+    if not skip_change_identifier and holder is not None:
+        add, remove = identifier_changes(_profile_for(holder, source, account), identifiers)
         if add or remove:
             answer = client.change_identifier(user_id, source=source, account_id=account, add=add, remove=remove)
             warnings += answer.warnings
             errors += answer.errors
-            read_after_write = False
-
-    result = found
-    if not read_after_write:
-        final = _read_back(client, source, account, matched_by)
-        result = final if final is not None else found
-    return ItemOutcome(action, entity_id=user_id, result=_without_warnings(result), errors=errors,
-                       warnings=warnings)
+            fresh = False
+    if fresh:
+        return ItemOutcome(written, entity_id=user_id, result=holder, errors=errors, warnings=warnings)
+    return _outcome(client, written, user_id, source, account, errors, warnings)
 
 
-def _add(
-    client: CapillaryClient, element: dict, journal: Journal, warnings: list[dict]
-) -> tuple[int | None, ItemOutcome | None]:
-    """Add the customer: its new id, or (None, None) when it exists already, or (None, the failure)."""
-    answer = client.add(element)
-    warnings += answer.warnings
-    created = answer.body.get("createdId")
-    if created and not answer.errors:
-        journal.record_created(int(created))
-        return int(created), None
-    if CODE_ALREADY_EXISTS in answer.error_codes:
-        return None, None  # another writer won, or an earlier attempt of ours: look up and update
-    return None, ItemOutcome(FAILED, errors=answer.errors or [error(10001, "Failed to add customer")],
-                             warnings=warnings)
+def _outcome(
+    client: CapillaryClient, written: str | None, user_id: int, source: str, account: str | None,
+    errors: list[dict], warnings: list[dict],
+) -> ItemOutcome:
+    """The item after its last write: FAILED when nothing was written, else what was written, read back.
+
+    An item with errors after a write keeps ``entityId``, ``action`` and ``result`` and lists the errors,
+    so it counts in ``failureCount`` while the caller sees the customer that now exists (the seed's 3017).
+    """
+    if written is None:
+        return ItemOutcome(FAILED, entity_id=user_id, errors=errors, warnings=warnings)
+    result = _read_back(client, user_id, source, account, warnings)
+    return ItemOutcome(written, entity_id=user_id, result=result, errors=errors, warnings=warnings)
 
 
-def _lookup(client: CapillaryClient, source: str, account: str | None, identifier: dict) -> ApiResult:
-    return client.lookup(
-        source=source, account_id=account, identifier_name=identifier["type"], identifier_value=identifier["value"]
-    )
+def _read_back(client: CapillaryClient, user_id: int, source: str, account: str | None,
+               warnings: list[dict]) -> dict | None:
+    """The customer as the downstream holds it now, read by id: a lookup by identifier could miss it under
+    dual eligibility, where only the org's primary identifier finds a customer (reference §1.7)."""
+    answer = client.get_customer(user_id, source=source, account_id=account)
+    if answer.errors:
+        warnings += answer.errors  # the writes stand; only reading them back failed
+        return None
+    return {k: v for k, v in answer.body.items() if k != "warnings"}
 
 
-def _read_back(client: CapillaryClient, source: str, account: str | None, identifier: dict) -> dict | None:
-    """The customer as the downstream holds it now, in lookup shape; None when the lookup finds nothing."""
-    answer = _lookup(client, source, account, identifier)
-    return None if answer.errors else answer.body
+def update_body(element: dict) -> dict:
+    """The element without identifiers: update cannot change them (reference §4), changeIdentifier does."""
+    profiles = [{k: v for k, v in profile.items() if k != "identifiers"} for profile in element["profiles"]]
+    return {**element, "profiles": profiles}
 
 
 def find_customer(
     client: CapillaryClient, source: str, account: str | None, identifiers: list[dict]
-) -> tuple[dict | None, dict, ItemOutcome | None]:
-    """Look up every identifier; return the customer, the identifier that found it, or a failure.
+) -> tuple[dict | None, ItemOutcome | None]:
+    """Look up every identifier of a type the lookup takes; return the customer found, or a failure.
 
-    All identifiers are looked up, not just the first that hits, because two of them naming
-    different customers is a conflict that must stop the item before anything is written.
+    All of them are looked up, not just the first that hits, because two of them naming different
+    customers is a conflict that must stop the item before anything is written. "Not found" is any of
+    the codes that mean it, whatever the HTTP status: 8015, and 8065 (known only in another source);
+    under dual eligibility every identifier but the org's primary answers 8015.
     """
     found: dict | None = None
-    matched_by = identifiers[0]
     owners: dict[int, dict] = {}
     for identifier in identifiers:
-        answer = _lookup(client, source, account, identifier)
+        if identifier["type"] not in LOOKUP_TYPES:
+            continue
+        answer = client.lookup(source=source, account_id=account, identifier_name=identifier["type"],
+                               identifier_value=identifier["value"])
+        if answer.error_codes & NOT_FOUND_CODES:
+            continue
         if answer.errors:
-            if answer.error_codes == {CODE_NOT_FOUND}:
-                continue
-            return None, matched_by, ItemOutcome(FAILED, errors=answer.errors, warnings=answer.warnings)
+            return None, ItemOutcome(FAILED, errors=answer.errors, warnings=answer.warnings)
         user_id = _user_id(answer.body)
         if user_id is None:
-            return None, matched_by, ItemOutcome(
+            return None, ItemOutcome(
                 FAILED, errors=[error(10003, f"lookup by {identifier['type']} returned no customer id")]
             )
         if user_id not in owners:
             owners[user_id] = identifier
-            if found is None:
-                found, matched_by = answer.body, identifier
+            found = found or answer.body
     if len(owners) > 1:
         named = ", ".join(f"{ident['type']} belongs to customer {uid}" for uid, ident in owners.items())
-        return None, matched_by, ItemOutcome(
+        return None, ItemOutcome(
             FAILED,
             errors=[error(CODE_CONFLICTING_PROFILE,
                           f"conflicting profile: the identifiers resolve to different customers ({named}); "
                           "nothing was written")],
         )
-    return found, matched_by, None
+    return found, None
 
 
 def order_identifiers(identifiers: list[dict], priority: Sequence[str]) -> list[dict]:
@@ -226,14 +275,16 @@ def identifier_changes(current: dict | None, wanted: list[dict]) -> tuple[list[d
 
     A wanted mobile, email or externalId replaces the customer's value of that type; other
     types (cards, social ids) are only added, never removed, because a customer may hold several.
+    Added identifiers go as the input gave them: a card keeps its seriesId, seriesCode, statusLabel.
     """
     held = [{"type": i["type"], "value": i["value"]} for i in (current or {}).get("identifiers") or []]
     held_keys = {(i["type"], i["value"]) for i in held}
-    wanted_keys = {(i["type"], i["value"]) for i in wanted}
-    add = [{"type": t, "value": v} for t, v in dict.fromkeys((i["type"], i["value"]) for i in wanted)
-           if (t, v) not in held_keys]
-    replaced_types = {t for t, _ in wanted_keys if t in SINGLE_VALUED_TYPES}
-    remove = [i for i in held if i["type"] in replaced_types and (i["type"], i["value"]) not in wanted_keys]
+    firsts: dict[tuple[str, str], dict] = {}
+    for ident in wanted:
+        firsts.setdefault((ident["type"], ident["value"]), ident)
+    add = [dict(ident) for key, ident in firsts.items() if key not in held_keys]
+    replaced_types = {t for t, _ in firsts if t in SINGLE_VALUED_TYPES}
+    remove = [i for i in held if i["type"] in replaced_types and (i["type"], i["value"]) not in firsts]
     return add, remove
 
 
@@ -245,15 +296,6 @@ def _profile_for(customer: dict, source: str, account: str | None) -> dict | Non
     return profiles[0] if profiles else None
 
 
-def _user_id(customer: dict | ApiResult | None) -> int | None:
-    body = customer.body if isinstance(customer, ApiResult) else customer
-    if not body:
-        return None
-    value = body.get("id") or (body.get("profiles") or [{}])[0].get("userId")
+def _user_id(customer: dict) -> int | None:
+    value = customer.get("id") or (customer.get("profiles") or [{}])[0].get("userId")
     return int(value) if value is not None else None
-
-
-def _without_warnings(result: dict | None) -> dict | None:
-    if result is None:
-        return None
-    return {k: v for k, v in result.items() if k != "warnings"}

@@ -22,6 +22,8 @@ IDENTIFIER_TYPES = frozenset(
     {"mobile", "email", "externalId", "wechat", "martjackId", "fbId", "tmall_uname", "cuid", "unionId",
      "ali_uname", "jd_uname", "vip_uname", "mobilePush", "line", "cardnumber", "cardExternalId"}
 )
+#: The types the lookup takes (reference §1.7); the others go to add and changeIdentifier only.
+LOOKUP_TYPES = ("mobile", "email", "externalId", "cardnumber", "wechat", "cardExternalId")
 COMM_CHANNEL_TYPES = frozenset({"mobile", "email", "wechat", "ios", "android", "line", "mobilePush"})
 
 MOBILE_RE = re.compile(r"^[0-9]{8,15}$")
@@ -152,7 +154,27 @@ def validate_customer(element: Any) -> list[dict]:
     if not isinstance(element, dict):
         return [_error(CODE_DETAILS_MISSING, f"expected a customer object, got {_json_type(element)}", "")]
     errors = _SCHEMA.validate(element)
-    return [_error(code, message, path) for path, message, code in _flatten(errors, "")]
+    return [_error(code, message, path) for path, message, code in _flatten(errors, "")] + _not_lookupable(element)
+
+
+def _not_lookupable(element: dict) -> list[dict]:
+    """The first profile must hold an identifier of a type the lookup takes, or nothing could find the
+    customer and every run would add it again.
+
+    Code 8013, the lookup's own "Lookup,Invalid identifier passed": what the downstream answers a lookup by
+    any other type. A missing or empty list is the schema's to report.
+    """
+    profiles = element.get("profiles")
+    first = profiles[0] if isinstance(profiles, list) and profiles else None
+    identifiers = first.get("identifiers") if isinstance(first, dict) else None
+    if not isinstance(identifiers, list) or not identifiers:
+        return []
+    if any(isinstance(i, dict) and i.get("type") in LOOKUP_TYPES for i in identifiers):
+        return []
+    path = "profiles[0].identifiers"
+    message = (f"{path}: needs at least one identifier the lookup takes ({', '.join(LOOKUP_TYPES)}); "
+               "other types are added and changed, but never looked up")
+    return [_error(CODE_INVALID_IDENTIFIER, message, path)]
 
 
 def _flatten(messages: Any, path: str):

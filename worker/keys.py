@@ -1,0 +1,124 @@
+"""Every Redis key the service uses, in one place, with the rule for how long it lives.
+
+A job's keys live as long as the job runs and expire ``JOB_TTL_SECONDS`` after it finishes
+(:func:`job_keys` lists them for the finish script); nothing of a running job expires, however
+long it runs. Keys of the scheduler and the fleet are few and small; they live as long as the
+service does, or expire on their own (leader lock, fleet heartbeat, identifier locks).
+
+Job keys (``{j}`` is the job id, ``{n}`` the chunk number, ``index // CHUNK``)::
+
+    cu:job:{j}              hash   the job document's fields, its counters, and the dispatch cursor
+    cu:job:{j}:in:{n}       hash   per item of the chunk: "i" -> input JSON, "m:i" -> the item's memo
+                                   across runs (attempt, reserved tokens, add in doubt, lapses),
+                                   "n:i" -> the next item of its chain; and "meta" -> the job's
+                                   tenant, total and options, "cancelled" -> "1" once cancelled,
+                                   so an item reads everything it needs in one HMGET
+    cu:job:{j}:res:{n}      hash   "i" -> the item's result JSON, written once (HSETNX)
+    cu:job:{j}:failed       zset   indexes of failed items (score = index), for filtered paging
+    cu:job:{j}:waits        set    indexes that wait for an earlier item of their chain
+    cu:job:{j}:ready        list   chain successors whose predecessor has ended, to dispatch first
+    cu:job:{j}:delayed      zset   items waiting to be retried (score = due time)
+
+Scheduler and fleet::
+
+    cu:sched:jobs           zset   unfinished jobs (score = creation time): what the dispatcher serves
+    cu:sched:due            zset   jobs with a chain successor or a retry to dispatch (score = when)
+    cu:inflight             zset   "j:i:token" -> lease expiry, one per item queued or running
+    cu:sched:leader         string the dispatching worker process, with a short expiry
+    cu:fleet                zset   worker process -> last heartbeat
+    cu:fleet:slots          hash   worker process -> concurrency
+
+Elsewhere: ``cu:tenant:{t}:jobs`` (zset of a tenant's job ids by creation time, trimmed of
+expired jobs when listed), ``cu:idem:{t}:{sha256}`` (Idempotency-Key claims, ``JOB_TTL_SECONDS``),
+``cu:lock:{digest}`` (identifier locks, twice the item lease, renewed while held) and
+``cu:ratelimit:{t}:...`` (token buckets, an hour).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+PREFIX = "cu"
+#: Items per input and result hash: no key, message or process ever holds a whole job.
+CHUNK = 1000
+
+INFLIGHT = f"{PREFIX}:inflight"
+SCHED_JOBS = f"{PREFIX}:sched:jobs"
+SCHED_DUE = f"{PREFIX}:sched:due"
+LEADER = f"{PREFIX}:sched:leader"
+FLEET = f"{PREFIX}:fleet"
+FLEET_SLOTS = f"{PREFIX}:fleet:slots"
+
+#: Fields of an input chunk that are not items.
+META_FIELD = "meta"
+CANCELLED_FIELD = "cancelled"
+
+
+def job(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+def chunk_number(index: int) -> int:
+    return index // CHUNK
+
+
+def inputs(job_id: str, index: int) -> str:
+    return f"{job(job_id)}:in:{chunk_number(index)}"
+
+
+def results(job_id: str, index: int) -> str:
+    return f"{job(job_id)}:res:{chunk_number(index)}"
+
+
+def failed(job_id: str) -> str:
+    return f"{job(job_id)}:failed"
+
+
+def waits(job_id: str) -> str:
+    return f"{job(job_id)}:waits"
+
+
+def ready(job_id: str) -> str:
+    return f"{job(job_id)}:ready"
+
+
+def delayed(job_id: str) -> str:
+    return f"{job(job_id)}:delayed"
+
+
+def chunks(total: int) -> range:
+    return range((total + CHUNK - 1) // CHUNK)
+
+
+def job_keys(job_id: str, total: int) -> list[str]:
+    """Every key a job may own, to expire together when it finishes (or delete when refused)."""
+    base = job(job_id)
+    per_chunk = [f"{base}:{kind}:{n}" for n in chunks(total) for kind in ("in", "res")]
+    return [base, failed(job_id), waits(job_id), ready(job_id), delayed(job_id), *per_chunk]
+
+
+def tenant_jobs(tenant: str) -> str:
+    return f"{PREFIX}:tenant:{tenant}:jobs"
+
+
+def idempotency(tenant: str, key: str) -> str:
+    return f"{PREFIX}:idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def identifier_lock(tenant: str, source: str, account: str, kind: str, value: str) -> str:
+    """A digest, not the identifier itself: lock keys must not spell out a mobile or an email."""
+    raw = "\x1f".join((tenant, source, account, kind, value)).encode()
+    return f"{PREFIX}:lock:{hashlib.blake2b(raw, digest_size=16).hexdigest()}"
+
+
+def rate_limit_prefix(tenant: str) -> str:
+    return f"{PREFIX}:ratelimit:{tenant}"
+
+
+def inflight_member(job_id: str, index: int, token: str) -> str:
+    return f"{job_id}:{index}:{token}"
+
+
+def parse_member(member: str) -> tuple[str, int, str]:
+    job_id, index, token = member.split(":", 2)
+    return job_id, int(index), token

@@ -1,0 +1,543 @@
+"""Which item runs next, and what happens to an item whose worker died.
+
+**Windowed dispatch.** Jobs are not fanned out into the broker. One worker process at a time
+(the leader, elected with a short Redis lock) runs :class:`Dispatcher`: every tick it tops the
+fleet up to its target (the concurrency of the live workers plus a small buffer, so a freed
+thread finds its next message at once), so the broker never holds more than about that many
+messages, whatever the size or number of jobs.
+
+**Fair shares.** Free slots are handed out one at a time, round-robin over the tenants that have
+work, then over that tenant's jobs, skipping a tenant at its ``max_concurrency`` and a job at its
+window. So a job's share is the fleet divided by the tenants with work, then by that tenant's
+jobs, and a one-profile job starts within a tick of being submitted, whatever else runs.
+
+**Leases.** Every dispatched item gets a lease: the member ``job:index:token`` of ``cu:inflight``
+with an expiry ``ITEM_LEASE_SECONDS`` ahead. The worker that runs it keeps it alive with
+:class:`LeaseKeeper` (one script per worker process every quarter of a lease, for all its items
+and their identifier locks, plus the worker's heartbeat). A lease that lapses (the worker was
+killed, froze or lost its network) is handed out again under a new token by the leader: on either
+broker, within about a lease. The old delivery is fenced off: its outcome script finds its member
+gone and records nothing, and its keeper tells its threads to stop before their next call.
+An item whose lease lapsed more than ``MAX_LAPSES`` times fails with 9004 instead of killing
+workers forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+
+from worker import keys
+from worker.jobstore import now_iso
+from worker.settings import Settings, Tenant
+
+log = logging.getLogger(__name__)
+
+#: A lease that lapsed this often without an outcome: the item is given up (error 9004).
+MAX_LAPSES = 4
+#: How often the leader looks for lapsed leases, lost finishes and the size of the fleet.
+SLOW_ROUND_SECONDS = 1.0
+#: The leader's lock lives this long unless renewed; another worker takes over after it.
+LEADER_MS = 3000
+#: Ticks: quick while there is work to hand out, slower when there is none.
+BUSY_TICK_SECONDS = 0.05
+IDLE_TICK_SECONDS = 0.25
+
+
+def worker_id() -> str:
+    """Unique per process on every host, so heartbeats and leadership never mix two workers."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def new_token() -> str:
+    return secrets.token_hex(4)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message to publish: an item, under the token of its lease."""
+
+    job_id: str
+    index: int
+    token: str
+    tenant: str
+
+    @property
+    def member(self) -> str:
+        return keys.inflight_member(self.job_id, self.index, self.token)
+
+
+class LeaseLost(Exception):
+    """This delivery's lease was taken away: another worker runs the item now. Stop quietly."""
+
+
+# -- the worker side: keeping leases alive --------------------------------------------------------
+
+_RENEW = """
+-- KEYS: inflight, fleet, fleet slots. ARGV: worker, slots, lease s, lock ttl ms, then per item:
+-- member, number of locks, locks... Answers the members whose lease is gone.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+local lost = {}
+local i = 5
+while i <= #ARGV do
+  local member, nlocks = ARGV[i], tonumber(ARGV[i + 1])
+  if redis.call('ZSCORE', KEYS[1], member) then
+    redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[3]), member)
+    for j = i + 2, i + 1 + nlocks do redis.call('PEXPIRE', ARGV[j], ARGV[4]) end
+  else
+    lost[#lost + 1] = member
+  end
+  i = i + 2 + nlocks
+end
+return lost
+"""
+
+
+@dataclass
+class _Held:
+    locks: list[str] = field(default_factory=list)
+
+
+class LeaseKeeper:
+    """Renews the leases and locks of the items this process runs, and its heartbeat.
+
+    :meth:`check` is called before every downstream call of an item: it raises :class:`LeaseLost`
+    when the keeper found the lease gone, or when the keeper has not managed to renew for most of a
+    lease (a frozen process that wakes up, or a host cut off from Redis, must presume its leases
+    lost before it writes anything downstream).
+    """
+
+    def __init__(self, client: redis.Redis, *, worker: str, slots: int, lease_seconds: float) -> None:
+        self.redis = client
+        self.worker = worker
+        self.slots = slots
+        self.lease = lease_seconds
+        self.interval = lease_seconds / 4
+        self._renew = client.register_script(_RENEW)
+        self._held: dict[str, _Held] = {}
+        self._lost: set[str] = set()
+        self._lock = threading.Lock()
+        self._renewed_at = time.monotonic()
+        self.stopping = threading.Event()
+
+    def hold(self, member: str) -> None:
+        with self._lock:
+            self._held[member] = _Held()
+
+    def add_locks(self, member: str, lock_keys: list[str]) -> None:
+        with self._lock:
+            if member in self._held:
+                self._held[member].locks = list(lock_keys)
+
+    def drop(self, member: str) -> None:
+        with self._lock:
+            self._held.pop(member, None)
+            self._lost.discard(member)
+
+    def check(self, member: str) -> None:
+        if member in self._lost or time.monotonic() - self._renewed_at > self.lease * 0.75:
+            raise LeaseLost(member)
+
+    def renew_once(self) -> None:
+        with self._lock:
+            held = {m: list(h.locks) for m, h in self._held.items()}
+        args: list = [self.worker, self.slots, self.lease, int(self.lease * 2000)]
+        for member, locks in held.items():
+            args += [member, len(locks), *locks]
+        started = time.monotonic()
+        lost = self._renew(keys=[keys.INFLIGHT, keys.FLEET, keys.FLEET_SLOTS], args=args)
+        with self._lock:
+            self._lost.update(m for m in lost if m in self._held)
+        self._renewed_at = started
+        if lost:
+            log.warning("%s leases were taken away from this worker; their items run elsewhere now", len(lost))
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.renew_once()
+            except redis.RedisError as exc:
+                log.warning("cannot renew leases (%s)", type(exc).__name__)
+            self.stopping.wait(self.interval)
+
+    def leave(self) -> None:
+        """A clean shutdown: stop counting this process's slots at once."""
+        self.stopping.set()
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zrem(keys.FLEET, self.worker)
+            pipe.hdel(keys.FLEET_SLOTS, self.worker)
+            pipe.execute()
+        except redis.RedisError:
+            pass
+
+
+# -- the leader side: dispatching, and recovering lapsed leases ----------------------------------
+
+_TAKE = """
+-- KEYS: inflight, sched due. ARGV: lease s, now (ISO), then per job: id, due 0/1, k, k tokens.
+-- Takes up to k items of each job (retries that are due, then chain successors, then the next
+-- items of the input), gives each a lease, and answers {members, {job, cursor, ...}}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local expiry = now + tonumber(ARGV[1])
+local members, cursors = {}, {}
+local i = 3
+while i <= #ARGV do
+  local job, due, k = ARGV[i], ARGV[i + 1] == '1', tonumber(ARGV[i + 2])
+  local tokens = i + 3
+  i = i + 3 + k
+  local jk = 'cu:job:' .. job
+  local state, cursor, total, chained = unpack(redis.call('HMGET', jk, 'state', 'cursor', 'totalCount', 'chained'))
+  if state == 'QUEUED' or state == 'RUNNING' then
+    if state == 'QUEUED' then redis.call('HSET', jk, 'state', 'RUNNING', 'startedAt', ARGV[2]) end
+    local picked = {}
+    if due then
+      local dk, rk = jk .. ':delayed', jk .. ':ready'
+      local retries = redis.call('ZRANGEBYSCORE', dk, '-inf', now, 'LIMIT', 0, k)
+      if #retries > 0 then
+        redis.call('ZREM', dk, unpack(retries))
+        for _, x in ipairs(retries) do picked[#picked + 1] = x end
+      end
+      if #picked < k then
+        local got = redis.call('LPOP', rk, k - #picked)
+        if got then for _, x in ipairs(got) do picked[#picked + 1] = x end end
+      end
+      if redis.call('LLEN', rk) > 0 then
+        redis.call('ZADD', KEYS[2], now, job)
+      else
+        local nxt = redis.call('ZRANGE', dk, 0, 0, 'WITHSCORES')
+        if #nxt > 0 then redis.call('ZADD', KEYS[2], nxt[2], job) else redis.call('ZREM', KEYS[2], job) end
+      end
+    end
+    cursor, total, chained = tonumber(cursor), tonumber(total), tonumber(chained)
+    if #picked < k and cursor < total then
+      local wk = jk .. ':waits'
+      while #picked < k and cursor < total do
+        if chained == 0 or redis.call('SISMEMBER', wk, cursor) == 0 then picked[#picked + 1] = tostring(cursor) end
+        cursor = cursor + 1
+      end
+      redis.call('HSET', jk, 'cursor', cursor)
+    end
+    local zargs = {}
+    for n, index in ipairs(picked) do
+      local member = job .. ':' .. index .. ':' .. ARGV[tokens + n - 1]
+      zargs[#zargs + 1] = expiry
+      zargs[#zargs + 1] = member
+      members[#members + 1] = member
+    end
+    if #zargs > 0 then redis.call('ZADD', KEYS[1], unpack(zargs)) end
+    cursors[#cursors + 1] = job
+    cursors[#cursors + 1] = tostring(cursor)
+  else
+    cursors[#cursors + 1] = job
+    cursors[#cursors + 1] = tostring(total or 0)
+  end
+end
+return {members, cursors}
+"""
+
+_REAP = """
+-- KEYS: inflight. ARGV: lease s, max lapses, then fresh tokens (at most this many leases are
+-- looked at). Answers {'again', member} for an item handed out again, {'end', member, state}
+-- for one to record now (its job was cancelled, or it lapsed too often), {'gone', member}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, #ARGV - 2)
+local out = {}
+for n, member in ipairs(lapsed) do
+  local job, index = string.match(member, '^([^:]+):(%d+):')
+  local jk = 'cu:job:' .. job
+  local state = redis.call('HGET', jk, 'state')
+  if not state or state == 'COMPLETED' then
+    redis.call('ZREM', KEYS[1], member)
+    out[#out + 1] = {'gone', member}
+  else
+    local ck = jk .. ':in:' .. math.floor(tonumber(index) / 1000)
+    local raw = redis.call('HGET', ck, 'm:' .. index)
+    local memo = raw and cjson.decode(raw) or {}
+    memo['l'] = (tonumber(memo['l']) or 0) + 1
+    redis.call('HSET', ck, 'm:' .. index, cjson.encode(memo))
+    if state == 'CANCELLED' or memo['l'] > tonumber(ARGV[2]) then
+      redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), member)
+      out[#out + 1] = {'end', member, state, tostring(memo['l'])}
+    else
+      redis.call('ZREM', KEYS[1], member)
+      local again = job .. ':' .. index .. ':' .. ARGV[n + 2]
+      redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), again)
+      out[#out + 1] = {'again', again}
+    end
+  end
+end
+return out
+"""
+
+_FLEET = """
+-- KEYS: fleet, fleet slots. ARGV: seconds a heartbeat stays valid. Forgets silent workers and
+-- answers the live workers' slots.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
+if #dead > 0 then
+  redis.call('ZREM', KEYS[1], unpack(dead))
+  redis.call('HDEL', KEYS[2], unpack(dead))
+end
+local slots = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[2])) do slots = slots + tonumber(v) end
+return slots
+"""
+
+_RENEW_LEADER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+@dataclass
+class _JobView:
+    tenant: str
+    total: int
+    cursor: int
+
+
+@dataclass(frozen=True)
+class Lapsed:
+    """A lapsed lease the leader ends instead of handing out again."""
+
+    member: str
+    state: str
+    lapses: int
+
+
+class Dispatcher:
+    """The leader's loop: hand out free slots fairly, recover lapsed leases, finish lost finishes.
+
+    ``publish`` sends deliveries to the broker; ``end_lapsed`` records an item whose lease lapsed
+    in a cancelled job, or too often; ``finish`` queues a job's finish (its item's message for it
+    was lost). All three are plain callables, so the loop runs without Celery in tests.
+    """
+
+    def __init__(self, client: redis.Redis, settings: Settings, tenants: dict[str, Tenant], *,
+                 publish: Callable[[list[Delivery]], None], end_lapsed: Callable[[Lapsed], None],
+                 finish: Callable[[str, str], None], worker: str | None = None) -> None:
+        self.redis = client
+        self.settings = settings
+        self.tenants = tenants
+        self.publish = publish
+        self.end_lapsed = end_lapsed
+        self.finish = finish
+        self.worker = worker or worker_id()
+        self.lease = settings.item_lease_seconds
+        self._take = client.register_script(_TAKE)
+        self._reap = client.register_script(_REAP)
+        self._fleet = client.register_script(_FLEET)
+        self._renew_leader = client.register_script(_RENEW_LEADER)
+        self._jobs: dict[str, _JobView] = {}
+        self._turn = 0
+        self._slots = 0
+        self._next_slow_round = 0.0
+        self._leading = False
+        self._finishing: dict[str, float] = {}
+        self.stopping = threading.Event()
+
+    # -- leadership --------------------------------------------------------------------------
+
+    def lead(self) -> bool:
+        """Take or keep the leader's lock; True while this process leads."""
+        if self._leading:
+            self._leading = bool(self._renew_leader(keys=[keys.LEADER], args=[self.worker, LEADER_MS]))
+        if not self._leading:
+            self._leading = bool(self.redis.set(keys.LEADER, self.worker, nx=True, px=LEADER_MS))
+            if self._leading:
+                log.info("this worker dispatches now")
+                self._jobs.clear()
+        return self._leading
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            pause = IDLE_TICK_SECONDS
+            try:
+                now = time.monotonic()
+                if now >= self._next_slow_round:
+                    self._next_slow_round = now + SLOW_ROUND_SECONDS
+                    if self.lead():
+                        self.slow_round()
+                if self._leading:
+                    pause = BUSY_TICK_SECONDS if self.tick() else IDLE_TICK_SECONDS
+            except redis.RedisError as exc:
+                log.warning("dispatcher: job store unreachable (%s)", type(exc).__name__)
+                self._leading = False
+                pause = SLOW_ROUND_SECONDS
+            except Exception:  # the loop must outlive any one bad round
+                log.exception("dispatcher round failed")
+            self.stopping.wait(pause)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self._leading:
+            try:
+                if self.redis.get(keys.LEADER) == self.worker:
+                    self.redis.delete(keys.LEADER)
+            except redis.RedisError:
+                pass
+
+    # -- the slow round: fleet size, lapsed leases, lost finishes -----------------------------
+
+    def slow_round(self) -> None:
+        self._slots = int(self._fleet(keys=[keys.FLEET, keys.FLEET_SLOTS], args=[self.lease]))
+        self.recover_lapsed()
+        self.finish_lost()
+
+    @property
+    def target(self) -> int:
+        """Items in flight the fleet can take: its threads, plus a buffer so none waits for a tick."""
+        if self._slots <= 0:
+            return 0
+        return self._slots + max(4, self._slots // 2)
+
+    def recover_lapsed(self, limit: int = 200) -> int:
+        out = self._reap(keys=[keys.INFLIGHT], args=[self.lease, MAX_LAPSES, *(new_token() for _ in range(limit))])
+        again: list[Delivery] = []
+        for entry in out:
+            kind, member = entry[0], entry[1]
+            job_id, index, token = keys.parse_member(member)
+            if kind == "again":
+                tenant = self._tenant_of(job_id)
+                if tenant is not None:
+                    again.append(Delivery(job_id, index, token, tenant))
+            elif kind == "end":
+                self.end_lapsed(Lapsed(member, entry[2], int(entry[3])))
+        if again:
+            log.warning("handing out %s items again whose worker stopped renewing their lease", len(again))
+            self.publish(again)
+        return len(out)
+
+    def finish_lost(self) -> None:
+        """A job whose last item ended but whose finish never ran (its message was lost)."""
+        job_ids = self.redis.zrange(keys.SCHED_JOBS, 0, -1)
+        if not job_ids:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(keys.job(job_id), "processedCount", "totalCount", "finishedAt", "tenant")
+        now = time.monotonic()
+        for job_id, (processed, total, finished, tenant) in zip(job_ids, pipe.execute(), strict=True):
+            if processed is None:
+                self.redis.zrem(keys.SCHED_JOBS, job_id)  # the job is gone
+            elif not finished and int(processed) >= int(total) and now > self._finishing.get(job_id, 0):
+                self._finishing[job_id] = now + 10 * SLOW_ROUND_SECONDS
+                self.finish(job_id, tenant or "")
+
+    # -- the tick: hand out free slots ------------------------------------------------------------
+
+    def tick(self) -> bool:
+        """One round of dispatch; True while some job has items to hand out (the next tick comes
+        soon then, as slots free up all the time)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrange(keys.SCHED_JOBS, 0, -1)
+        pipe.zrange(keys.INFLIGHT, 0, -1)
+        pipe.zrangebyscore(keys.SCHED_DUE, "-inf", time.time())
+        job_ids, members, due = pipe.execute()
+        if not job_ids:
+            return False
+        self._learn(job_ids)
+        in_job: Counter[str] = Counter(m.split(":", 1)[0] for m in members)
+        waiting = any(v.cursor < v.total for v in self._jobs.values()) or bool(due)
+        free = self.target - len(members)
+        if free <= 0:
+            return waiting
+        allot = self.allot(free, job_ids, in_job, set(due))
+        if not allot:
+            return waiting
+        args: list = [self.lease, now_iso()]
+        for job_id, count in allot.items():
+            args += [job_id, "1" if job_id in due else "0", count, *(new_token() for _ in range(count))]
+        taken, cursors = self._take(keys=[keys.INFLIGHT, keys.SCHED_DUE], args=args)
+        for job_id, cursor in zip(cursors[::2], cursors[1::2], strict=True):
+            if job_id in self._jobs:
+                self._jobs[job_id].cursor = int(cursor)
+        deliveries = []
+        for member in taken:
+            job_id, index, token = keys.parse_member(member)
+            deliveries.append(Delivery(job_id, index, token, self._jobs[job_id].tenant))
+        if deliveries:
+            self.publish(deliveries)
+        return True
+
+    def allot(self, free: int, job_ids: list[str], in_job: Counter[str], due: set[str]) -> dict[str, int]:
+        """How many of ``free`` slots each job gets: round-robin by tenant, then by job."""
+        by_tenant: dict[str, list[str]] = defaultdict(list)
+        for job_id in job_ids:  # in order of creation
+            view = self._jobs.get(job_id)
+            if view is not None and (view.cursor < view.total or job_id in due):
+                by_tenant[view.tenant].append(job_id)
+        if not by_tenant:
+            return {}
+        in_tenant: Counter[str] = Counter()
+        for job_id, n in in_job.items():
+            view = self._jobs.get(job_id)
+            if view is not None:
+                in_tenant[view.tenant] += n
+        window = self.settings.job_window or self.target
+        tenants = sorted(by_tenant)
+        start = self._turn % len(tenants)
+        tenants = tenants[start:] + tenants[:start]
+        self._turn += 1
+        allot: Counter[str] = Counter()
+        next_job = dict.fromkeys(tenants, 0)
+        while free > 0:
+            progressed = False
+            for tenant in tenants:
+                cap = self._cap(tenant)
+                if free == 0 or (cap and in_tenant[tenant] >= cap):
+                    continue
+                jobs = by_tenant[tenant]
+                for step in range(len(jobs)):
+                    job_id = jobs[(next_job[tenant] + step) % len(jobs)]
+                    view = self._jobs[job_id]
+                    room = (view.total - view.cursor) + (window if job_id in due else 0)
+                    if in_job[job_id] + allot[job_id] < window and allot[job_id] < room:
+                        allot[job_id] += 1
+                        in_tenant[tenant] += 1
+                        next_job[tenant] = (next_job[tenant] + step + 1) % len(jobs)
+                        free -= 1
+                        progressed = True
+                        break
+            if not progressed:
+                break
+        return dict(allot)
+
+    def _cap(self, tenant: str) -> int:
+        known = self.tenants.get(tenant)
+        cap = known.max_concurrency if known is not None else 0
+        return cap or self.settings.tenant_max_concurrency
+
+    def _learn(self, job_ids: list[str]) -> None:
+        """Cache what the leader needs of each job (its tenant, size and cursor) once."""
+        new = [j for j in job_ids if j not in self._jobs]
+        for gone in set(self._jobs) - set(job_ids):
+            del self._jobs[gone]
+        if not new:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in new:
+            pipe.hmget(keys.job(job_id), "tenant", "totalCount", "cursor")
+        for job_id, (tenant, total, cursor) in zip(new, pipe.execute(), strict=True):
+            if tenant is not None:
+                self._jobs[job_id] = _JobView(tenant, int(total), int(cursor or 0))
+
+    def _tenant_of(self, job_id: str) -> str | None:
+        view = self._jobs.get(job_id)
+        return view.tenant if view is not None else self.redis.hget(keys.job(job_id), "tenant")
