@@ -3,6 +3,7 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md Procfile ./
 COPY api api
+COPY cli cli
 COPY worker worker
 COPY simulator simulator
 RUN pip install --no-cache-dir .

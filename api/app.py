@@ -24,9 +24,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     if not any(t.token for t in app.extensions["upsert"].tenants.values()):
         log.warning("no API token is configured (UPSERT_API_TOKEN): every request will get 401")
 
+    from api.pages import pages
     from api.views import health, jobs
 
     app.register_blueprint(jobs)
     app.register_blueprint(health)
+    app.register_blueprint(pages)
     register_error_handlers(app)
     return app

@@ -161,10 +161,3 @@ def build_spec() -> dict:
         "200": {"description": "text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}})
     return spec.to_dict()
 
-
-DOCS_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>customer-upsert API</title></head>
-<body><redoc spec-url="/openapi.json"></redoc>
-<noscript><p>The API is described by <a href="/openapi.json">/openapi.json</a>.</p></noscript>
-<script src="https://cdn.redoc.ly/redoc/latest/bundles/redoc.standalone.js"></script></body></html>
-"""

@@ -12,7 +12,7 @@ from api import params
 from api.auth import authenticate
 from api.errors import ApiError
 from api.intake import accept, request_elements
-from api.openapi import DOCS_PAGE, build_spec
+from api.openapi import build_spec
 from api.services import services
 from worker.callbacks import callback_problem
 from worker.estimate import with_estimate
@@ -74,7 +74,8 @@ def list_jobs():
     if state is not None:
         state = params.choice("state", "", ("QUEUED", "RUNNING", "COMPLETED", "CANCELLED"))
     limit = params.integer("limit", 20, minimum=1, maximum=100)
-    return jsonify({"jobs": services().store.list_jobs(g.tenant.id, state=state, limit=limit)})
+    found = services().store.list_jobs(g.tenant.id, state=state, limit=limit)
+    return jsonify({"jobs": [_document(job) for job in found]})
 
 
 @jobs.get("/jobs/<job_id>")
@@ -160,11 +161,6 @@ def openapi():
     if svc.openapi is None:
         svc.openapi = build_spec()
     return jsonify(svc.openapi)
-
-
-@health.get("/docs")
-def docs():
-    return Response(DOCS_PAGE, mimetype="text/html")
 
 
 @health.get("/metrics")

@@ -23,8 +23,8 @@ from pathlib import Path
 import redis
 import requests
 
-from api import procfile
 from api.app import create_app
+from cli import procfile
 from worker.settings import Settings
 
 TOKEN = "test-token-" + uuid.uuid4().hex

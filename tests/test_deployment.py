@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 import yaml
 
-from api import procfile
+from cli import procfile
 from tests.helpers import TOKEN, free_port, settings_env, wait_for
 from worker.queues import Queues
 
@@ -74,46 +74,36 @@ def test_the_procfile_web_line_serves_the_api(web):
     assert listed.status_code == 200 and "jobs" in listed.json()
 
 
-def test_the_client_commands_submit_follow_fetch_and_cancel(web, worker, sim, tmp_path):
-    env = procfile.process_env({"UPSERT_URL": web, "UPSERT_API_TOKEN": TOKEN})
-
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "api.cli", *args], env=env, capture_output=True, text=True,
-                              timeout=120, cwd=ROOT)
-
-    submitted = cli("submit", str(ROOT / "examples" / "seed-batch.json"), "--wait")
-    job_id = re.search(r"job ([0-9a-f]{32}) COMPLETED: total 2, created 1, updated 0, failed 1", submitted.stdout)
-    assert submitted.returncode == 1 and job_id, submitted.stdout + submitted.stderr  # 1: an item failed
-    status = json.loads(cli("status", job_id.group(1)).stdout)
-    failed = cli("results", job_id.group(1), "--failed", "-o", str(tmp_path / "failed.ndjson"))
-    resubmitted = json.loads(cli("submit", str(tmp_path / "failed.ndjson")).stdout)
-    cancelled = json.loads(cli("cancel", resubmitted["jobId"]).stdout)
-    missing = cli("status", "0" * 32)
-
-    assert (status["state"], status["failureCount"]) == ("COMPLETED", 1)
-    assert failed.returncode == 0 and len((tmp_path / "failed.ndjson").read_text().splitlines()) == 1
-    assert resubmitted["totalCount"] == 1  # the failed export is a batch of its inputs
-    assert cancelled["jobId"] == resubmitted["jobId"]
-    assert missing.returncode == 2 and "HTTP 404" in missing.stderr
-
-
 def test_dev_runs_the_whole_stack_and_the_example_job(redis_server, tmp_path):
-    """What `make run` does, but exiting once the example job is printed."""
+    """What `make run` does, but exiting once the example job is printed; on an existing Redis whose
+    URL names no database, dev keeps to database 15 and keeps jobs an hour."""
     env = procfile.process_env({
-        "REDIS_URL": redis_server.url,
+        "REDIS_URL": f"redis://127.0.0.1:{redis_server.port}",
         "PORT": str(free_port()),
         "WORKER_CONCURRENCY": "4",
     })
-    env.pop("UPSERT_API_TOKEN", None)
-    env.pop("CAPILLARY_BASE_URL", None)
+    for name in ("UPSERT_API_TOKEN", "CAPILLARY_BASE_URL", "JOB_TTL_SECONDS"):
+        env.pop(name, None)
     run = subprocess.run(
-        [sys.executable, "-m", "api.cli", "dev", "--submit", str(ROOT / "examples" / "seed-batch.json"),
+        [sys.executable, "-m", "cli.main", "dev", "--submit", str(ROOT / "examples" / "seed-batch.json"),
          "--exit-after-submit"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
     )
+    lines = run.stdout.splitlines()
+    job_id = re.search(r"job ([0-9a-f]{32}) COMPLETED: total 2, created \d, updated \d, failed 1, cancelled 0",
+                       run.stdout)
+    dev_db = redis.Redis(port=redis_server.port, db=15)
+    keys = list(dev_db.scan_iter(f"cu:job:{job_id.group(1)}*")) if job_id else []
 
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "UPSERT_API_TOKEN=" in run.stdout
-    assert re.search(r"job [0-9a-f]{32} COMPLETED: total 2, created \d, updated \d, failed 1", run.stdout), run.stdout
-    assert '"action": "FAILED"' in run.stdout
+    assert job_id, run.stdout
+    assert re.fullmatch(r"export UPSERT_URL=http://127.0.0.1:\d+ UPSERT_API_TOKEN=\S+", lines[-1])  # the token last
+    assert len(lines) < 25, run.stdout  # a summary, not the job's JSON
+    assert re.search(r"^  #0 +(CREATED|UPDATED) +customer \d+$", run.stdout, re.M), run.stdout
+    failed = lines.index(next(line for line in lines if line.startswith("  #1 ")))
+    assert "FAILED" in lines[failed] and "[1].profiles[0].source" in lines[failed]
+    assert "the seed's second example has no source" in lines[failed + 1]
+    assert f"redis://127.0.0.1:{redis_server.port}/15" in run.stdout
+    assert keys and all(0 < dev_db.ttl(key) <= 3600 for key in keys)
+    assert not redis.Redis(port=redis_server.port, db=0).exists(f"cu:job:{job_id.group(1)}")
     assert (tmp_path / ".dev" / "logs" / "worker.log").exists()

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from api import procfile
 from api.app import create_app
+from cli import procfile
 from tests.helpers import (
     ApiClient,
     RedisServer,

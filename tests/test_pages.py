@@ -1,0 +1,217 @@
+"""The pages for people, in a real browser: the system's headless Chromium driven by Playwright.
+
+Every request a page makes is seen by a route handler: anything not for 127.0.0.1 is refused and
+fails the test, so "served without any CDN" is checked, not assumed. Screenshots are written to
+artifacts/pages/ (ignored by git) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from tests.helpers import JOBS, TOKEN, wait_for
+from tests.web_process import web_url_fixture  # noqa: F401  (the web_url fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "artifacts" / "pages"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+#: What a headless Chromium needs here: no sandbox (root), and none of its own calls home.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-default-apps"]
+TOKEN_KEY = "customer-upsert.token"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        # Playwright gives every launch a fresh profile directory of its own.
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class Page:
+    """A fresh browser context and page, with every request the page makes on record."""
+
+    def __init__(self, browser) -> None:
+        self.context = browser.new_context(viewport={"width": 1200, "height": 800}, accept_downloads=True)
+        self.requests: list[tuple[str, str, dict]] = []  # method, url, headers
+        self.refused: list[str] = []
+        self.context.route("**/*", self._route)
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+
+    def _route(self, route) -> None:
+        request = route.request
+        self.requests.append((request.method, request.url, request.headers))
+        if urlsplit(request.url).hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            self.refused.append(request.url)
+            route.abort()
+
+    def screenshot(self, name: str) -> Path:
+        path = ARTIFACTS / name
+        self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+    def assert_stayed_on_this_machine(self) -> None:
+        assert self.requests, "the page made no request at all"
+        assert self.refused == [], f"requests that would have left the machine: {self.refused}"
+        assert self.errors == [], f"errors in the page's scripts: {self.errors}"
+
+
+@pytest.fixture
+def page(browser) -> Iterator[Page]:
+    p = Page(browser)
+    yield p
+    p.context.close()
+
+
+def test_docs_renders_every_operation_of_openapi_json_and_executes_one_with_the_bearer_token(page, web_url):
+    document = requests.get(f"{web_url}/openapi.json", timeout=5).json()
+    operations = {(method.upper(), path) for path, ops in document["paths"].items() for method in ops}
+
+    page.page.goto(f"{web_url}/docs")
+    page.page.wait_for_selector(".opblock", timeout=15_000)
+    rendered = set(map(tuple, page.page.eval_on_selector_all(".opblock", """blocks => blocks.map(b => [
+        b.querySelector('.opblock-summary-method').textContent.trim(),
+        b.querySelector('.opblock-summary-path').dataset.path])""")))
+    page.screenshot("docs.png")
+
+    # Authorize once with the bearer token, then run "GET /jobs" (try-it-out is on from the start).
+    page.page.click("button.authorize")
+    page.page.fill(".auth-container input", TOKEN)
+    page.page.click(".auth-btn-wrapper button.authorize")
+    page.page.click("button.btn-done")
+    jobs = page.page.locator(".opblock-get", has=page.page.locator(f'[data-path="{JOBS}/jobs"]'))
+    jobs.locator(".opblock-summary").click()
+    jobs.locator("button.execute").click()
+    jobs.locator(".live-responses-table tr.response .response-col_status").first.wait_for(timeout=10_000)
+    status = jobs.locator(".live-responses-table tr.response .response-col_status").first.inner_text().strip()
+    page.screenshot("docs-executed.png")
+
+    assert rendered == operations
+    assert status == "200"
+    calls = [(url, headers) for method, url, headers in page.requests if urlsplit(url).path == f"{JOBS}/jobs"]
+    assert calls and all(headers.get("authorization") == f"Bearer {TOKEN}" for _, headers in calls)
+    assert all(TOKEN not in url for _, url, _ in page.requests)
+    page.assert_stayed_on_this_machine()
+
+
+def customers(n: int, tag: str, *, without_source: int = 0) -> list[dict]:
+    """``n`` new customers; the first ``without_source`` of them lack a source and fail validation."""
+    elements = []
+    for i in range(n):
+        profile = {"firstName": f"{tag}{i}", "identifiers": [{"type": "mobile", "value": f"9197{tag}{i:05d}"}]}
+        if i >= without_source:
+            profile["source"] = "INSTORE"
+        elements.append({"profiles": [profile]})
+    return elements
+
+
+def submit(web_url: str, elements: list[dict]) -> str:
+    response = requests.post(f"{web_url}{JOBS}/bulk", json=elements, timeout=30,
+                             headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 202, response.text
+    return response.json()["jobId"]
+
+
+def log_in(page: Page, web_url: str, token: str) -> None:
+    page.page.goto(f"{web_url}/ui/")
+    page.page.fill("#token", token)
+    page.page.click("#login button[type=submit]")
+
+
+def test_dashboard_shows_a_running_job_moving_then_its_counts_and_the_failed_items(page, web_url, sim, worker):
+    sim.configure(latencyMs=50)  # about 5 s for 400 customers on the session's worker
+    tag = uuid.uuid4().hex[:3].translate(str.maketrans("abcdef", "123456"))
+    job_id = submit(web_url, customers(400, tag, without_source=3))
+
+    # A wrong token is refused and asked for again; the right one shows the jobs.
+    log_in(page, web_url, "not-the-token")
+    page.page.wait_for_selector("#login-error:not([hidden])", timeout=10_000)
+    refused = page.page.inner_text("#login-error")
+    page.screenshot("ui-token.png")
+    log_in(page, web_url, TOKEN)
+    row = page.page.locator(f'li[data-job="{job_id}"]')
+    row.wait_for(timeout=10_000)
+
+    def bar() -> int:
+        return int(row.locator(".bar").get_attribute("aria-valuenow") or 0)
+
+    seen_running: set[int] = set()
+
+    def moved_twice() -> bool:
+        value = bar()
+        if 0 < value < 400:
+            seen_running.add(value)
+        return len(seen_running) >= 2
+
+    wait_for(moved_twice, timeout=30, what="the progress bar to move while the job runs", interval=0.2)
+    running_text = row.inner_text()
+    cancellable = row.locator("button.cancel").is_visible()
+    page.screenshot("ui-running.png")
+    wait_for(lambda: row.get_attribute("data-state") == "COMPLETED", timeout=60, what="the job to complete",
+             interval=0.2)
+    done_text = row.inner_text()
+    page.screenshot("ui-done.png")
+
+    with page.page.expect_download() as download:
+        row.locator("button.download").click()
+    saved = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
+
+    assert "refused" in refused
+    assert "ETA" in running_text and "items/s" in running_text and cancellable
+    assert row.locator("button.cancel").is_hidden()  # once finished
+    assert "400 / 400 processed (100%)" in done_text
+    assert "created 397" in done_text and "failed 3" in done_text and "cancelled 0" in done_text
+    assert download.value.suggested_filename == f"{job_id}-failed.ndjson"
+    assert [item["index"] for item in saved] == [0, 1, 2]
+    assert all(item["input"]["profiles"][0]["firstName"] == f"{tag}{item['index']}" for item in saved)
+    # The token lives in this tab's sessionStorage and in Authorization headers, never in a URL.
+    assert page.page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") == TOKEN
+    assert all(TOKEN not in url for _, url, _ in page.requests)
+    page.assert_stayed_on_this_machine()
+
+
+def test_dashboard_cancels_a_running_job(page, web_url, sim, worker):
+    sim.configure(latencyMs=50)
+    tag = uuid.uuid4().hex[:3].translate(str.maketrans("abcdef", "123456"))
+    job_id = submit(web_url, customers(400, tag))
+    log_in(page, web_url, TOKEN)
+    row = page.page.locator(f'li[data-job="{job_id}"]')
+    row.wait_for(timeout=10_000)
+    wait_for(lambda: int(row.locator(".bar").get_attribute("aria-valuenow") or 0) > 0, timeout=30,
+             what="the job to start", interval=0.1)
+
+    page.page.once("dialog", lambda dialog: dialog.accept())
+    row.locator("button.cancel").click()
+    wait_for(lambda: row.get_attribute("data-state") == "CANCELLED" and "took" in row.inner_text(), timeout=30,
+             what="the job to end cancelled", interval=0.2)
+    text = row.inner_text()
+    page.screenshot("ui-cancelled.png")
+    job = requests.get(f"{web_url}{JOBS}/jobs/{job_id}", headers={"Authorization": f"Bearer {TOKEN}"},
+                       timeout=5).json()
+
+    assert job["state"] == "CANCELLED" and job["cancelledCount"] > 0
+    assert f"cancelled {job['cancelledCount']}" in text
+    assert row.locator("button.cancel").is_hidden()
+    page.assert_stayed_on_this_machine()
