@@ -88,7 +88,9 @@ _CANCEL = _PROCESSED + """
 -- KEYS: job, inflight, delayed, ready, sched jobs, sched due, input chunks...
 -- ARGV: job id. Answers {state before, 1 if nothing is left running}.
 -- Items not in flight are counted CANCELLED here, at once; items queued or running end on
--- their own (a queued one sees the 'cancelled' mark on its chunk and records CANCELLED).
+-- their own (a queued one sees the 'cancelled' mark on its chunk and records CANCELLED). The job
+-- stays among the scheduler's jobs, which dispatches nothing more of it and finishes it once
+-- its last running item has ended.
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {false, 0} end
 if state ~= 'QUEUED' and state ~= 'RUNNING' then return {state, 0} end
@@ -104,7 +106,6 @@ local cancelled = total - processed(KEYS[1]) - running
 if cancelled > 0 then redis.call('HINCRBY', KEYS[1], 'n.cancelled', cancelled) end
 redis.call('HSET', KEYS[1], 'cursor', total)
 redis.call('DEL', KEYS[3], KEYS[4])
-redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1])
 if running == 0 then return {state, 1} end
 return {state, 0}
