@@ -164,6 +164,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CAPILLARY_TIMEOUT_SECONDS": str(settings.capillary_timeout_seconds),
         "UPSERT_API_TOKEN": settings.upsert_api_token,
         "WORKER_CONCURRENCY": str(settings.worker_concurrency),
+        "WORKER_POOL": settings.worker_pool,
         "ITEM_MAX_ATTEMPTS": str(settings.item_max_attempts),
         "RETRY_BASE_SECONDS": str(settings.retry_base_seconds),
         "RETRY_MAX_SECONDS": str(settings.retry_max_seconds),

@@ -15,11 +15,11 @@ def create_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         task_ignore_result=True,
         # An item's own lease (worker/scheduler.py) brings it back when its worker dies, on either
-        # broker, within ITEM_LEASE_SECONDS. RabbitMQ also hands a dead consumer's unacknowledged
-        # messages back at once (acks_late), which only makes that sooner; each thread takes one
-        # message at a time, so a worker never holds messages it is not running.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
+        # broker, within ITEM_LEASE_SECONDS, so messages are acknowledged as their task starts: late
+        # acknowledgements would add nothing but a stall (under the gevent pool, Celery's synloop
+        # runs deferred acks only between two-second broker polls). Each thread takes one message
+        # at a time, so a worker never holds many more messages than it runs.
+        task_acks_late=False,
         worker_prefetch_multiplier=1,
         # Redis broker: no emulated acknowledgements. They cost eight commands a message (a MULTI
         # block to remember it, another to forget it) and bring a dead worker's messages back only

@@ -79,8 +79,8 @@ class ApiResult:
 
 #: Called before each request with the endpoint name; the rate limiter hooks in here.
 BeforeCall = Callable[[str], None]
-#: Called with the downstream's Retry-After (seconds, or None) when it answers 429.
-OnThrottle = Callable[[float | None], None]
+#: Called with the endpoint and the downstream's Retry-After (seconds, or None) when it answers 429.
+OnThrottle = Callable[[str, float | None], None]
 
 #: Quick in-place retries of one call on a 502/503/504/521 or a refused connection, before the
 #: failure goes up to the item (whose own retries restart it after a backoff). Short gateway
@@ -101,8 +101,8 @@ class _Token:
 class CapillaryClient:
     """Calls the v2 customer endpoints for one tenant.
 
-    Thread-safe: the worker runs items on a thread pool that shares one client (and so one
-    connection pool and one OAuth token) per tenant.
+    Thread-safe: the worker runs items on a thread pool that shares one client (and so one OAuth
+    token) per tenant; each thread has a session of its own.
     """
 
     #: Renew an OAuth token this long before the downstream says it expires.
@@ -113,7 +113,6 @@ class CapillaryClient:
         tenant: Tenant,
         *,
         timeout: float = 10.0,
-        pool_size: int = 32,
         before_call: BeforeCall | None = None,
         on_throttle: OnThrottle | None = None,
         quick_retries: int = QUICK_RETRIES,
@@ -124,12 +123,29 @@ class CapillaryClient:
         self.before_call = before_call
         self.on_throttle = on_throttle
         self.quick_retries = quick_retries
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers.update({"Accept": "application/json", "Content-Type": "application/json"})
+        self._sessions = threading.local()
         self._token = _Token()
+
+    @property
+    def session(self) -> requests.Session:
+        """This thread's session: requests does not promise that one Session is safe across threads,
+        so each worker thread keeps its own (and its own keep-alive connection)."""
+        session = getattr(self._sessions, "session", None)
+        if session is None:
+            session = self._sessions.session = self._new_session()
+        return session
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=2, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.headers.update({"Accept": "application/json", "Content-Type": "application/json"})
+        # Proxy and CA settings from the environment, read once: with trust_env on, requests reads
+        # them again on every request, a tenth of a worker's CPU.
+        settings = session.merge_environment_settings(self.base_url, {}, None, None, None)
+        session.proxies, session.verify, session.trust_env = settings["proxies"], settings["verify"], False
+        return session
 
     # -- the endpoints ------------------------------------------------------------------------
 
@@ -175,7 +191,7 @@ class CapillaryClient:
             except RetryableError as exc:
                 if exc.status == 429:
                     if self.on_throttle is not None:
-                        self.on_throttle(exc.retry_after)
+                        self.on_throttle(endpoint, exc.retry_after)
                     raise
                 if quick_left <= 0 or exc.timed_out or (exc.retry_after or 0) > QUICK_RETRY_SECONDS[1]:
                     raise
@@ -284,9 +300,6 @@ class CapillaryClient:
             token.value = data["accessToken"]
             token.expires_at = time.monotonic() + max(1.0, ttl - min(self.TOKEN_RENEW_MARGIN_SECONDS, ttl / 2))
             return token.value
-
-    def close(self) -> None:
-        self.session.close()
 
     def with_gate(self, gate: BeforeCall) -> CapillaryClient:
         """This client for one item: the same connections and token, with ``gate`` called before

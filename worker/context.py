@@ -45,7 +45,6 @@ class WorkerContext:
                 client = CapillaryClient(
                     tenant,
                     timeout=self.settings.capillary_timeout_seconds,
-                    pool_size=self.settings.worker_concurrency,
                     on_throttle=limiter.pause,
                 )
                 found = self._clients[tenant_id] = (client, limiter)

@@ -28,7 +28,7 @@ from worker.jobstore import CANCELLED_MESSAGE, CODE_CANCELLED, ItemWork, JobStor
 from worker.keys import inflight_member
 from worker.logs import CURRENT, mask_value
 from worker.planning import identifier_keys
-from worker.ratelimit import RateLimited
+from worker.ratelimit import REQUEUE_LEAD_SECONDS, RateLimited
 from worker.scheduler import Lapsed, LeaseLost
 from worker.upsert import CANCELLED, FAILED, ItemOutcome, error, upsert_valid_customer
 from worker.validation import validate_customer
@@ -151,7 +151,7 @@ def _upsert_under_locks(ctx: WorkerContext, work: ItemWork, job_id: str, index: 
         carry = {k: v for k, v in reserved.items() if v}
         if exc.reserved:
             carry[exc.endpoint] = [*carry.get(exc.endpoint, []), exc.due]
-            delay = exc.wait
+            delay = max(0.0, exc.wait - REQUEUE_LEAD_SECONDS)
         else:
             delay = exc.wait * random.uniform(1.0, 1.5)
         memo["r"] = carry

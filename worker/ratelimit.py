@@ -5,18 +5,25 @@ endpoint's bucket (``CAPILLARY_RATE_LIMITS``, per minute, as the vendor states t
 neither, in one script and so one round trip. The script reads Redis's own clock, so hosts with
 skewed clocks still share one limit.
 
-A bucket holds half a second of tokens: bursts stay well inside the downstream's own bucket
-(the simulator, like most gateways, allows about a second's worth), which absorbs the jitter
-between the moment we take a token and the moment the request lands.
+Buckets aim at the limit itself, not under it: a brand's allowance is what bounds a big job's
+duration. A bucket holds half a second of tokens, so bursts stay well inside the downstream's
+own bucket (the simulator, like most gateways, allows about a second's worth), which absorbs the
+jitter between the moment we take a token and the moment the request lands. Should the
+downstream still answer 429 (its clock, or its idea of a minute, differs from ours), the limiter
+learns: that bucket's aim drops by 5% per 429, to at most 30% under the limit, and comes back to
+the limit after ten quiet minutes.
 
 A call that finds no token reserves the next free one (the bucket goes into debt, so waiters
 line up instead of stampeding). A write that must wait for its own endpoint's limit does not
-sleep on its worker slot: it raises :class:`RateLimited` and the task requeues the item with a
-countdown to its token, so a slot is never held by an ``add`` that waits while an ``update``
-could run; the requeued run passes its token back to :meth:`RateLimiter.acquire`. Waits for lookups or
-for the all-endpoints limit are slept in place (see :data:`REQUEUE_ENDPOINTS`). Waits beyond the
-horizon (a backlog longer than the broker may hold a message) reserve nothing: the item is
-requeued and looks again later.
+sleep on its worker slot: it raises :class:`RateLimited` and the item goes back to the scheduler
+until a little before its token is due (:data:`REQUEUE_LEAD_SECONDS`, the time to be dispatched
+again and redo its lookups), so a slot is never held by an ``add`` that waits while an
+``update`` could run; the requeued run passes its token back to :meth:`RateLimiter.acquire`,
+which waits out the last moment. A reserved token is used even somewhat late
+(:data:`LATE_TOLERANCE_SECONDS`): a dropped token is a call the allowance paid for and nobody
+made. Waits for lookups or for the all-endpoints limit are slept in place (see
+:data:`REQUEUE_ENDPOINTS`). Waits beyond the horizon reserve nothing: the item is requeued and
+looks again later.
 
 A 429 from the downstream pauses the tenant's whole fleet for its ``Retry-After`` (the
 ``pause`` key every acquire checks), because when one worker is told to slow down, all are.
@@ -33,18 +40,23 @@ from worker import keys
 
 SLEEP_UNDER_SECONDS = 0.25
 BURST_SECONDS = 0.5
-#: We aim this far under each limit: the moment a token is taken and the moment the request lands
-#: differ by a lookup or two and the broker's countdown, so calls arrive bunched; the margin keeps
-#: those bunches inside the downstream's own burst allowance.
-HEADROOM = 0.9
+#: How much an item deferred for a reserved token comes back early, and the longest it then sleeps.
+REQUEUE_LEAD_SECONDS = 0.3
+EARLY_SLEEP_SECONDS = 0.6
+#: Learning from 429s: each one lowers the aim of the bucket that let the call through by this
+#: much, down to the floor; the lowered aim lasts this long after the last 429.
+AIM_STEP = 0.95
+AIM_FLOOR = 0.7
+AIM_MEMORY_SECONDS = 600
 #: How stale a process's view of a 429 pause may be, for calls that no bucket limits.
 PAUSE_CHECK_SECONDS = 0.5
 DEFAULT_PAUSE_SECONDS = 1.0
 
 _ACQUIRE = """
--- KEYS[1]: pause key; KEYS[2..]: bucket keys. ARGV[1]: horizon (s); then rate per second and
--- capacity for each bucket. Answers (as a string) 0: a token taken from every bucket, use it now;
--- -w: a token reserved in every bucket, use it in w seconds; +w: nothing taken, ask again in w.
+-- KEYS[1]: pause key; KEYS[2]: aims hash; KEYS[3..]: bucket keys. ARGV[1]: horizon (s); then the
+-- limit per second and the burst (s) of each bucket. Answers (as a string) 0: a token taken from
+-- every bucket, use it now; -w: a token reserved in every bucket, use it in w seconds; +w: nothing
+-- taken, ask again in w.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local pause = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -52,8 +64,10 @@ if pause > now then return tostring(pause - now) end
 local horizon = tonumber(ARGV[1])
 local wait = 0
 local tokens = {}
-for i = 2, #KEYS do
-  local rate, cap = tonumber(ARGV[2 * i - 2]), tonumber(ARGV[2 * i - 1])
+for i = 3, #KEYS do
+  local aim = tonumber(redis.call('HGET', KEYS[2], KEYS[i]) or '1')
+  local rate = tonumber(ARGV[2 * i - 4]) * aim
+  local cap = math.max(1, rate * tonumber(ARGV[2 * i - 3]))
   local state = redis.call('HMGET', KEYS[i], 'tokens', 'ts')
   local have = tonumber(state[1]) or cap
   local since = now - (tonumber(state[2]) or now)
@@ -64,7 +78,7 @@ for i = 2, #KEYS do
 end
 local take = 1
 if wait > horizon then take = 0 end
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   redis.call('HSET', KEYS[i], 'tokens', tostring(tokens[i] - take), 'ts', tostring(now))
   redis.call('EXPIRE', KEYS[i], 3600)
 end
@@ -73,12 +87,19 @@ return tostring(-wait)
 """
 
 _PAUSE = """
--- KEYS[1]: pause key; ARGV[1]: seconds. Extends the pause, never shortens it.
+-- KEYS[1]: pause key; KEYS[2]: aims hash; KEYS[3]: the bucket that let the call through, if any.
+-- ARGV[1]: seconds; ARGV[2..4]: aim step, floor, memory (s). Extends the pause, never shortens it,
+-- and lowers that bucket's aim.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local untill = now + tonumber(ARGV[1])
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if untill > current then redis.call('SET', KEYS[1], tostring(untill), 'EX', math.ceil(tonumber(ARGV[1])) + 1) end
+if KEYS[3] then
+  local aim = tonumber(redis.call('HGET', KEYS[2], KEYS[3]) or '1')
+  redis.call('HSET', KEYS[2], KEYS[3], tostring(math.max(tonumber(ARGV[3]), aim * tonumber(ARGV[2]))))
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
 return 1
 """
 
@@ -89,8 +110,9 @@ return 1
 REQUEUE_ENDPOINTS = frozenset({"add", "update", "changeIdentifier"})
 
 #: A reserved token used later than this after its time is dropped and a fresh one taken: late
-#: tokens spent together with on-time ones would land as a burst the downstream may refuse.
-LATE_TOLERANCE_SECONDS = 0.2
+#: tokens spent together with on-time ones land as a burst, which must stay inside the
+#: downstream's own burst allowance (about a second's worth).
+LATE_TOLERANCE_SECONDS = 0.5
 
 #: Tokens an item reserved on earlier runs, by endpoint: the epoch seconds each one is due. The
 #: item carries them in its memo and hands them to :meth:`RateLimiter.acquire`, which uses them up.
@@ -119,9 +141,9 @@ class RateLimiter:
         self.horizon = horizon
         prefix = keys.rate_limit_prefix(tenant_id)
         self.pause_key = f"{prefix}:pause"
-        self._global = (f"{prefix}:all", max_rps * HEADROOM) if max_rps > 0 else None
-        self._endpoints = {name: (f"{prefix}:{name}", rpm / 60.0 * HEADROOM)
-                           for name, rpm in (per_minute or {}).items()}
+        self.aims_key = f"{prefix}:aims"
+        self._global = (f"{prefix}:all", max_rps) if max_rps > 0 else None
+        self._endpoints = {name: (f"{prefix}:{name}", rpm / 60.0) for name, rpm in (per_minute or {}).items()}
         self._acquire = client.register_script(_ACQUIRE)
         self._pause = client.register_script(_PAUSE)
         self._pause_checked_until = 0.0
@@ -136,15 +158,15 @@ class RateLimiter:
             late = time.time() - reserved[endpoint].pop(0)
             if late <= LATE_TOLERANCE_SECONDS:
                 if late < 0:
-                    time.sleep(min(-late, SLEEP_UNDER_SECONDS))
+                    time.sleep(min(-late, EARLY_SLEEP_SECONDS))
                 return
-        keys, args = [self.pause_key], [self.horizon]
+        keys, args = [self.pause_key, self.aims_key], [self.horizon]
         for bucket in (self._global, self._endpoints.get(endpoint)):
             if bucket is not None:
                 key, rate = bucket
                 keys.append(key)
-                args += [rate, max(1.0, rate * BURST_SECONDS)]
-        answer = self._paused_for() if len(keys) == 1 else float(self._acquire(keys=keys, args=args))
+                args += [rate, BURST_SECONDS]
+        answer = self._paused_for() if len(keys) == 2 else float(self._acquire(keys=keys, args=args))
         if answer == 0:
             return
         if answer > 0:
@@ -166,7 +188,11 @@ class RateLimiter:
         checked_at, remaining = self._pause_remaining_at
         return max(0.0, remaining - (now - checked_at))
 
-    def pause(self, retry_after: float | None) -> None:
-        """The downstream said 429: hold every worker of this tenant back for ``retry_after``."""
-        self._pause(keys=[self.pause_key], args=[retry_after or DEFAULT_PAUSE_SECONDS])
+    def pause(self, endpoint: str, retry_after: float | None) -> None:
+        """The downstream said 429 to a call to ``endpoint``: hold every worker of this tenant back for
+        ``retry_after``, and aim lower on the bucket that let the call through."""
+        endpoint = "lookup" if endpoint == "get" else endpoint
+        bucket = self._endpoints.get(endpoint) or self._global
+        self._pause(keys=[self.pause_key, self.aims_key, *([bucket[0]] if bucket else [])],
+                    args=[retry_after or DEFAULT_PAUSE_SECONDS, AIM_STEP, AIM_FLOOR, AIM_MEMORY_SECONDS])
         self._pause_checked_until = 0.0  # this process heard it first: look again at once

@@ -78,6 +78,8 @@ class Settings:
     #: The worker's Celery node name before the @; empty: ``worker-<pid>``, unique on every host.
     worker_name: str = ""
     worker_concurrency: int = 32
+    #: Celery's pool for the worker process: threads, or gevent (see the README's Performance).
+    worker_pool: str = "threads"
     item_max_attempts: int = 8
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 60.0
@@ -138,6 +140,7 @@ class Settings:
             port=int(number("PORT", 8000, int, 1)),
             worker_name=text("WORKER_NAME", ""),
             worker_concurrency=int(number("WORKER_CONCURRENCY", 32, int, 1)),
+            worker_pool=text("WORKER_POOL", defaults.worker_pool),
             item_max_attempts=int(number("ITEM_MAX_ATTEMPTS", 8, int, 1)),
             retry_base_seconds=number("RETRY_BASE_SECONDS", 1.0),
             retry_max_seconds=number("RETRY_MAX_SECONDS", 60.0),
