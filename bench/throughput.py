@@ -65,18 +65,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def service(stack: Stack, elements: list[dict]) -> tuple[float, float, float]:
-    """(items per second, Redis commands per item, worker CPU seconds per item)."""
+def redis_cpu(store: redis.Redis) -> float:
+    info = store.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def service(stack: Stack, elements: list[dict]) -> tuple[float, float, float, float]:
+    """(items per second, Redis commands per item, worker CPU seconds per item, Redis CPU seconds per item)."""
     worker = stack.workers[0]
     store = redis.Redis.from_url(stack.redis.url)
     store.config_resetstat()
-    cpu = cpu_seconds(worker.process.pid)
+    cpu, store_cpu = cpu_seconds(worker.process.pid), redis_cpu(store)
     start = time.perf_counter()
     job = stack.api.run(elements, timeout=1800)
     elapsed = time.perf_counter() - start
     assert job["failureCount"] == 0, job
     commands = sum(v["calls"] for v in store.info("commandstats").values())
-    return len(elements) / elapsed, commands / len(elements), (cpu_seconds(worker.process.pid) - cpu) / len(elements)
+    n = len(elements)
+    return n / elapsed, commands / n, (cpu_seconds(worker.process.pid) - cpu) / n, (redis_cpu(store) - store_cpu) / n
 
 
 def rate_limit_adherence(sim: Simulator, tmp: Path, limits: dict[str, float], items: int,
@@ -121,12 +127,12 @@ def main() -> int:
         try:
             stack.worker()
             sim.reset(latencyMs=0)
-            _rate, _commands, cpu0 = service(stack, customers(args.items, "Z" + uuid.uuid4().hex[:6]))
+            _rate, _commands, cpu0, redis0 = service(stack, customers(args.items, "Z" + uuid.uuid4().hex[:6]))
             for latency in args.latency_ms:
                 sim.reset(latencyMs=latency, latencyJitterMs=0)
                 base = direct(stack, customers(args.items, "D" + uuid.uuid4().hex[:6]), args.concurrency)
                 sim.reset(latencyMs=latency, latencyJitterMs=0)
-                rate, commands, cpu = service(stack, customers(args.items, "S" + uuid.uuid4().hex[:6]))
+                rate, commands, cpu, _redis = service(stack, customers(args.items, "S" + uuid.uuid4().hex[:6]))
                 sim.reset(latencyMs=latency, latencyJitterMs=0)
                 today = synchronous_today(stack, customers(args.sync_items, "T" + uuid.uuid4().hex[:6]))
                 rows.append((latency, base, rate, commands, cpu, today))
@@ -138,7 +144,7 @@ def main() -> int:
 
     print(f"{args.items} new customers, concurrency {args.concurrency}, one worker process ({args.pool}), "
           f"{os.cpu_count()} cores")
-    print(f"worker CPU at 0 ms latency: {cpu0 * 1000:.2f} ms per item")
+    print(f"at 0 ms latency: worker CPU {cpu0 * 1000:.2f} ms per item, Redis CPU {redis0 * 1000:.3f} ms per item")
     print("latency | direct items/s | service items/s | ratio | Redis cmds/item | worker CPU ms/item "
           f"| today (sync, batches of {VENDOR_BATCH}) items/s | service/today")
     for latency, base, rate, commands, cpu, today in rows:

@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 
-from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.serving import make_server
 
 from .app import create_app
 from .config import NOT_FOUND_STATUSES, SimulatorConfig, parse_rate_limits
@@ -94,13 +94,6 @@ def config_from_args(args: argparse.Namespace, environ=os.environ) -> SimulatorC
     ).validate()
 
 
-class KeepAliveHandler(WSGIRequestHandler):
-    """HTTP/1.1, so clients keep their connections open as they would with the real API; werkzeug's
-    HTTP/1.0 default costs a TCP connection (and a thread) per call on both sides."""
-
-    protocol_version = "HTTP/1.1"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -111,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
-    server = make_server(config.host, config.port, create_app(config), threaded=True,
-                         request_handler=KeepAliveHandler)
+    server = make_server(config.host, config.port, create_app(config), threaded=True)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
