@@ -11,6 +11,7 @@ from typing import Any
 from api.errors import ApiError
 from worker.jobstore import JobStore, NewJob
 from worker.planning import ChainPlanner
+from worker.validation import json_kind
 
 JSON_TYPES = ("application/json",)
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines")
@@ -116,7 +117,7 @@ def parse_batch(raw: bytes, max_items: int) -> list[Any]:
         raise ApiError(400, "invalid_json", "the body nests JSON too deeply", field="body")
     if not isinstance(body, list):
         raise ApiError(400, "invalid_body",
-                       f"the body must be a JSON array of customers, not a JSON {_kind(body)}", field="body")
+                       f"the body must be a JSON array of customers, not {json_kind(body)}", field="body")
     if not body:
         raise ApiError(400, "invalid_body", "the array is empty: nothing to upsert", field="body")
     if len(body) > max_items:
@@ -196,9 +197,3 @@ def _earlier_job(store: JobStore, tenant: str, key: str, digest: str) -> str | N
                        "a request with this Idempotency-Key is still being accepted; retry shortly",
                        field="Idempotency-Key")
     return earlier["jobId"]
-
-
-def _kind(value: Any) -> str:
-    return {dict: "object", str: "string", bool: "boolean", int: "number", float: "number"}.get(
-        type(value), "null" if value is None else "value"
-    )

@@ -12,10 +12,10 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 from marshmallow import validate as v
 
+from api.paths import JOBS_PREFIX as JOBS
 from worker.jobstore import CANCELLED, COMPLETED, QUEUED, RUNNING
 from worker.validation import CustomerSchema
 
-JOBS = "/v2/integrations/customer/upsert"
 STATES = [QUEUED, RUNNING, COMPLETED, CANCELLED]
 
 

@@ -13,6 +13,7 @@ from api.auth import authenticate
 from api.errors import ApiError
 from api.intake import accept, request_elements
 from api.openapi import build_spec
+from api.paths import JOBS_PREFIX
 from api.services import services
 from worker.callbacks import callback_problem
 from worker.estimate import with_estimate
@@ -20,7 +21,7 @@ from worker.jobs import cancel_job as cancel
 from worker.jobs import has_callback
 from worker.queues import TaskNames
 
-jobs = Blueprint("jobs", __name__, url_prefix="/v2/integrations/customer/upsert")
+jobs = Blueprint("jobs", __name__, url_prefix=JOBS_PREFIX)
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 MAX_WAIT_SECONDS = 60

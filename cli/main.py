@@ -8,15 +8,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from api.paths import JOBS_PREFIX
+from worker.clock import parse_iso
 from worker.settings import Settings, SettingsError
 
-JOBS_PATH = "/v2/integrations/customer/upsert"
 NDJSON_SUFFIXES = (".ndjson", ".jsonl", ".ldjson")
 BOM = b"\xef\xbb\xbf"
 #: NDJSON is sent in chunks of about this many bytes, read from the file as they go.
@@ -72,27 +72,27 @@ class ApiClient:
 
     def submit_batch(self, batch: Batch, *, skip_change_identifier: bool) -> dict:
         return self.request(
-            "POST", f"{JOBS_PATH}/bulk",
+            "POST", f"{JOBS_PREFIX}/bulk",
             params={"skipChangeIdentifier": str(skip_change_identifier).lower()},
             data=batch.body() if batch.kind == "ndjson" else b"".join(batch.body()),
             headers={"Content-Type": batch.content_type},
         ).json()
 
     def job(self, job_id: str) -> dict:
-        return self.request("GET", f"{JOBS_PATH}/jobs/{job_id}").json()
+        return self.request("GET", f"{JOBS_PREFIX}/jobs/{job_id}").json()
 
     def jobs(self, *, state: str | None = None, limit: int = 20) -> list[dict]:
         params: dict[str, Any] = {"limit": limit}
         if state:
             params["state"] = state
-        return self.request("GET", f"{JOBS_PATH}/jobs", params=params).json()["jobs"]
+        return self.request("GET", f"{JOBS_PREFIX}/jobs", params=params).json()["jobs"]
 
     def cancel(self, job_id: str) -> dict:
-        return self.request("DELETE", f"{JOBS_PATH}/jobs/{job_id}").json()
+        return self.request("DELETE", f"{JOBS_PREFIX}/jobs/{job_id}").json()
 
     def results(self, job_id: str, *, failed: bool = False) -> Iterator[dict]:
         outcome = "failed" if failed else "all"
-        response = self.request("GET", f"{JOBS_PATH}/jobs/{job_id}/results",
+        response = self.request("GET", f"{JOBS_PREFIX}/jobs/{job_id}/results",
                                 params={"format": "ndjson", "outcome": outcome}, stream=True)
         for line in response.iter_lines():
             if line:
@@ -296,13 +296,9 @@ def overall_rate(job: dict) -> float | None:
     """A finished job's items per second, start to finish by the server's clock; cancelled items not counted."""
     if not (job.get("finishedAt") and job.get("startedAt")):
         return None
-    seconds = (_parse_time(job["finishedAt"]) - _parse_time(job["startedAt"])).total_seconds()
+    seconds = (parse_iso(job["finishedAt"]) - parse_iso(job["startedAt"])).total_seconds()
     worked = job["processedCount"] - job.get("cancelledCount", 0)
     return worked / seconds if seconds > 0 and worked > 0 else None
-
-
-def _parse_time(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def eta_text(job: dict) -> str:
@@ -343,7 +339,7 @@ def local_time(stamp: str | None) -> str:
     if not stamp:
         return ""
     try:
-        return _parse_time(stamp).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        return parse_iso(stamp).astimezone().strftime("%Y-%m-%d %H:%M:%S")
     except ValueError:
         return stamp
 

@@ -28,7 +28,7 @@ class SimulatorConfig:
     ``latency_jitter_ms`` of ``None`` means half of ``latency_ms``, so a single ``--latency-ms`` gives a
     realistic spread without a second flag.
 
-    ``primary_identifier`` switches on dual eligibility (reference §1.7): only that type is unique per source
+    ``primary_identifier`` switches on dual eligibility (docs/capillary-v2.md §1.7): only that type is unique per source
     and account and finds a customer; ``None`` is the classic mode, every identifier unique and findable.
     Switch it on an empty store (``/__admin/reset``): identifiers already stored keep the rule they were written
     under.

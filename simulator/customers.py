@@ -1,7 +1,7 @@
 """Capillary's customer rules: valid sources and identifier types, validation codes, and the lookup shape.
 
 Everything here is pure (no Flask, no SQLite) so the rules read like the reference they come from,
-``reference/capillary-v2.md``; the section numbers below point into it.
+``docs/capillary-v2.md``; the section numbers below point into it.
 """
 
 from __future__ import annotations

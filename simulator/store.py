@@ -3,8 +3,8 @@
 One connection, guarded by one lock, serves all request threads: SQLite serialises writers anyway and this
 keeps every read-check-write sequence atomic. The partial UNIQUE index on (source, account_id, type, value) is the
 backstop that makes a duplicate identifier impossible even if a code path forgot to check first; it covers every
-identifier but the ``shared`` ones, the secondary identifiers of dual eligibility (reference §1.7), which several
-customers may hold. Methods that write take ``primary``: the org's primary identifier type under dual
+identifier but the ``shared`` ones, the secondary identifiers of dual eligibility (docs/capillary-v2.md §1.7),
+which several customers may hold. Methods that write take ``primary``: the org's primary identifier type under dual
 eligibility, ``None`` when every identifier is unique.
 """
 

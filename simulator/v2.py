@@ -98,7 +98,7 @@ def lookup(sim, config, actor):
 @v2_call("get")
 def get_customer(sim, config, actor, user_id):
     if not user_id.isdigit():
-        return 400, None  # the docs: "400 Bad Request with Blank response" (reference §1.4)
+        return 400, None  # the docs: "400 Bad Request with Blank response" (docs/capillary-v2.md §1.4)
     source, account_id = rules.get_scope(request.args.get("source"), request.args.get("accountId"))
     customer = sim.store.get(int(user_id))
     if customer is None or (customer.source, customer.account_id) != (source, account_id):

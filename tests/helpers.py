@@ -24,13 +24,14 @@ import redis
 import requests
 
 from api.app import create_app
+from api.paths import JOBS_PREFIX
 from cli import procfile
 from worker.settings import Settings
 
 TOKEN = "test-token-" + uuid.uuid4().hex
 SIM_TILL = "test.till"
 SIM_PASSWORD = "pw-" + uuid.uuid4().hex
-JOBS = "/v2/integrations/customer/upsert"
+JOBS = JOBS_PREFIX
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ import requests
 import yaml
 
 from cli import procfile
-from tests.helpers import TOKEN, free_port, settings_env, wait_for
+from tests.helpers import JOBS, TOKEN, free_port, settings_env, wait_for
 from worker.queues import Queues
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,8 +66,8 @@ def web(settings, tmp_path):
 
 
 def test_the_procfile_web_line_serves_the_api(web):
-    unauthorised = requests.get(f"{web}/v2/integrations/customer/upsert/jobs", timeout=5)
-    listed = requests.get(f"{web}/v2/integrations/customer/upsert/jobs", timeout=5,
+    unauthorised = requests.get(f"{web}{JOBS}/jobs", timeout=5)
+    listed = requests.get(f"{web}{JOBS}/jobs", timeout=5,
                           headers={"Authorization": f"Bearer {TOKEN}"})
 
     assert unauthorised.status_code == 401

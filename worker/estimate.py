@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from worker.clock import iso, parse_iso
 from worker.settings import Tenant
 
 #: Calls an item makes, on average, when nothing is known of the batch: two identifiers looked
@@ -24,7 +25,7 @@ def seconds_left(job: dict[str, Any], tenant: Tenant, now: datetime) -> float | 
         return 0.0
     bounds: list[float] = []
     if job["processedCount"] and job.get("startedAt"):
-        elapsed = (now - _parse(job["startedAt"])).total_seconds()
+        elapsed = (now - parse_iso(job["startedAt"])).total_seconds()
         bounds.append(left * max(elapsed, 0.0) / job["processedCount"])
     written = job["createdCount"] + job["updatedCount"]
     share_new = job["createdCount"] / written if written else 1.0
@@ -46,10 +47,6 @@ def with_estimate(job: dict[str, Any], tenant: Tenant, now: datetime | None = No
     job["estimatedSecondsLeft"] = None if left is None else round(left, 1)
     job["estimatedCompletionAt"] = (
         None if left is None or job.get("finishedAt")
-        else (now + timedelta(seconds=left)).isoformat(timespec="seconds").replace("+00:00", "Z")
+        else iso(now + timedelta(seconds=left), timespec="seconds")
     )
     return job
-
-
-def _parse(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))

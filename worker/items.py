@@ -243,7 +243,7 @@ def outcome_summary(outcome: ItemOutcome) -> str:
 
 
 def _masked_identifiers(element) -> str:
-    return ", ".join(f"{kind}={mask_value(kind, value)}" for kind, value, _s, _a in identifier_keys(element))
+    return ", ".join(f"{kind}={mask_value(value)}" for kind, value, _s, _a in identifier_keys(element))
 
 
 def backoff_seconds(attempt: int, retry_after: float | None, base: float, cap: float) -> float:

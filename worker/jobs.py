@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def end_job(store: JobStore, job_id: str) -> bool:
     """Set the job's final state and start its keys' TTL; True only for the call that ended it."""
-    if not store.finish(job_id):
+    if not store.end(job_id):
         return False
     job = store.get_job(job_id) or {}
     log.info("job %s %s: %s items, %s failed, %s cancelled", job_id, job.get("state"), job.get("totalCount"),

@@ -11,7 +11,7 @@ item reads everything it needs with one HMGET on its input chunk, and records it
 releases its identifier locks, ends its lease and hands on its chain with one script. An item
 bumps exactly one counter, that of its kind of outcome (:data:`OUTCOME_COUNTERS`); the job
 document's counts are sums of them, and the dispatcher, which sees every job's items in flight,
-queues the job's finish once the counters add up to the total.
+queues the job's end once the counters add up to the total.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
 from worker import keys
+from worker.clock import now_iso
 
 QUEUED, RUNNING, COMPLETED, CANCELLED = "QUEUED", "RUNNING", "COMPLETED", "CANCELLED"
 
@@ -89,7 +89,7 @@ _CANCEL = _PROCESSED + """
 -- ARGV: job id. Answers {state before, 1 if nothing is left running}.
 -- Items not in flight are counted CANCELLED here, at once; items queued or running end on
 -- their own (a queued one sees the 'cancelled' mark on its chunk and records CANCELLED). The job
--- stays among the scheduler's jobs, which dispatches nothing more of it and finishes it once
+-- stays among the scheduler's jobs, which dispatches nothing more of it and ends it once
 -- its last running item has ended.
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {false, 0} end
@@ -111,7 +111,7 @@ if running == 0 then return {state, 1} end
 return {state, 0}
 """
 
-_FINISH = _PROCESSED + """
+_END = _PROCESSED + """
 -- KEYS: job, sched jobs, sched due, then every key of the job (to expire).
 -- ARGV: now (ISO), ttl, job id. Sets the final state once; answers 1 the first time only.
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
@@ -127,15 +127,6 @@ if idem then redis.call('EXPIRE', idem, ARGV[2]) end
 for i = 4, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
 return 1
 """
-
-
-def now_iso() -> str:
-    return iso(datetime.now(UTC))
-
-
-def iso(moment: datetime) -> str:
-    """The one timestamp format of the API: UTC, milliseconds, ``Z``."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_job_id() -> str:
@@ -186,7 +177,7 @@ class JobStore:
         self._record = client.register_script(_RECORD_OUTCOME)
         self._defer = client.register_script(_DEFER)
         self._cancel = client.register_script(_CANCEL)
-        self._finish = client.register_script(_FINISH)
+        self._end = client.register_script(_END)
 
     @classmethod
     def from_url(cls, url: str, *, ttl_seconds: int = 604800, max_connections: int = 64) -> JobStore:
@@ -257,11 +248,11 @@ class JobStore:
         )
         return state, bool(idle)
 
-    def finish(self, job_id: str) -> bool:
+    def end(self, job_id: str) -> bool:
         """Set the final state and start the TTL of every key of the job; True only for the one call
         that did it."""
         total = int(self.redis.hget(keys.job(job_id), "totalCount") or 0)
-        return self._finish(
+        return self._end(
             keys=[keys.job(job_id), keys.SCHED_JOBS, keys.SCHED_DUE, *keys.job_keys(job_id, total)],
             args=[now_iso(), self.ttl, job_id],
         ) == 1
@@ -281,7 +272,7 @@ class JobStore:
         return json.loads(raw) if raw else {"digest": digest, "jobId": None}
 
     def bind_idempotency_key(self, tenant: str, key: str, digest: str, job_id: str) -> None:
-        """The key now names the job; it expires with the job (see the finish script), not before."""
+        """The key now names the job; it expires with the job (see the end script), not before."""
         name = keys.idempotency(tenant, key)
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(name, json.dumps({"digest": digest, "jobId": job_id}))
@@ -488,7 +479,7 @@ class NewJob:
                extra: dict[str, str] | None = None) -> str:
         """Store the last inputs, the order of chained items and the job itself; answer its id.
 
-        No key of the job expires while it runs: the finish script starts their TTL.
+        No key of the job expires while it runs: the end script starts their TTL.
         """
         self._flush()
         job_id, redis_ = self.job_id, self.store.redis

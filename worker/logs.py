@@ -16,6 +16,8 @@ import re
 import sys
 from datetime import UTC, datetime
 
+from worker.clock import iso
+
 #: The job and item a log line is about, set by the worker around each item.
 CURRENT: contextvars.ContextVar[tuple[str, int | None] | None] = contextvars.ContextVar("log_item", default=None)
 
@@ -33,7 +35,7 @@ def mask(text: str) -> str:
     return _MOBILE.sub(lambda m: m.group(1) + "*" * len(m.group(2)) + m.group(3), text)
 
 
-def mask_value(kind: str, value: str) -> str:
+def mask_value(value: str) -> str:
     """An identifier for a log line: enough to recognise, not enough to use."""
     if len(value) <= 4:
         return "***"
@@ -43,7 +45,7 @@ def mask_value(kind: str, value: str) -> str:
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "ts": iso(datetime.fromtimestamp(record.created, UTC)),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

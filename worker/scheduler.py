@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 import redis
 
 from worker import keys
-from worker.jobstore import job_counts, now_iso
+from worker.clock import now_iso
+from worker.jobstore import job_counts
 from worker.settings import Settings, Tenant
 
 log = logging.getLogger(__name__)

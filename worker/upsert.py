@@ -1,4 +1,4 @@
-"""What a worker does with one customer element (SPEC §4), as plain functions.
+"""What a worker does with one customer element, as plain functions (the vendor's API: docs/capillary-v2.md).
 
 Every step is safe to repeat: a retried or redelivered item looks the customer up again and
 works from what the downstream holds now, so an add that already happened turns into an update,
@@ -224,7 +224,7 @@ def _outcome(
 def _read_back(client: CapillaryClient, user_id: int, source: str, account: str | None,
                warnings: list[dict]) -> dict | None:
     """The customer as the downstream holds it now, read by id: a lookup by identifier could miss it under
-    dual eligibility, where only the org's primary identifier finds a customer (reference §1.7)."""
+    dual eligibility, where only the org's primary identifier finds a customer (docs/capillary-v2.md §1.7)."""
     answer = client.get_customer(user_id, source=source, account_id=account)
     if answer.errors:
         warnings += answer.errors  # the writes stand; only reading them back failed
@@ -233,7 +233,7 @@ def _read_back(client: CapillaryClient, user_id: int, source: str, account: str 
 
 
 def update_body(element: dict) -> dict:
-    """The element without identifiers: update cannot change them (reference §4), changeIdentifier does."""
+    """The element without identifiers: update cannot change them (docs/capillary-v2.md §4), changeIdentifier does."""
     profiles = [{k: v for k, v in profile.items() if k != "identifiers"} for profile in element["profiles"]]
     return {**element, "profiles": profiles}
 

@@ -1,4 +1,4 @@
-"""Validation of one customer element, before any downstream call (SPEC §4 step 1).
+"""Validation of one customer element, before any downstream call.
 
 Schemas mirror the request table of the vendor's Customer Upsert API. Fields the table does not
 name are passed through untouched (``unknown = INCLUDE``): v2 update and change-identifier accept
@@ -22,7 +22,7 @@ IDENTIFIER_TYPES = frozenset(
     {"mobile", "email", "externalId", "wechat", "martjackId", "fbId", "tmall_uname", "cuid", "unionId",
      "ali_uname", "jd_uname", "vip_uname", "mobilePush", "line", "cardnumber", "cardExternalId"}
 )
-#: The types the lookup takes (reference §1.7); the others go to add and changeIdentifier only.
+#: The types the lookup takes (docs/capillary-v2.md §1.7); the others go to add and changeIdentifier only.
 LOOKUP_TYPES = ("mobile", "email", "externalId", "cardnumber", "wechat", "cardExternalId")
 COMM_CHANNEL_TYPES = frozenset({"mobile", "email", "wechat", "ios", "android", "line", "mobilePush"})
 
@@ -30,7 +30,7 @@ MOBILE_RE = re.compile(r"^[0-9]{8,15}$")
 # The vendor allows a-zA-Z0-9-_+.@ in emails; we also require one @ with a dotted domain.
 EMAIL_RE = re.compile(r"^[a-zA-Z0-9_+.\-]+@[a-zA-Z0-9\-]+(\.[a-zA-Z0-9\-]+)+$")
 
-# Capillary's codes (reference/capillary-v2.md): the closest documented meaning for each failure.
+# Capillary's codes (docs/capillary-v2.md): the closest documented meaning for each failure.
 CODE_DETAILS_MISSING = 8084  # "Customer details not sent"
 CODE_NO_SOURCE = 8004
 CODE_INVALID_SOURCE = 8003
@@ -152,7 +152,7 @@ _SCHEMA = CustomerSchema()
 def validate_customer(element: Any) -> list[dict]:
     """Return the element's errors (empty when it may go downstream), in item-error shape."""
     if not isinstance(element, dict):
-        return [_error(CODE_DETAILS_MISSING, f"expected a customer object, got {_json_type(element)}", "")]
+        return [_error(CODE_DETAILS_MISSING, f"expected a customer object, got {json_kind(element)}", "")]
     errors = _SCHEMA.validate(element)
     return [_error(code, message, path) for path, message, code in _flatten(errors, "")] + _not_lookupable(element)
 
@@ -208,7 +208,8 @@ def _error(code: int, message: str, path: str) -> dict:
     return {"status": False, "code": code, "message": message, "field": path}
 
 
-def _json_type(value: Any) -> str:
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array"}.get(
-        type(value), "null" if value is None else type(value).__name__
-    )
+def json_kind(value: Any) -> str:
+    """What a parsed JSON value is, for error messages: "an object", "a string", "null"."""
+    kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number"}
+    return kinds.get(type(value), "null" if value is None else "a value")
