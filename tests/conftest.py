@@ -6,11 +6,11 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from api.app import create_app
-from tests.helpers import *  # noqa: F403  (older tests import these names from here)
 from tests.helpers import (
     RABBITMQ,
     ApiClient,
@@ -21,6 +21,16 @@ from tests.helpers import (
     make_settings,
 )
 from worker.settings import Settings
+
+UNIT = Path(__file__).parent / "unit"
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Every test outside tests/unit starts processes (Redis, the simulator, workers, gunicorn, a
+    browser): mark it slow, so ``pytest -m "not slow"`` runs the fast unit layer alone."""
+    for item in items:
+        if UNIT not in Path(item.path).parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Behaviour of the v2 simulator, mostly through Flask's test client, once over real HTTP."""
+"""Behaviour of the v2 simulator through Flask's test client, and once over real HTTP (slow)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from simulator.app import create_app
 from simulator.auth import basic_header
 from simulator.config import SimulatorConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 LOOKUP = "/v2/customers/lookup/customerDetails"
 
 
@@ -342,6 +342,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow  # starts the simulator's own process
 def test_cli_serves_over_real_http():
     port = free_port()
     base = f"http://127.0.0.1:{port}"

@@ -1,0 +1,57 @@
+"""One delivery of an item, on a real Redis, for the outcomes that need no downstream call."""
+
+from __future__ import annotations
+
+from tests.unit.worker.test_jobstore import lease
+from worker.context import WorkerContext
+from worker.items import run_item
+from worker.settings import Settings
+
+
+def context(r, store, **settings) -> WorkerContext:
+    return WorkerContext(Settings(upsert_api_token="tok", **settings), store=store)
+
+
+def submit(store, element, tenant: str = "default") -> str:
+    job = store.new_job(tenant)
+    job.add(element)
+    return job.commit(skip_change_identifier=False, next_index={})
+
+
+def sets_so_far(r) -> int:
+    return int(r.info("commandstats").get("cmdstat_set", {}).get("calls", 0))
+
+
+def test_an_invalid_item_fails_without_a_call_or_a_lock(r, store):
+    """Defect: validation ran after the identifier locks were taken."""
+    job_id = submit(store, {"profiles": [{"identifiers": [{"type": "mobile", "value": "911111111"}]}]})
+    lease(store, job_id, 0, "t1")
+    before = sets_so_far(r)
+
+    run = run_item(context(r, store), job_id, 0, "t1")
+
+    (result,) = store.results(job_id, offset=0, limit=1)
+    assert run.summary.startswith("FAILED") and result["errors"][0]["field"] == "[0].profiles[0].source"
+    assert sets_so_far(r) == before and not r.keys("cu:lock:*")
+
+
+def test_an_item_of_a_tenant_this_worker_does_not_know_fails_at_once_saying_so(r, store):
+    """Defect: an unknown tenant escaped the task as KeyError and looped until 9004."""
+    job_id = submit(store, {"profiles": [{"identifiers": [{"type": "mobile", "value": "919999999999"}],
+                                          "source": "INSTORE"}]}, tenant="ghost")
+    lease(store, job_id, 0, "t1")
+
+    run = run_item(context(r, store), job_id, 0, "t1")
+
+    (result,) = store.results(job_id, offset=0, limit=1)
+    assert run.summary == "FAILED 9005" and "tenant 'ghost'" in result["errors"][0]["message"]
+    assert store.get_job(job_id)["processedCount"] == 1
+
+
+def test_a_delivery_of_a_cancelled_job_ends_cancelled_without_a_call(r, store):
+    job_id = submit(store, {"profiles": []})
+    lease(store, job_id, 0, "t1")
+    store.cancel(job_id)
+
+    assert run_item(context(r, store), job_id, 0, "t1").summary == "CANCELLED"
+    assert store.get_job(job_id)["cancelledCount"] == 1

@@ -1,0 +1,129 @@
+"""The job store's scripts against a real Redis: outcomes fenced by leases, counted once; deferral,
+cancel and end."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker import keys
+from worker.jobstore import JobStore, job_document
+
+
+def new_job(store: JobStore, n: int = 3, tenant: str = "t", chains: dict[int, int] | None = None) -> str:
+    job = store.new_job(tenant)
+    for i in range(n):
+        job.add({"profiles": [{"identifiers": [{"type": "externalId", "value": f"E{i}"}], "source": "INSTORE"}]})
+    return job.commit(skip_change_identifier=False, next_index=chains or {})
+
+
+def lease(store: JobStore, job_id: str, index: int, token: str = "tok") -> str:
+    """What the dispatcher does for one item: a lease in cu:inflight."""
+    member = keys.inflight_member(job_id, index, token)
+    store.redis.zadd(keys.INFLIGHT, {member: 9e12})
+    return member
+
+
+def item(index: int, action: str = "CREATED") -> dict:
+    return {"index": index, "action": action, "entityId": 1, "result": None, "errors": [], "warnings": []}
+
+
+def test_an_outcome_is_recorded_once_and_only_under_its_lease(store):
+    job_id = new_job(store)
+    member = lease(store, job_id, 0)
+
+    first = store.record_outcome(member, job_id, 0, item(0), failed=False)
+    again = store.record_outcome(member, job_id, 0, item(0), failed=False)
+
+    assert first.recorded and not again.recorded and again.lease_lost
+    job = store.get_job(job_id)
+    assert (job["processedCount"], job["createdCount"], job["successCount"]) == (1, 1, 1)
+
+
+def test_a_second_delivery_of_an_item_cannot_count_it_twice(store):
+    job_id = new_job(store)
+    one, two = lease(store, job_id, 1, "a"), lease(store, job_id, 1, "b")  # handed out twice
+
+    assert store.record_outcome(one, job_id, 1, item(1), failed=False).recorded
+    late = store.record_outcome(two, job_id, 1, item(1, "UPDATED"), failed=False)
+
+    assert not late.recorded and not late.lease_lost
+    assert store.get_job(job_id)["processedCount"] == 1 and store.results(job_id, offset=1, limit=1,
+                                                                          outcome="all")[0]["action"] == "CREATED"
+
+
+def test_a_stale_delivery_of_an_expired_job_writes_nothing(store, r):
+    """Defect: an item of an expired job used to recreate its hash (no TTL, no jobId), which then broke
+    every sweep with KeyError."""
+    job_id = new_job(store)
+    r.delete(*keys.job_keys(job_id, 3))  # the job expired
+
+    done = store.record_outcome(keys.inflight_member(job_id, 0, "old"), job_id, 0, item(0), failed=False)
+
+    assert done.lease_lost and not r.exists(keys.job(job_id))
+    assert store.get_job(job_id) is None
+    assert job_document({"processedCount": "4"}) is None  # a stray hash is no job, not a crash
+
+
+def test_a_failed_item_is_listed_with_the_failures_and_hands_its_chain_on(store, r):
+    job_id = new_job(store, chains={0: 2})
+    member = lease(store, job_id, 0)
+
+    store.record_outcome(member, job_id, 0, item(0, "FAILED") | {"errors": [{"code": 1}]}, failed=True, successor=2)
+
+    assert [i["index"] for i in store.results(job_id, offset=0, limit=10, outcome="failed")] == [0]
+    assert r.lrange(keys.ready(job_id), 0, -1) == ["2"] and r.zscore(keys.SCHED_DUE, job_id) is not None
+    job = store.get_job(job_id)
+    assert (job["failureCount"], job["successCount"], job["processedCount"]) == (1, 0, 1)
+
+
+def test_deferring_hands_the_item_back_with_its_memo_unless_its_lease_is_gone_or_the_job_cancelled(store, r):
+    job_id = new_job(store)
+    member = lease(store, job_id, 0)
+
+    assert store.defer(member, job_id, 0, delay=5, memo={"a": 2}) == 1
+    assert store.defer(member, job_id, 0, delay=5, memo={"a": 3}) == -1  # its lease ended with the first
+    assert r.zscore(keys.delayed(job_id), "0") is not None and store.load_item(job_id, 0).memo == {"a": 2}
+    other = lease(store, job_id, 1)
+    store.cancel(job_id)
+    assert store.defer(other, job_id, 1, delay=5, memo={}) == 0  # record it as cancelled instead
+
+
+def test_cancel_counts_every_item_not_in_flight_at_once_and_ends_an_idle_job(store, r):
+    job_id = new_job(store, n=5)
+    running = lease(store, job_id, 0)
+
+    before, idle = store.cancel(job_id)
+
+    assert (before, idle) == ("QUEUED", False)
+    job = store.get_job(job_id)
+    assert (job["state"], job["processedCount"], job["cancelledCount"], job["failureCount"]) == ("CANCELLED", 4, 4, 4)
+    assert store.load_item(job_id, 3).cancelled  # a queued delivery sees it before it starts
+    store.record_outcome(running, job_id, 0, item(0), failed=False)
+    assert store.end(job_id) and not store.end(job_id)  # ends once
+    ended = store.get_job(job_id)
+    assert (ended["state"], ended["processedCount"], ended["finishedAt"] is not None) == ("CANCELLED", 5, True)
+    cancelled = store.results(job_id, offset=0, limit=10, outcome="failed")
+    assert [i["index"] for i in cancelled] == [1, 2, 3, 4] and cancelled[0]["input"]["profiles"]
+
+
+def test_a_job_ends_only_when_every_item_has_an_outcome_and_its_keys_expire_only_then(store, r):
+    job_id = new_job(store, n=2)
+    assert r.ttl(keys.job(job_id)) == -1 and r.ttl(keys.inputs(job_id, 0)) == -1  # nothing expires while it runs
+    store.record_outcome(lease(store, job_id, 0), job_id, 0, item(0), failed=False)
+    assert not store.end(job_id)
+
+    store.record_outcome(lease(store, job_id, 1), job_id, 1, item(1, "UPDATED"), failed=False)
+
+    assert store.end(job_id)
+    assert 0 < r.ttl(keys.job(job_id)) <= 3600 and 0 < r.ttl(keys.inputs(job_id, 0)) <= 3600
+    assert r.zscore(keys.SCHED_JOBS, job_id) is None
+    assert store.get_job(job_id)["state"] == "COMPLETED"
+
+
+@pytest.mark.parametrize("action", ["CREATED", "UPDATED"])
+def test_a_partial_success_counts_as_written_and_as_failed(store, action):
+    job_id = new_job(store)
+    store.record_outcome(lease(store, job_id, 0), job_id, 0, item(0, action) | {"errors": [{"code": 3017}]},
+                         failed=True)
+    job = store.get_job(job_id)
+    assert (job[f"{action.lower()}Count"], job["failureCount"], job["successCount"]) == (1, 1, 0)

@@ -1,0 +1,57 @@
+"""Backoff, the item's outcome as Flower shows it, and masking in logs."""
+
+import json
+import logging
+
+import pytest
+
+from worker.client import RetryableError
+from worker.items import backoff_seconds, gave_up_error, outcome_summary
+from worker.logs import JsonFormatter, mask, mask_value
+from worker.upsert import CANCELLED, CREATED, FAILED, ItemOutcome, error
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3, 8])
+def test_backoff_doubles_with_jitter_under_a_cap(attempt):
+    delays = [backoff_seconds(attempt, None, base=1.0, cap=5.0) for _ in range(200)]
+    ceiling = min(5.0, 2.0 ** (attempt - 1))
+    assert all(ceiling / 2 <= d <= ceiling for d in delays)
+    assert len(set(delays)) > 100  # jittered, so retries of many items spread out
+
+
+def test_backoff_is_never_sooner_than_retry_after_but_still_capped():
+    assert backoff_seconds(1, retry_after=3.0, base=0.1, cap=10.0) == 3.0
+    assert backoff_seconds(1, retry_after=300.0, base=0.1, cap=10.0) == 10.0
+
+
+def test_giving_up_says_how_often_and_what_last_went_wrong():
+    gave_up = gave_up_error(RetryableError("lookup: downstream answered HTTP 503", endpoint="lookup", status=503), 8)
+    assert (gave_up["code"], gave_up["attempts"], gave_up["lastStatus"]) == (9001, 8, 503)
+    assert "gave up after 8 attempts" in gave_up["message"] and "HTTP 503" in gave_up["message"]
+
+
+def test_the_outcome_flower_shows_is_short():
+    assert outcome_summary(ItemOutcome(CREATED, entity_id=500000123)) == "CREATED 500000123"
+    assert outcome_summary(ItemOutcome(CREATED, entity_id=5, errors=[error(3017, "x")])) == "CREATED 5 3017"
+    assert outcome_summary(ItemOutcome(FAILED, errors=[error(8045, "x")])) == "FAILED 8045"
+    assert outcome_summary(ItemOutcome(CANCELLED, errors=[error(9002, "x")])) == "CANCELLED"
+
+
+def test_personal_data_and_secrets_are_masked_in_the_final_text():
+    text = mask("mobile 919876543210 email jane.doe@example.com Authorization: Bearer abc.def password=hunter2")
+    assert "919876543210" not in text and "91********10" in text
+    assert "jane.doe@" not in text and "j***@example.com" in text
+    assert "abc.def" not in text and "hunter2" not in text
+    assert mask_value("919876543210") == "91********10" and mask_value("abc") == "***"
+
+
+def test_a_log_line_is_one_json_object_masked_traceback_included():
+    try:
+        raise ValueError("bad mobile 919876543210")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "item %s", ("a@b.io",), exc_info=True)
+        record.exc_info = __import__("sys").exc_info()
+    line = JsonFormatter().format(record)
+    entry = json.loads(line)
+    assert entry["level"] == "ERROR" and entry["message"] == "item a***@b.io"
+    assert "919876543210" not in line and "ValueError" in entry["exception"]
