@@ -23,8 +23,9 @@ run: install ## run Redis, simulator, API, worker and Flower; submit examples/se
 test: install ## run the whole test suite (starts its own Redis, simulator and workers)
 	$(BIN)/pytest
 
-lint: install ## ruff check
+lint: install ## ruff and mypy (api/, worker/, cli/)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: install ## print throughput and intake-memory figures (see README)
 	$(BIN)/python bench/throughput.py

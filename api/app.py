@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from api.errors import register_error_handlers
 from api.services import Services
@@ -13,13 +14,19 @@ from worker.settings import Settings
 log = logging.getLogger(__name__)
 
 
+class InputOrderJSON(DefaultJSONProvider):
+    """Documents keep the order they were built in (jobId first), not sorted keys."""
+
+    sort_keys = False
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app. ``settings`` defaults to the environment's; tests pass their own."""
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     # Werkzeug answers 413 before reading a body larger than this.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.sort_keys = False
+    app.json = InputOrderJSON(app)
     app.extensions["upsert"] = Services.build(settings)
     if not any(t.token for t in app.extensions["upsert"].tenants.values()):
         log.warning("no API token is configured (UPSERT_API_TOKEN): every request will get 401")

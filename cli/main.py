@@ -344,8 +344,9 @@ def local_time(stamp: str | None) -> str:
         return stamp
 
 
-def _print_json(value: Any) -> None:
+def _print_json(value: Any) -> int:
     print(json.dumps(value, indent=2))
+    return EXIT_OK
 
 
 def _hint(job_id: str, base_url: str) -> str:
@@ -460,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"submit": cmd_submit, "cancel": cmd_cancel, "jobs": cmd_jobs, "results": cmd_results,
-            "status": lambda client, args: _print_json(client.job(args.job)) or EXIT_OK}
+            "status": lambda client, args: _print_json(client.job(args.job))}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 from flask import Flask, current_app, jsonify
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from .auth import TokenRegistry
@@ -64,13 +65,19 @@ def state() -> SimulatorState:
     return current_app.extensions["simulator"]
 
 
+class InputOrderJSON(DefaultJSONProvider):
+    """Documents keep the order they were built in (jobId first), not sorted keys."""
+
+    sort_keys = False
+
+
 def create_app(config: SimulatorConfig) -> Flask:
     """Build the simulator app for ``config``; the store is opened here, never at import."""
     from .admin import admin
     from .v2 import v2
 
     app = Flask(__name__)
-    app.json.sort_keys = False
+    app.json = InputOrderJSON(app)
     app.extensions["simulator"] = SimulatorState(config)
     app.register_blueprint(v2)
     app.register_blueprint(admin)

@@ -90,7 +90,10 @@ def config_from_args(args: argparse.Namespace, environ=os.environ) -> SimulatorC
         primary_identifier=args.primary_identifier,
         token_ttl_seconds=args.token_ttl,
         seed=args.seed,
-        **credentials,
+        till=credentials["till"],
+        password=credentials["password"],
+        oauth_key=credentials["oauth_key"],
+        oauth_secret=credentials["oauth_secret"],
     ).validate()
 
 

@@ -163,6 +163,7 @@ class Store:
                 (source, account_id, json.dumps(doc), stamp, stamp, actor, actor),
             )
             customer_id = cursor.lastrowid
+            assert customer_id is not None  # an INSERT into a rowid table always has one
             self._insert_identifiers(customer_id, source, account_id, identifiers, primary)
             return customer_id
 
@@ -201,7 +202,7 @@ class Store:
                     "DELETE FROM identifiers WHERE customer_id = ? AND type = ? AND value = ?",
                     (customer.id, identifier["type"], identifier["value"]),
                 )
-            fresh = []
+            fresh: list[dict[str, Any]] = []
             for identifier in add:
                 owner = self._owner(customer.source, customer.account_id, identifier)
                 if self._holds(customer.id, identifier):

@@ -74,7 +74,7 @@ class ApiResult:
 
     @property
     def error_codes(self) -> set[int]:
-        return {_as_int(e.get("code")) for e in self.errors}
+        return {code for code in (_as_int(e.get("code")) for e in self.errors) if code is not None}
 
 
 #: Called before each request with the endpoint name; the rate limiter hooks in here.

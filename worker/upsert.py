@@ -175,10 +175,14 @@ def upsert_valid_customer(
                 # Taken by an identifier the lookup cannot see (a unionId, a line id, ...) of another customer.
                 return ItemOutcome(FAILED, errors=answer.errors, warnings=warnings)
 
+    written: str | None
     if user_id is not None:
         written = CREATED
     else:
-        user_id = _user_id(holder)
+        assert holder is not None  # found at first, or found again after the 8006
+        found_id = _user_id(holder)
+        assert found_id is not None  # find_customer answers only customers with an id
+        user_id = found_id
         if earlier_add_in_doubt:
             journal.record_created(user_id)
         # What this item has written so far: the add of an earlier attempt, or nothing yet.
