@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
+from collections import defaultdict
+
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.helpers import RedisServer
+from tests.helpers import RedisServer, assert_exact, customers, wait_for
 from worker import keys
 from worker.jobs import cancel_job
 from worker.jobstore import JobStore
@@ -16,6 +19,10 @@ from worker.metrics import Collector, Flusher, Metrics
 
 Samples = dict[tuple[str, frozenset], float]
 LE = ("0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "10.0", "+Inf")
+
+#: An element without a source: it fails validation (8004) without any downstream call.
+NO_SOURCE = {"profiles": [{"identifiers": [{"type": "mobile", "value": "919900000001"}], "accountId": "acc1"}]}
+
 
 def parse(text: str) -> Samples:
     return {(s.name, frozenset(s.labels.items())): s.value
@@ -28,6 +35,10 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 def by_label(samples: Samples, name: str, *label_names: str) -> dict[tuple[str, ...], float]:
     return {tuple(dict(labels)[n] for n in label_names): v for (sample, labels), v in samples.items() if sample == name}
+
+
+def total(samples: Samples, name: str) -> float:
+    return sum(v for (sample, _labels), v in samples.items() if sample == name)
 
 
 def test_the_collector_serves_the_sum_of_every_process_flushes_and_the_gauges(tmp_path):
@@ -110,3 +121,39 @@ def test_a_failed_flush_keeps_its_counts_for_the_next(tmp_path):
             b'["upsert_downstream_call_duration_seconds_sum","add"]': b"0.02"}
     finally:
         server.stop()
+
+
+def test_after_a_200_item_job_metrics_count_every_item_and_exactly_the_calls_the_simulator_saw(make_stack, sim):
+    stack = make_stack()
+    stack.worker()
+    job = stack.api.run([*customers(199, "MET-" + uuid.uuid4().hex[:6]), NO_SOURCE], timeout=120)
+    assert_exact(job, 200, failures=1)
+
+    def scrape() -> Samples:
+        response = stack.api.client.get("/metrics")
+        assert response.status_code == 200
+        return parse(response.get_data(as_text=True))
+
+    # A worker flushes every two seconds; it counts an item after that item's calls, so once all 200
+    # items are in, so are all their calls.
+    def all_items_in() -> Samples | None:
+        samples = scrape()
+        return samples if total(samples, "upsert_items_total") == 200 else None
+
+    m = wait_for(all_items_in, timeout=15, what="the worker's counts of 200 items to reach /metrics")
+
+    assert by_label(m, "upsert_items_total", "tenant", "outcome") == {
+        ("default", "CREATED"): 199, ("default", "FAILED"): 1}
+    seen: dict[str, dict[str, float]] = defaultdict(dict)
+    for (endpoint, status), n in by_label(m, "upsert_downstream_calls_total", "endpoint", "status").items():
+        seen[endpoint][status] = n
+    logged = {endpoint: {status: float(n) for status, n in statuses.items()}
+              for endpoint, statuses in sim.calls()["byEndpoint"].items() if statuses}
+    assert seen == logged
+    assert by_label(m, "upsert_downstream_call_duration_seconds_count", "endpoint") == {
+        (endpoint,): sum(statuses.values()) for endpoint, statuses in logged.items()}
+    assert by_label(m, "upsert_jobs_finished_total", "state") == {("COMPLETED",): 1}
+    assert by_label(m, "upsert_jobs", "state") == {("QUEUED",): 0, ("RUNNING",): 0, ("CANCELLED",): 0}
+    assert (value(m, "upsert_items_pending"), value(m, "upsert_items_in_flight")) == (0, 0)
+    assert (value(m, "upsert_workers"), value(m, "upsert_worker_slots")) == (1, stack.settings.worker_concurrency)
+    assert value(m, "process_resident_memory_bytes") > 0  # the web process's own, beside the fleet's
