@@ -126,7 +126,8 @@ class Metrics:
     def flush(self, client: redis.Redis) -> None:
         """Add the counts into ``cu:metrics`` in one MULTI/EXEC, so a scrape never sees half a flush
         (a histogram's buckets without its sum). On a Redis error the counts are kept for the next
-        flush and the error raised."""
+        flush and the error raised: a count is late rather than lost (only a flush applied whose
+        answer was then lost is counted twice)."""
         with self._lock:
             counts, seconds = self._counts, self._seconds
             self._counts, self._seconds = Counter(), defaultdict(float)
