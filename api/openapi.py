@@ -157,7 +157,17 @@ def build_spec() -> dict:
     spec.path(path="/healthz", operations={"get": {"summary": "The process is up", "responses": plain}})
     spec.path(path="/readyz", operations={"get": {"summary": "Redis is reachable", "responses": {
         **plain, "503": {"description": "not ready", "content": {"application/json": {"schema": "ErrorBody"}}}}}})
-    spec.path(path="/metrics", operations={"get": {"summary": "Prometheus metrics", "responses": {
-        "200": {"description": "text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}})
+    spec.path(path="/metrics", operations={"get": {
+        "summary": "Prometheus metrics of the whole fleet",
+        "description": "What every worker process did, read from Redis at each scrape: items by tenant and "
+                       "outcome, downstream calls by endpoint and status with their durations, retries by reason, "
+                       "rate-limit waits and 429s, jobs finished; and gauges: unfinished jobs by state, items "
+                       "pending and in flight, live workers and their slots. Workers add their counts every 2 s. "
+                       "Beside them, the answering web process's own process_* and python_info.",
+        "responses": {
+            "200": {"description": "Prometheus text exposition format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}},
+            "503": {"description": "Redis is not reachable", "content": {"application/json": {"schema": "ErrorBody"}}},
+        }}})
     return spec.to_dict()
 

@@ -1,4 +1,5 @@
-"""What the web process shares between requests: settings, tenants, the job store, the Celery app."""
+"""What the web process shares between requests: settings, tenants, the job store, the Celery app and
+the registry ``/metrics`` serves."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from dataclasses import dataclass, field
 
 from celery import Celery
 from flask import current_app
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from worker.celery_app import create_celery
 from worker.jobstore import JobStore
+from worker.metrics import Collector
 from worker.settings import Settings, Tenant
 
 
@@ -17,15 +20,25 @@ class Services:
     settings: Settings
     store: JobStore
     celery: Celery
+    #: The app's own registry, not prometheus_client's global one: two apps in one process (the
+    #: tests make many) must not register the same collector twice.
+    registry: CollectorRegistry
     tenants: dict[str, Tenant] = field(default_factory=dict)
     openapi: dict | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
+        store = JobStore.from_url(settings.redis_url, ttl_seconds=settings.job_ttl_seconds)
+        registry = CollectorRegistry()
+        registry.register(Collector(store, lease_seconds=settings.item_lease_seconds))
+        # This web process's own CPU, memory and Python version, as the default registry would show them.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
         return cls(
             settings=settings,
-            store=JobStore.from_url(settings.redis_url, ttl_seconds=settings.job_ttl_seconds),
+            store=store,
             celery=create_celery(settings),
+            registry=registry,
             tenants=settings.tenants(),
         )
 

@@ -6,7 +6,9 @@ import json
 import re
 import time
 
+import redis
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context, url_for
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import params
 from api.auth import authenticate
@@ -166,8 +168,12 @@ def openapi():
 
 @health.get("/metrics")
 def metrics():
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+    """The whole fleet's counts and gauges, read from Redis (worker/metrics.py). Without Redis there is
+    nothing true to say: 503, which Prometheus records as a failed scrape, not as counters reset."""
+    try:
+        body = generate_latest(services().registry)
+    except redis.RedisError:
+        raise ApiError(503, "not_ready", "Redis is not reachable: the fleet's metrics live there")
+    return Response(body, mimetype=CONTENT_TYPE_LATEST)
 
 

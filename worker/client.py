@@ -81,6 +81,9 @@ class ApiResult:
 BeforeCall = Callable[[str], None]
 #: Called with the endpoint and the downstream's Retry-After (seconds, or None) when it answers 429.
 OnThrottle = Callable[[str, float | None], None]
+#: Called after every HTTP request with the endpoint (``token`` for OAuth), the outcome (the HTTP
+#: status as text, ``timeout`` or ``connection_error``) and the seconds it took; metrics hook in here.
+CallObserver = Callable[[str, str, float], None]
 
 #: Quick in-place retries of one call on a 502/503/504/521 or a refused connection, before the
 #: failure goes up to the item (whose own retries restart it after a backoff). Short gateway
@@ -115,6 +118,7 @@ class CapillaryClient:
         timeout: float = 10.0,
         before_call: BeforeCall | None = None,
         on_throttle: OnThrottle | None = None,
+        observer: CallObserver | None = None,
         quick_retries: int = QUICK_RETRIES,
     ) -> None:
         self.tenant = tenant
@@ -122,6 +126,7 @@ class CapillaryClient:
         self.timeout = timeout
         self.before_call = before_call
         self.on_throttle = on_throttle
+        self.observer = observer
         self.quick_retries = quick_retries
         self._sessions = threading.local()
         self._token = _Token()
@@ -207,23 +212,31 @@ class CapillaryClient:
             headers = self._auth_headers(endpoint)
             if before_send is not None:
                 before_send()
+            started = time.perf_counter()
             try:
                 response = self.session.request(
                     method, self.base_url + path, headers=headers, timeout=self.timeout, **kwargs
                 )
             except requests.Timeout as exc:
+                self._observe(endpoint, "timeout", started)
                 raise RetryableError(f"{endpoint}: no answer within {self.timeout:g}s", endpoint=endpoint,
                                      timed_out=True) from exc
             except requests.RequestException as exc:
+                self._observe(endpoint, "connection_error", started)
                 raise RetryableError(
                     f"{endpoint}: connection failed ({type(exc).__name__})", endpoint=endpoint
                 ) from exc
+            self._observe(endpoint, str(response.status_code), started)
             if response.status_code == 401 and self._uses_oauth and not renewed:
                 # A token may expire between our check and the call, or be revoked: renew once.
                 self._forget_token(headers[OAUTH_HEADER])
                 renewed = True
                 continue
             return self._interpret(endpoint, response)
+
+    def _observe(self, endpoint: str, outcome: str, started: float) -> None:
+        if self.observer is not None:
+            self.observer(endpoint, outcome, time.perf_counter() - started)
 
     def _interpret(self, endpoint: str, response: requests.Response) -> ApiResult:
         status = response.status_code
@@ -276,6 +289,7 @@ class CapillaryClient:
         with token.lock:  # one renewal for all threads, not one per thread
             if token.value and time.monotonic() < token.expires_at:
                 return token.value
+            started = time.perf_counter()
             try:
                 response = self.session.post(
                     self.base_url + "/v3/oauth/token/generate",
@@ -283,8 +297,11 @@ class CapillaryClient:
                     timeout=self.timeout,
                 )
             except requests.RequestException as exc:
+                self._observe("token", "timeout" if isinstance(exc, requests.Timeout) else "connection_error",
+                              started)
                 raise RetryableError(f"{endpoint}: OAuth token request failed ({type(exc).__name__})",
                                      endpoint=endpoint) from exc
+            self._observe("token", str(response.status_code), started)
             body = _json_object(response) or {}
             data = body.get("data") or {}
             if response.status_code in RETRYABLE_STATUSES or response.status_code >= 500:

@@ -1,5 +1,5 @@
 """What a worker process shares between its item threads: the job store, the lease keeper, the
-identifier locks and one downstream client per tenant."""
+identifier locks, the metrics and one downstream client per tenant."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import requests
 from worker.client import CapillaryClient
 from worker.jobstore import JobStore
 from worker.locks import IdentifierLocks
+from worker.metrics import Flusher, Metrics
 from worker.ratelimit import RateLimiter
 from worker.scheduler import LeaseKeeper, worker_id
 from worker.settings import Settings, Tenant
@@ -29,6 +30,8 @@ class WorkerContext:
         self.keeper = LeaseKeeper(self.store.redis, worker=self.worker, slots=settings.worker_concurrency,
                                   lease_seconds=settings.item_lease_seconds)
         self.locks = IdentifierLocks(self.store.redis, ttl_ms=int(settings.item_lease_seconds * 2000))
+        self.metrics = Metrics()
+        self.metrics_flusher = Flusher(self.metrics, self.store.redis)
         #: For callbacks: a session of its own, apart from the downstream's pools.
         self.http = requests.Session()
         self._clients: dict[str, tuple[CapillaryClient, RateLimiter]] = {}
@@ -41,11 +44,12 @@ class WorkerContext:
             if found is None:
                 tenant = self.tenants[tenant_id]
                 limiter = RateLimiter(self.store.redis, tenant.id, max_rps=tenant.max_rps,
-                                      per_minute=tenant.rate_limits)
+                                      per_minute=tenant.rate_limits, metrics=self.metrics)
                 client = CapillaryClient(
                     tenant,
                     timeout=self.settings.capillary_timeout_seconds,
                     on_throttle=limiter.pause,
+                    observer=self.metrics.downstream_call,
                 )
                 found = self._clients[tenant_id] = (client, limiter)
             return found

@@ -27,6 +27,7 @@ from worker.context import WorkerContext
 from worker.jobstore import CANCELLED_MESSAGE, CODE_CANCELLED, ItemWork, JobStore
 from worker.keys import inflight_member
 from worker.logs import CURRENT, mask_value
+from worker.metrics import RETRY_IDENTIFIERS_LOCKED, RETRY_RATE_LIMITED, RETRY_THROTTLED, RETRY_TRANSIENT
 from worker.planning import identifier_keys
 from worker.ratelimit import REQUEUE_LEAD_SECONDS, RateLimited
 from worker.scheduler import Lapsed, LeaseLost
@@ -46,8 +47,10 @@ LOCK_WAIT_SECONDS = (0.2, 1.0)
 
 @dataclass(frozen=True)
 class ItemRun:
-    """What one delivery did: ``summary`` is the task's result, shown by Flower
-    (``CREATED 500000123``, ``FAILED 8045``, ``RETRY in 1.2s``, ``CANCELLED``)."""
+    """What one delivery did: ``summary`` is the task's result, shown by Flower in its task list, so it
+    is short and starts with one word to search for: ``CREATED 500000123``, ``UPDATED 500000124``,
+    ``CREATED 500000125 3017`` (written, with an error), ``FAILED 8045``, ``CANCELLED``,
+    ``RETRY in 1.2s: <why>``, ``ABANDONED: lease lost``."""
 
     summary: str
 
@@ -130,8 +133,9 @@ def _upsert_under_locks(ctx: WorkerContext, work: ItemWork, job_id: str, index: 
     meta, memo = work.meta, dict(work.memo)
     locks = ctx.locks.keys(meta.tenant, identifier_keys(work.element))
     if not ctx.locks.acquire(locks, member):
-        return None, [], _defer(ctx, job_id, index, member, random.uniform(*LOCK_WAIT_SECONDS), memo, [],
-                                "RETRY: identifiers held by another job's item")
+        delay = random.uniform(*LOCK_WAIT_SECONDS)
+        return None, [], _defer(ctx, job_id, index, member, delay, memo, [], RETRY_IDENTIFIERS_LOCKED,
+                                f"RETRY in {delay:.1f}s: identifiers held by another job's item")
     ctx.keeper.add_locks(member, locks)
     client, limiter = ctx.client_for(meta.tenant)
     reserved = {k: [float(t) for t in v] for k, v in (memo.get("r") or {}).items() if isinstance(v, list)}
@@ -155,13 +159,13 @@ def _upsert_under_locks(ctx: WorkerContext, work: ItemWork, job_id: str, index: 
         else:
             delay = exc.wait * random.uniform(1.0, 1.5)
         memo["r"] = carry
-        return None, locks, _defer(ctx, job_id, index, member, delay, memo, locks,
+        return None, locks, _defer(ctx, job_id, index, member, delay, memo, locks, RETRY_RATE_LIMITED,
                                    f"RETRY in {delay:.1f}s: rate limit ({exc.endpoint})", journal)
     except RetryableError as exc:
         if exc.status == 429:
             # Throttled: the fleet is paused (see ratelimit); not the item's fault, not an attempt.
             delay = (exc.retry_after or 1.0) * random.uniform(1.0, 1.5)
-            return None, locks, _defer(ctx, job_id, index, member, delay, memo, locks,
+            return None, locks, _defer(ctx, job_id, index, member, delay, memo, locks, RETRY_THROTTLED,
                                        f"RETRY in {delay:.1f}s: throttled (429)", journal)
         if attempt < ctx.settings.item_max_attempts:
             delay = backoff_seconds(attempt, exc.retry_after, ctx.settings.retry_base_seconds,
@@ -169,7 +173,7 @@ def _upsert_under_locks(ctx: WorkerContext, work: ItemWork, job_id: str, index: 
             log.info("job %s item %s attempt %s failed (%s); retrying in %.1fs", job_id, index, attempt,
                      exc.message, delay)
             memo["a"] = attempt + 1
-            return None, locks, _defer(ctx, job_id, index, member, delay, memo, locks,
+            return None, locks, _defer(ctx, job_id, index, member, delay, memo, locks, RETRY_TRANSIENT,
                                        f"RETRY in {delay:.1f}s: {exc.message}", journal)
         return ItemOutcome(FAILED, errors=[gave_up_error(exc, attempt)]), locks, None
     except PermanentError as exc:
@@ -178,8 +182,8 @@ def _upsert_under_locks(ctx: WorkerContext, work: ItemWork, job_id: str, index: 
 
 
 def _defer(ctx: WorkerContext, job_id: str, index: int, member: str, delay: float, memo: dict,
-           locks: list[str], summary: str, journal: StoreJournal | None = None) -> ItemRun:
-    """Hand the item back to the scheduler for ``delay`` seconds.
+           locks: list[str], reason: str, summary: str, journal: StoreJournal | None = None) -> ItemRun:
+    """Hand the item back to the scheduler for ``delay`` seconds; ``reason`` is the metric's label.
 
     While an add may have landed without our hearing of it, the item keeps its identifier locks:
     no other job's item may create or claim that customer before this item has looked again.
@@ -195,6 +199,7 @@ def _defer(ctx: WorkerContext, job_id: str, index: int, member: str, delay: floa
     if answer == -1:
         log.warning("job %s item %s: lease lost to another worker; not retrying it here", job_id, index)
         return ItemRun("ABANDONED: lease lost")
+    ctx.metrics.retry(reason)
     return ItemRun(summary)
 
 
@@ -211,6 +216,7 @@ def _record(ctx: WorkerContext, work: ItemWork, job_id: str, index: int, member:
                         job_id, index)
             return ItemRun("ABANDONED: lease lost")
         return ItemRun("DUPLICATE: recorded already")
+    ctx.metrics.item(work.meta.tenant if work.meta else "", outcome.action, outcome.failed)
     log.info("item %s entity=%s identifiers=[%s]%s", outcome.action, outcome.entity_id,
              _masked_identifiers(work.element),
              "".join(f" error {e.get('code')}: {e.get('message')}" for e in item["errors"]))

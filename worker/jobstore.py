@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from worker import keys
+from worker import keys, metrics
 from worker.clock import now_iso
 
 QUEUED, RUNNING, COMPLETED, CANCELLED = "QUEUED", "RUNNING", "COMPLETED", "CANCELLED"
@@ -85,9 +85,11 @@ end
 """.replace("COUNTERS", ", ".join(f"'{name}'" for name in OUTCOME_COUNTERS))
 
 _CANCEL = _PROCESSED + """
--- KEYS: job, inflight, delayed, ready, sched jobs, sched due, input chunks...
--- ARGV: job id. Answers {state before, 1 if nothing is left running}.
--- Items not in flight are counted CANCELLED here, at once; items queued or running end on
+-- KEYS: job, inflight, delayed, ready, sched jobs, sched due, metrics, input chunks...
+-- ARGV: job id, the metrics field of the job's cancelled items. Answers {state before, 1 if
+-- nothing is left running}.
+-- Items not in flight are counted CANCELLED here, at once (in the job and in the fleet's
+-- metrics, so the two never disagree); items queued or running end on
 -- their own (a queued one sees the 'cancelled' mark on its chunk and records CANCELLED). The job
 -- stays among the scheduler's jobs, which dispatches nothing more of it and ends it once
 -- its last running item has ended.
@@ -95,7 +97,7 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {false, 0} end
 if state ~= 'QUEUED' and state ~= 'RUNNING' then return {state, 0} end
 redis.call('HSET', KEYS[1], 'state', 'CANCELLED')
-for i = 7, #KEYS do redis.call('HSET', KEYS[i], 'cancelled', '1') end
+for i = 8, #KEYS do redis.call('HSET', KEYS[i], 'cancelled', '1') end
 local prefix = ARGV[1] .. ':'
 local running = 0
 for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
@@ -103,7 +105,10 @@ for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
 end
 local total = tonumber(redis.call('HGET', KEYS[1], 'totalCount'))
 local cancelled = total - processed(KEYS[1]) - running
-if cancelled > 0 then redis.call('HINCRBY', KEYS[1], 'n.cancelled', cancelled) end
+if cancelled > 0 then
+  redis.call('HINCRBY', KEYS[1], 'n.cancelled', cancelled)
+  redis.call('HINCRBY', KEYS[7], ARGV[2], cancelled)
+end
 redis.call('HSET', KEYS[1], 'cursor', total)
 redis.call('DEL', KEYS[3], KEYS[4])
 redis.call('ZREM', KEYS[6], ARGV[1])
@@ -112,19 +117,25 @@ return {state, 0}
 """
 
 _END = _PROCESSED + """
--- KEYS: job, sched jobs, sched due, then every key of the job (to expire).
--- ARGV: now (ISO), ttl, job id. Sets the final state once; answers 1 the first time only.
+-- KEYS: job, sched jobs, sched due, metrics, then every key of the job (to expire).
+-- ARGV: now (ISO), ttl, job id, the metrics fields of a job COMPLETED and CANCELLED.
+-- Sets the final state once, and counts it; answers 1 the first time only.
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HGET', KEYS[1], 'finishedAt') then return 0 end
 if processed(KEYS[1]) < tonumber(redis.call('HGET', KEYS[1], 'totalCount')) then return -2 end
-if redis.call('HGET', KEYS[1], 'state') ~= 'CANCELLED' then redis.call('HSET', KEYS[1], 'state', 'COMPLETED') end
+if redis.call('HGET', KEYS[1], 'state') == 'CANCELLED' then
+  redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
+else
+  redis.call('HSET', KEYS[1], 'state', 'COMPLETED')
+  redis.call('HINCRBY', KEYS[4], ARGV[4], 1)
+end
 redis.call('HSETNX', KEYS[1], 'startedAt', ARGV[1])
 redis.call('HSET', KEYS[1], 'finishedAt', ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[3])
 redis.call('ZREM', KEYS[3], ARGV[3])
 local idem = redis.call('HGET', KEYS[1], 'idempotencyKey')
 if idem then redis.call('EXPIRE', idem, ARGV[2]) end
-for i = 4, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+for i = 5, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
 return 1
 """
 
@@ -240,11 +251,11 @@ class JobStore:
 
     def cancel(self, job_id: str) -> tuple[str | None, bool]:
         """Cancel an unfinished job: answers (state before, whether nothing is left running)."""
-        total = int(self.redis.hget(keys.job(job_id), "totalCount") or 0)
+        total, tenant = self.redis.hmget(keys.job(job_id), "totalCount", "tenant")
         state, idle = self._cancel(
             keys=[keys.job(job_id), keys.INFLIGHT, keys.delayed(job_id), keys.ready(job_id), keys.SCHED_JOBS,
-                  keys.SCHED_DUE, *(f"{keys.job(job_id)}:in:{n}" for n in keys.chunks(total))],
-            args=[job_id],
+                  keys.SCHED_DUE, keys.METRICS, *(f"{keys.job(job_id)}:in:{n}" for n in keys.chunks(int(total or 0)))],
+            args=[job_id, metrics.field(metrics.ITEMS, tenant or "", CANCELLED)],
         )
         return state, bool(idle)
 
@@ -253,8 +264,9 @@ class JobStore:
         that did it."""
         total = int(self.redis.hget(keys.job(job_id), "totalCount") or 0)
         return self._end(
-            keys=[keys.job(job_id), keys.SCHED_JOBS, keys.SCHED_DUE, *keys.job_keys(job_id, total)],
-            args=[now_iso(), self.ttl, job_id],
+            keys=[keys.job(job_id), keys.SCHED_JOBS, keys.SCHED_DUE, keys.METRICS, *keys.job_keys(job_id, total)],
+            args=[now_iso(), self.ttl, job_id, metrics.field(metrics.JOBS_FINISHED, COMPLETED),
+                  metrics.field(metrics.JOBS_FINISHED, CANCELLED)],
         ) == 1
 
     # -- idempotency keys ------------------------------------------------------------------------
@@ -393,6 +405,19 @@ class JobStore:
             for i, raw in zip(members, values, strict=True):
                 items[i] = cancelled_item(i, json.loads(raw) if raw is not None else None)
         return items
+
+    def progress(self, job_ids: list[str]) -> list[tuple[str, int]]:
+        """(state, items without an outcome) of each of these jobs that still exists, in one round trip."""
+        if not job_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(keys.job(job_id), "state", "totalCount", *OUTCOME_COUNTERS)
+        found = []
+        for state, total, *counters in pipe.execute():
+            if state is not None:
+                found.append((state, int(total or 0) - sum(int(n or 0) for n in counters)))
+        return found
 
     def ping(self) -> bool:
         try:

@@ -27,6 +27,9 @@ Scheduler and fleet::
     cu:sched:leader         string the dispatching worker process, with a short expiry
     cu:fleet                zset   worker process -> last heartbeat
     cu:fleet:slots          hash   worker process -> concurrency
+    cu:metrics              hash   the fleet's Prometheus counters: field = JSON array of the metric's
+                                   name and label values, value = its count (worker/metrics.py); kept
+                                   for the service's life, as Prometheus expects of a counter
 
 Elsewhere: ``cu:tenant:{t}:jobs`` (zset of a tenant's job ids by creation time, trimmed of
 expired jobs when listed), ``cu:idem:{t}:{sha256}`` (Idempotency-Key claims, ``JOB_TTL_SECONDS``),
@@ -48,6 +51,7 @@ SCHED_DUE = f"{PREFIX}:sched:due"
 LEADER = f"{PREFIX}:sched:leader"
 FLEET = f"{PREFIX}:fleet"
 FLEET_SLOTS = f"{PREFIX}:fleet:slots"
+METRICS = f"{PREFIX}:metrics"
 
 #: Fields of an input chunk that are not items.
 META_FIELD = "meta"

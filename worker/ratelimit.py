@@ -37,6 +37,7 @@ from collections.abc import Mapping
 import redis
 
 from worker import keys
+from worker.metrics import Metrics
 
 SLEEP_UNDER_SECONDS = 0.25
 BURST_SECONDS = 0.5
@@ -136,9 +137,11 @@ class RateLimited(Exception):
 
 class RateLimiter:
     def __init__(self, client: redis.Redis, tenant_id: str, *, max_rps: float = 0.0,
-                 per_minute: Mapping[str, float] | None = None, horizon: float = 30.0) -> None:
+                 per_minute: Mapping[str, float] | None = None, horizon: float = 30.0,
+                 metrics: Metrics | None = None) -> None:
         self.redis = client
         self.horizon = horizon
+        self.metrics = metrics
         prefix = keys.rate_limit_prefix(tenant_id)
         self.pause_key = f"{prefix}:pause"
         self.aims_key = f"{prefix}:aims"
@@ -157,6 +160,8 @@ class RateLimiter:
         if reserved and reserved.get(endpoint):
             late = time.time() - reserved[endpoint].pop(0)
             if late <= LATE_TOLERANCE_SECONDS:
+                # Not counted as a wait: this sleep is the tail of the wait counted whole when the item
+                # was requeued for this token.
                 if late < 0:
                     time.sleep(min(-late, EARLY_SLEEP_SECONDS))
                 return
@@ -169,9 +174,11 @@ class RateLimiter:
         answer = self._paused_for() if len(keys) == 2 else float(self._acquire(keys=keys, args=args))
         if answer == 0:
             return
+        wait = abs(answer)
+        if self.metrics is not None:
+            self.metrics.rate_limit_wait(endpoint, wait)
         if answer > 0:
             raise RateLimited(endpoint, answer, reserved=False)
-        wait = -answer
         if wait > SLEEP_UNDER_SECONDS and endpoint in REQUEUE_ENDPOINTS and endpoint in self._endpoints:
             raise RateLimited(endpoint, wait, reserved=True)
         time.sleep(wait)
@@ -191,6 +198,8 @@ class RateLimiter:
     def pause(self, endpoint: str, retry_after: float | None) -> None:
         """The downstream said 429 to a call to ``endpoint``: hold every worker of this tenant back for
         ``retry_after``, and aim lower on the bucket that let the call through."""
+        if self.metrics is not None:
+            self.metrics.throttled(endpoint)
         endpoint = "lookup" if endpoint == "get" else endpoint
         bucket = self._endpoints.get(endpoint) or self._global
         self._pause(keys=[self.pause_key, self.aims_key, *([bucket[0]] if bucket else [])],

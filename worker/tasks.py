@@ -1,8 +1,8 @@
 """Celery tasks: thin wrappers that unpack ids, call plain functions and queue what comes next.
 
-Routing lives in ``task_routes`` (worker/celery_app.py) only. Each worker process also runs two
-threads of its own: the lease keeper, and the dispatcher (which works only while this process
-holds the leader's lock); see worker/scheduler.py.
+Routing lives in ``task_routes`` (worker/celery_app.py) only. Each worker process also runs three
+threads of its own: the lease keeper, the dispatcher (which works only while this process holds the
+leader's lock; see worker/scheduler.py), and the metrics flusher (worker/metrics.py).
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ def start_scheduling(sender, **kwargs) -> None:
                             end_lapsed=lambda entry: end_lapsed(ctx, entry),
                             finish=lambda job_id, tenant: finish.delay(job_id, tenant=tenant))
     for name, target, stop in (("lease-keeper", ctx.keeper.run, ctx.keeper.leave),
-                               ("dispatcher", dispatcher.run, dispatcher.stop)):
+                               ("dispatcher", dispatcher.run, dispatcher.stop),
+                               ("metrics-flusher", ctx.metrics_flusher.run, ctx.metrics_flusher.stop)):
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         _running.append((thread, stop))

@@ -1,0 +1,57 @@
+"""Flower, as the Procfile's `flower` line starts it, shows each item's outcome in its task list."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+
+import pytest
+import requests
+
+from cli import procfile
+from tests.helpers import customers, free_port, settings_env, wait_for
+
+pytestmark = pytest.mark.slow
+
+AUTH = ("ops", "pw-" + uuid.uuid4().hex)
+#: No source: validation fails it with 8004, without a downstream call.
+NO_SOURCE = {"profiles": [{"identifiers": [{"type": "mobile", "value": "919900000002"}], "accountId": "acc1"}]}
+
+
+def test_flowers_task_list_shows_a_failed_items_outcome_and_finds_it_by_job(make_stack, sim, tmp_path):
+    stack = make_stack()
+    node = stack.worker().node_name()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = settings_env(stack.settings) | {"FLOWER_PORT": str(port), "FLOWER_BASIC_AUTH": ":".join(AUTH)}
+    log_path = tmp_path / "flower.log"
+    with log_path.open("wb") as log:
+        flower = procfile.start("flower", env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            def tasks(**query) -> dict:
+                response = requests.get(url + "/api/tasks", params=query, auth=AUTH, timeout=5)
+                response.raise_for_status()
+                return response.json()
+
+            wait_for(lambda: node in requests.get(url + "/api/workers", auth=AUTH, timeout=5).json(), timeout=60,
+                     what=f"Flower to list the worker (log: {log_path})", interval=0.5)
+            # The worker sends task events only once Flower has told it to (worker_send_task_events is off):
+            # tiny jobs until Flower has heard of one of their tasks.
+            warm_up = "FLW-" + uuid.uuid4().hex[:6]
+            wait_for(lambda: stack.api.submit(customers(1, warm_up, first_mobile=100)) and tasks(limit=1), timeout=30,
+                     what="the worker's task events to reach Flower", interval=0.5)
+
+            job_id = stack.api.submit([*customers(2, "FLW-" + uuid.uuid4().hex[:6]), NO_SOURCE]).get_json()["jobId"]
+            found = wait_for(lambda: tasks(search=f"args:{job_id} result:FAILED"), timeout=30,
+                             what="Flower to show the failed item of the job", interval=0.25)
+
+            assert [(t["name"], t["state"], t["result"]) for t in found.values()] == [
+                ("customer_upsert.process_item", "SUCCESS", "'FAILED 8004'")]
+            (task,) = found.values()
+            assert task["args"] == f"('{job_id}', 2)"  # the job and the item's index in the submission
+            assert "'tenant': 'default'" in task["kwargs"]
+            created = wait_for(lambda: len(tasks(search=f"args:{job_id} result:CREATED")) == 2, timeout=30,
+                               what="Flower to show the two created items of the job", interval=0.25)
+            assert created
+        finally:
+            procfile.stop(flower)
