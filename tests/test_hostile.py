@@ -232,7 +232,7 @@ webhook_secret = "webhook-north-secret"
         LeaseKeeper(store, worker="w1", slots=4, lease_seconds=20).renew_once()
         celery = create_celery(settings)
         dispatcher = Dispatcher(store, settings, settings.tenants(), publish=lambda d: publish(celery, d),
-                                end_lapsed=print, finish=print, worker="w1")
+                                end_lapsed=print, end_job=print, worker="w1")
         assert dispatcher.lead()
         dispatcher.slow_round()
         assert dispatcher.tick()

@@ -19,7 +19,6 @@ from worker.settings import Tenant
 
 SIGNATURE_HEADER = "X-Upsert-Signature"
 TIMEOUT_SECONDS = 10
-MAX_ATTEMPTS = 8
 
 
 def callback_problem(url: str, tenant: Tenant) -> str | None:

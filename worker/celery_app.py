@@ -29,7 +29,7 @@ def create_celery(settings: Settings) -> Celery:
         task_default_queue=Queues.ITEMS,
         task_routes={
             TaskNames.PROCESS_ITEM: {"queue": Queues.ITEMS},
-            TaskNames.FINISH_JOB: {"queue": Queues.JOBS},
+            TaskNames.END_JOB: {"queue": Queues.JOBS},
             TaskNames.SEND_CALLBACK: {"queue": Queues.JOBS},
         },
         # Task events cost a broker command per task each; Flower switches them on while it runs

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
+from worker import retry
 from worker.settings import Tenant
 
 #: HTTP statuses worth another try besides every 5xx: throttling, and Capillary's
@@ -53,6 +53,11 @@ class RetryableError(DownstreamError):
         super().__init__(message, **kwargs)
         self.retry_after = retry_after
         self.timed_out = timed_out
+
+
+class ThrottledError(RetryableError):
+    """The downstream said 429: slow the whole fleet down (worker/ratelimit.py), and try again after
+    its Retry-After. Not the item's fault: it does not count as an attempt."""
 
 
 class PermanentError(DownstreamError):
@@ -85,14 +90,6 @@ OnThrottle = Callable[[str, float | None], None]
 #: status as text, ``timeout`` or ``connection_error``) and the seconds it took; metrics hook in here.
 CallObserver = Callable[[str, str, float], None]
 
-#: Quick in-place retries of one call on a 502/503/504/521 or a refused connection, before the
-#: failure goes up to the item (whose own retries restart it after a backoff). Short gateway
-#: hiccups are common and cheap to ride out; without this, an item of five calls at 20% errors
-#: would fail whole attempts most of the time. Timeouts and 429s are not retried here: the first
-#: already cost a full timeout, the second must slow the whole fleet, not this thread.
-QUICK_RETRIES = 2
-QUICK_RETRY_SECONDS = (0.05, 0.2)
-
 
 @dataclass
 class _Token:
@@ -119,7 +116,7 @@ class CapillaryClient:
         before_call: BeforeCall | None = None,
         on_throttle: OnThrottle | None = None,
         observer: CallObserver | None = None,
-        quick_retries: int = QUICK_RETRIES,
+        quick_retries: int = retry.QUICK_RETRIES,
     ) -> None:
         self.tenant = tenant
         self.base_url = tenant.base_url.rstrip("/")
@@ -193,15 +190,16 @@ class CapillaryClient:
         while True:
             try:
                 return self._call_once(endpoint, method, path, before_send, **kwargs)
+            except ThrottledError as exc:
+                if self.on_throttle is not None:
+                    self.on_throttle(endpoint, exc.retry_after)
+                raise
             except RetryableError as exc:
-                if exc.status == 429:
-                    if self.on_throttle is not None:
-                        self.on_throttle(endpoint, exc.retry_after)
-                    raise
-                if quick_left <= 0 or exc.timed_out or (exc.retry_after or 0) > QUICK_RETRY_SECONDS[1]:
+                # worker/retry.py: a quick retry in place, unless it timed out or must wait longer.
+                if quick_left <= 0 or exc.timed_out or (exc.retry_after or 0) > retry.QUICK_RETRY_SECONDS[1]:
                     raise
                 quick_left -= 1
-                time.sleep(random.uniform(*QUICK_RETRY_SECONDS))
+                time.sleep(retry.quick_retry_pause())
 
     def _call_once(self, endpoint: str, method: str, path: str, before_send: Callable[[], None] | None,
                    **kwargs: Any) -> ApiResult:
@@ -242,6 +240,9 @@ class CapillaryClient:
         status = response.status_code
         body = _json_object(response)
         codes = {_as_int(e.get("code")) for e in _items(body, "errors")}
+        if status == 429:
+            raise ThrottledError(f"{endpoint}: downstream answered HTTP 429 (throttled)", endpoint=endpoint,
+                                 status=status, retry_after=_retry_after(response))
         if status in RETRYABLE_STATUSES or status >= 500 or CODE_MULTIPLE_ACTIONS in codes:
             raise RetryableError(
                 f"{endpoint}: downstream answered HTTP {status}" + _what_came_back(body, response),
@@ -305,7 +306,8 @@ class CapillaryClient:
             body = _json_object(response) or {}
             data = body.get("data") or {}
             if response.status_code in RETRYABLE_STATUSES or response.status_code >= 500:
-                raise RetryableError(f"{endpoint}: OAuth token request answered HTTP {response.status_code}",
+                error = ThrottledError if response.status_code == 429 else RetryableError
+                raise error(f"{endpoint}: OAuth token request answered HTTP {response.status_code}",
                                      endpoint=endpoint, status=response.status_code,
                                      retry_after=_retry_after(response))
             if response.status_code != 200 or not data.get("accessToken"):

@@ -18,18 +18,18 @@ the item back to the scheduler (``defer``), so a waiting item never holds a work
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass
 from typing import Any
 
-from worker.client import DownstreamError, PermanentError, RetryableError
+from worker import retry
+from worker.client import DownstreamError, PermanentError, RetryableError, ThrottledError
 from worker.context import WorkerContext
-from worker.jobstore import CANCELLED_MESSAGE, CODE_CANCELLED, ItemWork, JobStore
+from worker.jobstore import CANCELLED_MESSAGE, CODE_CANCELLED, ItemWork, JobMeta, JobStore
 from worker.keys import inflight_member
 from worker.logs import CURRENT, mask_value
 from worker.metrics import RETRY_IDENTIFIERS_LOCKED, RETRY_RATE_LIMITED, RETRY_THROTTLED, RETRY_TRANSIENT
 from worker.planning import identifier_keys
-from worker.ratelimit import REQUEUE_LEAD_SECONDS, RateLimited
+from worker.ratelimit import RateLimited
 from worker.scheduler import Lapsed, LeaseLost
 from worker.upsert import CANCELLED, FAILED, ItemOutcome, error, upsert_valid_customer
 from worker.validation import validate_customer
@@ -41,8 +41,6 @@ CODE_DOWNSTREAM_REFUSED = 9003
 CODE_REDELIVERED = 9004
 CODE_UNKNOWN_TENANT = 9005
 
-#: How long to wait before trying again for identifiers another job's item holds.
-LOCK_WAIT_SECONDS = (0.2, 1.0)
 
 
 @dataclass(frozen=True)
@@ -92,93 +90,91 @@ def run_item(ctx: WorkerContext, job_id: str, index: int, token: str) -> ItemRun
 
 
 def _run_item(ctx: WorkerContext, job_id: str, index: int, member: str) -> ItemRun:
+    """Gate, upsert under the item's locks, record: each a function of its own below."""
     work = ctx.store.load_item(job_id, index)
     if work.meta is None:
         log.warning("job %s is gone; dropping item %s", job_id, index)
         return ItemRun("SKIPPED: the job is gone")
-    outcome, locks = _gate(ctx, work)
+    outcome = _gate(ctx, work, work.meta)
+    locks: list[str] = []
     if outcome is None:
-        ctx.keeper.hold(member)
-        try:
-            outcome, locks, later = _upsert_under_locks(ctx, work, job_id, index, member)
-        except LeaseLost:
-            log.warning("job %s item %s: lease lost to another worker; leaving the item to it", job_id, index)
-            return ItemRun("ABANDONED: lease lost")
-        finally:
-            ctx.keeper.drop(member)
-        if later is not None:
-            return later
+        ran = _run_under_locks(ctx, work, work.meta, job_id, index, member)
+        if isinstance(ran, ItemRun):  # deferred, or its lease was lost meanwhile
+            return ran
+        outcome, locks = ran
     return _record(ctx, work, job_id, index, member, outcome, locks)
 
 
-def _gate(ctx: WorkerContext, work: ItemWork) -> tuple[ItemOutcome | None, list[str]]:
+def _gate(ctx: WorkerContext, work: ItemWork, meta: JobMeta) -> ItemOutcome | None:
     """The outcomes that need no downstream call and no lock: cancelled, broken, invalid."""
     if work.cancelled:
-        return ItemOutcome(CANCELLED, errors=[error(CODE_CANCELLED, CANCELLED_MESSAGE)]), []
+        return ItemOutcome(CANCELLED, errors=[error(CODE_CANCELLED, CANCELLED_MESSAGE)])
     if work.element is None:
-        return ItemOutcome(FAILED, errors=[error(10000, "the item's input is missing from the job store")]), []
-    if work.meta.tenant not in ctx.tenants:
+        return ItemOutcome(FAILED, errors=[error(10000, "the item's input is missing from the job store")])
+    if meta.tenant not in ctx.tenants:
         return ItemOutcome(FAILED, errors=[error(
-            CODE_UNKNOWN_TENANT, f"this worker has no settings for tenant {work.meta.tenant!r}; "
-                                 "check UPSERT_TENANTS_FILE on every worker")]), []
+            CODE_UNKNOWN_TENANT, f"this worker has no settings for tenant {meta.tenant!r}; "
+                                 "check UPSERT_TENANTS_FILE on every worker")])
     problems = validate_customer(work.element)
     if problems:
-        return ItemOutcome(FAILED, errors=problems), []
-    return None, []
+        return ItemOutcome(FAILED, errors=problems)
+    return None
 
 
-def _upsert_under_locks(ctx: WorkerContext, work: ItemWork, job_id: str, index: int,
-                        member: str) -> tuple[ItemOutcome | None, list[str], ItemRun | None]:
-    """Run the upsert holding the item's identifier locks; answer its outcome, or how it was deferred."""
-    meta, memo = work.meta, dict(work.memo)
+def _run_under_locks(ctx: WorkerContext, work: ItemWork, meta: JobMeta, job_id: str, index: int,
+                     member: str) -> tuple[ItemOutcome, list[str]] | ItemRun:
+    """Take the item's identifier locks, upsert, and decide what a failure means (worker/retry.py).
+    Answers the outcome and the locks held, or the run's end when the item went back to the scheduler."""
+    memo = dict(work.memo)
     locks = ctx.locks.keys(meta.tenant, identifier_keys(work.element))
     if not ctx.locks.acquire(locks, member):
-        delay = random.uniform(*LOCK_WAIT_SECONDS)
-        return None, [], _defer(ctx, job_id, index, member, delay, memo, [], RETRY_IDENTIFIERS_LOCKED,
-                                f"RETRY in {delay:.1f}s: identifiers held by another job's item")
-    ctx.keeper.add_locks(member, locks)
+        delay = retry.identifiers_locked_delay()
+        return _defer(ctx, job_id, index, member, delay, memo, [], RETRY_IDENTIFIERS_LOCKED,
+                      f"RETRY in {delay:.1f}s: identifiers held by another job's item")
+    ctx.keeper.hold(member, locks)
     client, limiter = ctx.client_for(meta.tenant)
     reserved = {k: [float(t) for t in v] for k, v in (memo.get("r") or {}).items() if isinstance(v, list)}
     journal = StoreJournal(ctx.store, job_id, index, memo)
+    policy = retry.RetryPolicy.from_settings(ctx.settings)
+    attempt = int(memo.get("a") or 1)
 
     def gate(endpoint: str) -> None:
         ctx.keeper.check(member)
         limiter.acquire(endpoint, reserved)
 
-    attempt = int(memo.get("a") or 1)
+    def later(delay: float, reason: str, why: str) -> ItemRun:
+        return _defer(ctx, job_id, index, member, delay, memo, locks, reason, f"RETRY in {delay:.1f}s: {why}",
+                      journal)
+
     try:
         outcome = upsert_valid_customer(client.with_gate(gate), work.element,
-                                  skip_change_identifier=meta.skip_change_identifier,
-                                  priority=ctx.settings.identifier_priority, journal=journal)
-        return outcome, locks, None
+                                        skip_change_identifier=meta.skip_change_identifier,
+                                        priority=ctx.settings.identifier_priority, journal=journal)
+        return outcome, locks
+    except LeaseLost:
+        log.warning("job %s item %s: lease lost to another worker; leaving the item to it", job_id, index)
+        return ItemRun("ABANDONED: lease lost")
     except RateLimited as exc:
-        carry = {k: v for k, v in reserved.items() if v}
+        memo["r"] = {k: v for k, v in reserved.items() if v}
         if exc.reserved:
-            carry[exc.endpoint] = [*carry.get(exc.endpoint, []), exc.due]
-            delay = max(0.0, exc.wait - REQUEUE_LEAD_SECONDS)
-        else:
-            delay = exc.wait * random.uniform(1.0, 1.5)
-        memo["r"] = carry
-        return None, locks, _defer(ctx, job_id, index, member, delay, memo, locks, RETRY_RATE_LIMITED,
-                                   f"RETRY in {delay:.1f}s: rate limit ({exc.endpoint})", journal)
+            memo["r"][exc.endpoint] = [*memo["r"].get(exc.endpoint, []), exc.due]
+        return later(retry.rate_limited_delay(exc.wait, reserved=exc.reserved), RETRY_RATE_LIMITED,
+                     f"rate limit ({exc.endpoint})")
+    except ThrottledError as exc:
+        return later(retry.throttled_delay(exc.retry_after), RETRY_THROTTLED, "throttled (429)")
     except RetryableError as exc:
-        if exc.status == 429:
-            # Throttled: the fleet is paused (see ratelimit); not the item's fault, not an attempt.
-            delay = (exc.retry_after or 1.0) * random.uniform(1.0, 1.5)
-            return None, locks, _defer(ctx, job_id, index, member, delay, memo, locks, RETRY_THROTTLED,
-                                       f"RETRY in {delay:.1f}s: throttled (429)", journal)
-        if attempt < ctx.settings.item_max_attempts:
-            delay = backoff_seconds(attempt, exc.retry_after, ctx.settings.retry_base_seconds,
-                                    ctx.settings.retry_max_seconds)
-            log.info("job %s item %s attempt %s failed (%s); retrying in %.1fs", job_id, index, attempt,
-                     exc.message, delay)
-            memo["a"] = attempt + 1
-            return None, locks, _defer(ctx, job_id, index, member, delay, memo, locks, RETRY_TRANSIENT,
-                                       f"RETRY in {delay:.1f}s: {exc.message}", journal)
-        return ItemOutcome(FAILED, errors=[gave_up_error(exc, attempt)]), locks, None
+        if policy.gives_up_after(attempt):
+            return ItemOutcome(FAILED, errors=[gave_up_error(exc, attempt)]), locks
+        memo["a"] = attempt + 1
+        delay = policy.backoff(attempt, exc.retry_after)
+        log.info("job %s item %s attempt %s failed (%s); retrying in %.1fs", job_id, index, attempt, exc.message,
+                 delay)
+        return later(delay, RETRY_TRANSIENT, exc.message)
     except PermanentError as exc:
         return ItemOutcome(FAILED, errors=[error(exc.code or exc.status or CODE_DOWNSTREAM_REFUSED,
-                                                 exc.message)]), locks, None
+                                                 exc.message)]), locks
+    finally:
+        ctx.keeper.drop(member)
 
 
 def _defer(ctx: WorkerContext, job_id: str, index: int, member: str, delay: float, memo: dict,
@@ -250,15 +246,6 @@ def outcome_summary(outcome: ItemOutcome) -> str:
 
 def _masked_identifiers(element) -> str:
     return ", ".join(f"{kind}={mask_value(value)}" for kind, value, _s, _a in identifier_keys(element))
-
-
-def backoff_seconds(attempt: int, retry_after: float | None, base: float, cap: float) -> float:
-    """Exponential backoff with jitter, never sooner than the downstream's Retry-After."""
-    ceiling = min(cap, base * (2 ** (attempt - 1)))
-    delay = random.uniform(ceiling / 2, ceiling)
-    if retry_after:
-        delay = max(delay, min(retry_after, cap))
-    return delay
 
 
 def gave_up_error(exc: DownstreamError, attempts: int) -> dict:

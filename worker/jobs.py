@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from worker import callbacks
+from worker import callbacks, retry
 from worker.client import PermanentError, RetryableError
 from worker.jobstore import JobStore
 
@@ -48,10 +48,10 @@ def send_callback(ctx: WorkerContext, job_id: str, attempt: int) -> float | None
     try:
         callbacks.deliver(ctx.http, url, job, tenant)
     except RetryableError as exc:
-        if attempt >= callbacks.MAX_ATTEMPTS:
+        if attempt >= retry.CALLBACK_MAX_ATTEMPTS:
             log.warning("job %s: callback gave up after %s attempts (%s)", job_id, attempt, exc.message)
             return None
-        return min(60.0, 2.0 ** attempt)
+        return retry.callback_delay(attempt)
     except PermanentError as exc:
         log.warning("job %s: callback refused (%s)", job_id, exc.message)
         return None

@@ -1,7 +1,7 @@
 """Every Redis key the service uses, in one place, with the rule for how long it lives.
 
 A job's keys live as long as the job runs and expire ``JOB_TTL_SECONDS`` after it finishes
-(:func:`job_keys` lists them for the finish script); nothing of a running job expires, however
+(:func:`job_keys` lists them for the end script); nothing of a running job expires, however
 long it runs. Keys of the scheduler and the fleet are few and small; they live as long as the
 service does, or expire on their own (leader lock, fleet heartbeat, identifier locks).
 

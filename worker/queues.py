@@ -14,5 +14,5 @@ class Queues:
 
 class TaskNames:
     PROCESS_ITEM = "customer_upsert.process_item"
-    FINISH_JOB = "customer_upsert.finish_job"
+    END_JOB = "customer_upsert.end_job"
     SEND_CALLBACK = "customer_upsert.send_callback"

@@ -16,7 +16,7 @@ the limit after ten quiet minutes.
 A call that finds no token reserves the next free one (the bucket goes into debt, so waiters
 line up instead of stampeding). A write that must wait for its own endpoint's limit does not
 sleep on its worker slot: it raises :class:`RateLimited` and the item goes back to the scheduler
-until a little before its token is due (:data:`REQUEUE_LEAD_SECONDS`, the time to be dispatched
+until a little before its token is due (:data:`worker.retry.REQUEUE_LEAD_SECONDS`, the time to be dispatched
 again and redo its lookups), so a slot is never held by an ``add`` that waits while an
 ``update`` could run; the requeued run passes its token back to :meth:`RateLimiter.acquire`,
 which waits out the last moment. A reserved token is used even somewhat late
@@ -41,8 +41,7 @@ from worker.metrics import Metrics
 
 SLEEP_UNDER_SECONDS = 0.25
 BURST_SECONDS = 0.5
-#: How much an item deferred for a reserved token comes back early, and the longest it then sleeps.
-REQUEUE_LEAD_SECONDS = 0.3
+#: The longest an item that came back early for a reserved token (worker/retry.py) sleeps for it.
 EARLY_SLEEP_SECONDS = 0.6
 #: Learning from 429s: each one lowers the aim of the bucket that let the call through by this
 #: much, down to the floor; the lowered aim lasts this long after the last 429.

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 #: A lease that lapsed this often without an outcome: the item is given up (error 9004).
 MAX_LAPSES = 4
-#: How often the leader looks for lapsed leases, lost finishes and the size of the fleet.
+#: How often the leader looks for lapsed leases, the ends of ended jobs and the size of the fleet.
 SLOW_ROUND_SECONDS = 1.0
 #: The leader's lock lives this long unless renewed; another worker takes over after it.
 LEADER_MS = 3000
@@ -134,14 +134,10 @@ class LeaseKeeper:
         self._renewed_at = time.monotonic()
         self.stopping = threading.Event()
 
-    def hold(self, member: str) -> None:
+    def hold(self, member: str, lock_keys: list[str]) -> None:
+        """Keep ``member``'s lease, and its identifier locks, alive until :meth:`drop`."""
         with self._lock:
-            self._held[member] = _Held()
-
-    def add_locks(self, member: str, lock_keys: list[str]) -> None:
-        with self._lock:
-            if member in self._held:
-                self._held[member].locks = list(lock_keys)
+            self._held[member] = _Held(list(lock_keys))
 
     def drop(self, member: str) -> None:
         with self._lock:
@@ -324,22 +320,22 @@ class Lapsed:
 
 
 class Dispatcher:
-    """The leader's loop: hand out free slots fairly, recover lapsed leases, finish ended jobs.
+    """The leader's loop: hand out free slots fairly, recover lapsed leases, end the jobs whose items have all ended.
 
     ``publish`` sends deliveries to the broker; ``end_lapsed`` records an item whose lease lapsed
-    in a cancelled job, or too often; ``finish`` queues the finish of a job whose items have all
+    in a cancelled job, or too often; ``end_job`` queues the end of a job whose items have all
     ended. All three are plain callables, so the loop runs without Celery in tests.
     """
 
     def __init__(self, client: redis.Redis, settings: Settings, tenants: dict[str, Tenant], *,
                  publish: Callable[[list[Delivery]], None], end_lapsed: Callable[[Lapsed], None],
-                 finish: Callable[[str, str], None], worker: str | None = None) -> None:
+                 end_job: Callable[[str, str], None], worker: str | None = None) -> None:
         self.redis = client
         self.settings = settings
         self.tenants = tenants
         self.publish = publish
         self.end_lapsed = end_lapsed
-        self.finish = finish
+        self.end_job = end_job
         self.worker = worker or worker_id()
         self.lease = settings.item_lease_seconds
         self._take = client.register_script(_TAKE)
@@ -351,7 +347,7 @@ class Dispatcher:
         self._slots = 0
         self._next_slow_round = 0.0
         self._leading = False
-        self._finishing: dict[str, float] = {}
+        self._ending: dict[str, float] = {}
         self.stopping = threading.Event()
 
     # -- leadership --------------------------------------------------------------------------
@@ -439,13 +435,13 @@ class Dispatcher:
             if cursor is not None:
                 self._jobs[job_id].cursor = int(cursor)
 
-    def finish_ended(self, job_ids: list[str], in_job: Counter[str], due: set[str]) -> None:
-        """Queue the finish of every job whose items have all ended: all dispatched, none in flight,
-        none waiting for a retry, and its outcome counters adding up to its total. A job whose finish
+    def end_ended(self, job_ids: list[str], in_job: Counter[str], due: set[str]) -> None:
+        """Queue the end of every job whose items have all ended: all dispatched, none in flight,
+        none waiting for a retry, and its outcome counters adding up to its total. A job whose end
         was queued and has not happened ten seconds later (its message was lost) is queued again."""
         now = time.monotonic()
         candidates = [j for j in job_ids if j in self._jobs and self._jobs[j].cursor >= self._jobs[j].total
-                      and not in_job[j] and j not in due and now >= self._finishing.get(j, 0)]
+                      and not in_job[j] and j not in due and now >= self._ending.get(j, 0)]
         if not candidates:
             return
         pipe = self.redis.pipeline(transaction=False)
@@ -455,8 +451,8 @@ class Dispatcher:
             if not raw:
                 self.redis.zrem(keys.SCHED_JOBS, job_id)  # the job is gone
             elif not raw.get("finishedAt") and job_counts(raw)["processedCount"] >= int(raw["totalCount"]):
-                self._finishing[job_id] = now + 10 * SLOW_ROUND_SECONDS
-                self.finish(job_id, raw.get("tenant", ""))
+                self._ending[job_id] = now + 10 * SLOW_ROUND_SECONDS
+                self.end_job(job_id, raw.get("tenant", ""))
 
     # -- the tick: hand out free slots ------------------------------------------------------------
 
@@ -472,7 +468,7 @@ class Dispatcher:
             return False
         self._learn(job_ids)
         in_job: Counter[str] = Counter(m.split(":", 1)[0] for m in members)
-        self.finish_ended(job_ids, in_job, {job_id for job_id, _when in scheduled})
+        self.end_ended(job_ids, in_job, {job_id for job_id, _when in scheduled})
         now = time.time()
         due = [job_id for job_id, when in scheduled if when <= now]
         waiting = any(v.cursor < v.total for v in self._jobs.values()) or bool(due)

@@ -20,6 +20,7 @@ import redis
 from celery import shared_task
 from celery.signals import celeryd_init, setup_logging, worker_ready, worker_shutdown
 
+from worker import retry
 from worker.context import context_of
 from worker.items import end_lapsed, run_item
 from worker.jobs import end_job, has_callback, send_callback
@@ -31,22 +32,18 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: How long a task waits for the job store to come back before it gives up (the item's lease
-#: then lapses and the scheduler hands it out again).
-STORE_PATIENCE_SECONDS = 120.0
-
-
 @shared_task(bind=True, name=TaskNames.PROCESS_ITEM)
 def process_item(self, job_id: str, index: int, token: str = "", tenant: str = "") -> str:
     """One customer element. ``tenant`` is there for people reading Flower; the worker takes the
     tenant from the stored job. The answer is the item's outcome, as Flower shows it. The job's
-    finish is queued by the dispatcher, which sees when a job's last item has ended."""
+    end is queued by the dispatcher, which sees when a job's last item has ended."""
     ctx = context_of(self.app)
     return while_store_recovers(lambda: run_item(ctx, job_id, index, token)).summary
 
 
-@shared_task(bind=True, name=TaskNames.FINISH_JOB)
-def finish(self, job_id: str, tenant: str = "") -> None:
+@shared_task(bind=True, name=TaskNames.END_JOB)
+def end(self, job_id: str, tenant: str = "") -> None:
+    """Set a job's final state once (the aggregator), then queue its callback."""
     store = context_of(self.app).store
     if while_store_recovers(lambda: end_job(store, job_id)) and has_callback(store, job_id):
         callback.delay(job_id, tenant=tenant)
@@ -59,22 +56,22 @@ def callback(self, job_id: str, attempt: int = 1, tenant: str = "") -> None:
         raise self.retry(args=(job_id,), kwargs={"attempt": attempt + 1, "tenant": tenant}, countdown=delay)
 
 
-def while_store_recovers(work: Callable[[], T], patience: float = STORE_PATIENCE_SECONDS) -> T:
-    """Run ``work``, riding out a Redis restart instead of failing (and so losing) the message.
+def while_store_recovers(work: Callable[[], T]) -> T:
+    """Run ``work``, riding out a Redis restart instead of failing the task (worker/retry.py).
 
-    The item's steps are safe to repeat, so running it again from the start is always right.
+    The item's steps are safe to repeat, so running it again from the start is always right; after
+    two minutes the task gives up, and the item's lease brings it back later.
     """
-    deadline = time.monotonic() + patience
-    delay = 0.2
+    pauses = retry.store_outage_pauses()
     while True:
         try:
             return work()
         except redis.RedisError as exc:
-            if time.monotonic() > deadline:
+            pause = next(pauses, None)
+            if pause is None:
                 raise
-            log.warning("job store unreachable (%s); trying again in %.1fs", type(exc).__name__, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            log.warning("job store unreachable (%s); trying again in %.1fs", type(exc).__name__, pause)
+            time.sleep(pause)
 
 
 def publish(app, deliveries: list[Delivery]) -> None:
@@ -113,7 +110,7 @@ def start_scheduling(sender, **kwargs) -> None:
     dispatcher = Dispatcher(ctx.store.redis, ctx.settings, ctx.tenants, worker=ctx.worker,
                             publish=lambda deliveries: publish(app, deliveries),
                             end_lapsed=lambda entry: end_lapsed(ctx, entry),
-                            finish=lambda job_id, tenant: finish.delay(job_id, tenant=tenant))
+                            end_job=lambda job_id, tenant: end.delay(job_id, tenant=tenant))
     for name, target, stop in (("lease-keeper", ctx.keeper.run, ctx.keeper.leave),
                                ("dispatcher", dispatcher.run, dispatcher.stop),
                                ("metrics-flusher", ctx.metrics_flusher.run, ctx.metrics_flusher.stop)):

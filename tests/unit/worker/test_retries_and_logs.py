@@ -6,22 +6,32 @@ import logging
 import pytest
 
 from worker.client import RetryableError
-from worker.items import backoff_seconds, gave_up_error, outcome_summary
+from worker.items import gave_up_error, outcome_summary
 from worker.logs import JsonFormatter, mask, mask_value
+from worker.retry import RetryPolicy, callback_delay, store_outage_pauses
 from worker.upsert import CANCELLED, CREATED, FAILED, ItemOutcome, error
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3, 8])
 def test_backoff_doubles_with_jitter_under_a_cap(attempt):
-    delays = [backoff_seconds(attempt, None, base=1.0, cap=5.0) for _ in range(200)]
+    delays = [RetryPolicy(8, base_seconds=1.0, max_seconds=5.0).backoff(attempt) for _ in range(200)]
     ceiling = min(5.0, 2.0 ** (attempt - 1))
     assert all(ceiling / 2 <= d <= ceiling for d in delays)
     assert len(set(delays)) > 100  # jittered, so retries of many items spread out
 
 
 def test_backoff_is_never_sooner_than_retry_after_but_still_capped():
-    assert backoff_seconds(1, retry_after=3.0, base=0.1, cap=10.0) == 3.0
-    assert backoff_seconds(1, retry_after=300.0, base=0.1, cap=10.0) == 10.0
+    policy = RetryPolicy(8, base_seconds=0.1, max_seconds=10.0)
+    assert policy.backoff(1, retry_after=3.0) == 3.0
+    assert policy.backoff(1, retry_after=300.0) == 10.0
+    assert not policy.gives_up_after(7) and policy.gives_up_after(8)
+
+
+def test_callbacks_back_off_with_jitter_and_a_store_outage_is_waited_out_for_two_minutes():
+    assert all(0.5 * 2 ** a <= callback_delay(a) <= 2 ** a for a in (1, 2, 3) for _ in range(50))
+    assert len({callback_delay(3) for _ in range(50)}) > 40  # jittered, unlike before
+    pauses = list(store_outage_pauses())
+    assert pauses[0] < 0.3 and max(pauses) <= 6.0 and 120 <= sum(pauses) <= 126
 
 
 def test_giving_up_says_how_often_and_what_last_went_wrong():

@@ -18,14 +18,14 @@ class Recorder:
     def __init__(self) -> None:
         self.published: list[Delivery] = []
         self.ended: list[Lapsed] = []
-        self.finished: list[str] = []
+        self.ended_jobs: list[str] = []
 
 
 def dispatcher(r, recorder: Recorder, *, slots: int = 4, lease: float = 20.0, tenants=None, **settings) -> Dispatcher:
     LeaseKeeper(r, worker="w1", slots=slots, lease_seconds=lease).renew_once()  # a fleet of one worker
     d = Dispatcher(r, Settings(item_lease_seconds=lease, **settings), tenants or {}, worker="w1",
                    publish=recorder.published.extend, end_lapsed=recorder.ended.append,
-                   finish=lambda job_id, tenant: recorder.finished.append(job_id))
+                   end_job=lambda job_id, tenant: recorder.ended_jobs.append(job_id))
     assert d.lead()
     d.slow_round()
     return d
@@ -138,7 +138,7 @@ def test_a_job_whose_items_all_ended_is_finished_by_the_dispatcher(store, r):
         store.record_outcome(x.member, job_id, x.index, {"index": x.index, "action": "CREATED", "errors": []},
                              failed=False)
     d.tick()
-    assert recorder.finished == [job_id]
+    assert recorder.ended_jobs == [job_id]
 
 
 def test_the_keeper_renews_leases_and_locks_beyond_their_first_life_and_notices_a_lost_lease(r):
@@ -149,9 +149,8 @@ def test_the_keeper_renews_leases_and_locks_beyond_their_first_life_and_notices_
     r.zadd(keys.INFLIGHT, {mine: 0, taken: 0})
     lock_keys = IdentifierLocks.keys("t", [("mobile", "911", "INSTORE", "")])
     assert locks.acquire(lock_keys, mine)
-    for member in (mine, taken):
-        keeper.hold(member)
-    keeper.add_locks(mine, lock_keys)
+    keeper.hold(mine, lock_keys)
+    keeper.hold(taken, [])
     r.zrem(keys.INFLIGHT, taken)  # handed out again elsewhere
 
     keeper.renew_once()
