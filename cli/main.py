@@ -205,49 +205,49 @@ def _json_array(path: Path) -> Batch:
     return Batch(path, "json", len(data), lambda: iter([body]))
 
 
-def _ndjson(path: Path) -> Batch:
-    """One pass to check every line (nothing is held but the line), then ``body`` streams the file."""
-    count, exported, first = 0, False, None
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """The file's non-blank lines with their numbers, a leading byte order mark dropped."""
     with path.open("rb") as handle:
         for number, line in enumerate(handle, 1):
             if number == 1:
                 line = line.removeprefix(BOM)
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                if count == 0:
-                    _whole_file_is_one_object(path)
-                raise _not_json(path, exc, number)
-            except RecursionError:
-                raise CliError(f"{path}: line {number} nests JSON too deeply")
-            count += 1
-            first = value if count == 1 else None
-            exported = exported or _is_export_line(value)
+            if line.strip():
+                yield number, line
+
+
+def _ndjson(path: Path) -> Batch:
+    """One pass to check every line (nothing is held but the line), then ``body`` streams the file."""
+    count, exported, first = 0, False, None
+    for number, line in _lines(path):
+        try:
+            value = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            if count == 0:
+                _whole_file_is_one_object(path)
+            raise _not_json(path, exc, number)
+        except RecursionError:
+            raise CliError(f"{path}: line {number} nests JSON too deeply")
+        count += 1
+        first = value if count == 1 else None
+        exported = exported or _is_export_line(value)
     if count == 1 and isinstance(first, dict) and not path.name.lower().endswith(NDJSON_SUFFIXES):
         raise _single_object(path)
 
     def body() -> Iterator[bytes]:
         buffer: list[bytes] = []
         size = 0
-        with path.open("rb") as handle:
-            for number, line in enumerate(handle, 1):
-                if number == 1:
-                    line = line.removeprefix(BOM)
-                if not line.strip():
-                    continue
-                if exported:
-                    value = json.loads(line)
-                    if _is_export_line(value):
-                        line = json.dumps(value["input"], separators=(",", ":")).encode()
-                if not line.endswith(b"\n"):
-                    line += b"\n"
-                buffer.append(line)
-                size += len(line)
-                if size >= CHUNK_BYTES:
-                    yield b"".join(buffer)
-                    buffer, size = [], 0
+        for _number, line in _lines(path):
+            if exported:
+                value = json.loads(line)
+                if _is_export_line(value):
+                    line = json.dumps(value["input"], separators=(",", ":")).encode()
+            if not line.endswith(b"\n"):
+                line += b"\n"
+            buffer.append(line)
+            size += len(line)
+            if size >= CHUNK_BYTES:
+                yield b"".join(buffer)
+                buffer, size = [], 0
         if buffer:
             yield b"".join(buffer)
 

@@ -124,58 +124,48 @@ def _text(value: Any) -> str | None:
     return None
 
 
-def write_scope(source: Any, account_id: Any) -> tuple[str, str]:
-    """Validate the source and account of add, update and changeIdentifier (§3, §4, §5, §1.6).
+def _scope(source: Any, account_id: Any, *, allowed: tuple[str, ...], no_source: ApiError, invalid: ApiError,
+           no_account: ApiError) -> tuple[str, str]:
+    """The source (upper-cased) and account of a request, or the endpoint's own error for each fault.
 
-    INSTORE is single-account, so its account id is stored as ``""`` whatever the caller sent; every other
+    INSTORE is single-account, so its account id is ``""`` whatever the caller sent; every other
     source needs one (the current docs say "mandatory for all the sources except Instore").
     """
     name = _text(source)
     if name is None:
-        raise ApiError(8004, "No source passed")
+        raise no_source
     name = name.upper()
-    if name not in SOURCES:
-        raise ApiError(3217, "Source is invalid.")
-    if name == "INSTORE":
+    if name not in allowed:
+        raise invalid
+    if name in ("INSTORE", "ALL"):
         return name, ""
     account = _text(account_id)
     if account is None:
-        raise ApiError(8045, "Account id not passed")
+        raise no_account
     return name, account
+
+
+def write_scope(source: Any, account_id: Any) -> tuple[str, str]:
+    """Validate the source and account of add, update and changeIdentifier (§3, §4, §5, §1.6)."""
+    return _scope(source, account_id, allowed=SOURCES, no_source=ApiError(8004, "No source passed"),
+                  invalid=ApiError(3217, "Source is invalid."), no_account=ApiError(8045, "Account id not passed"))
 
 
 def lookup_scope(source: Any, account_id: Any) -> tuple[str | None, str]:
-    """Validate lookup's source and account (§2). Returns ``(None, "")`` for ``ALL``."""
-    name = _text(source)
-    if name is None:
-        raise ApiError(8001, "Lookup failed, No source passed")
-    name = name.upper()
-    if name not in LOOKUP_SOURCES:
-        raise ApiError(8003, "Invalid source")
-    if name == "ALL":
-        return None, ""
-    if name == "INSTORE":
-        return name, ""
-    account = _text(account_id)
-    if account is None:
-        raise ApiError(8015, NOT_FOUND_MESSAGE, status=None)
-    return name, account
+    """Validate lookup's source and account (§2). Returns ``(None, "")`` for ``ALL``; a missing account is
+    "not found" (8015), as the docs say."""
+    name, account = _scope(source, account_id, allowed=LOOKUP_SOURCES,
+                           no_source=ApiError(8001, "Lookup failed, No source passed"),
+                           invalid=ApiError(8003, "Invalid source"),
+                           no_account=ApiError(8015, NOT_FOUND_MESSAGE, status=None))
+    return (None, "") if name == "ALL" else (name, account)
 
 
 def get_scope(source: Any, account_id: Any) -> tuple[str, str]:
     """Validate the source and account of ``GET v2/customers/{id}`` (§2, codes of DOC-CODES)."""
-    name = _text(source)
-    if name is None:
-        raise ApiError(8016, "GET failed, No source passed")
-    name = name.upper()
-    if name not in SOURCES:
-        raise ApiError(8012, "Get, Invalid source passed")
-    if name == "INSTORE":
-        return name, ""
-    account = _text(account_id)
-    if account is None:
-        raise ApiError(8091, "GET failed, No account id passed")
-    return name, account
+    return _scope(source, account_id, allowed=SOURCES, no_source=ApiError(8016, "GET failed, No source passed"),
+                  invalid=ApiError(8012, "Get, Invalid source passed"),
+                  no_account=ApiError(8091, "GET failed, No account id passed"))
 
 
 def lookup_keys(names: Any, values: Any) -> list[tuple[str, str]]:

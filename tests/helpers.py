@@ -313,3 +313,17 @@ def post_ndjson(app, path: Path, token: str, **headers):
             f"{JOBS}/bulk", input_stream=stream, content_length=path.stat().st_size,
             content_type="application/x-ndjson", headers={"Authorization": f"Bearer {token}", **headers},
         )
+
+
+def tenants_file(path: Path, **tenants: dict[str, str]) -> Path:
+    """An ``UPSERT_TENANTS_FILE`` (TOML) with one table per tenant."""
+    lines: list[str] = []
+    for name, fields in tenants.items():
+        lines += [f"[tenants.{name}]", *(f'{key} = "{value}"' for key, value in fields.items()), ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def simulator_tenant(token: str, simulator_url: str) -> dict[str, str]:
+    """A tenant whose downstream is the simulator, with the till the tests' simulators accept."""
+    return {"token": token, "capillary_base_url": simulator_url, "till": SIM_TILL, "password": SIM_PASSWORD}

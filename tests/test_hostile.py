@@ -14,7 +14,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from api.app import create_app
-from tests.helpers import JOBS, TOKEN, ApiClient, RedisServer, Simulator, Worker, make_settings, wait_for
+from tests.helpers import (
+    JOBS,
+    TOKEN,
+    ApiClient,
+    RedisServer,
+    Simulator,
+    Worker,
+    make_settings,
+    simulator_tenant,
+    tenants_file,
+    wait_for,
+)
 from worker.settings import Settings
 
 GOOD = [{"profiles": [{"identifiers": [{"type": "externalId", "value": "H1"}], "source": "INSTORE"}]}]
@@ -150,20 +161,9 @@ def idle_app(tmp_path, simulator):
 def test_two_tenants_reach_only_their_own_downstream_and_see_only_their_own_jobs(tmp_path, simulator):
     other_sim = Simulator(tmp_path, "--oauth-key", "k2", "--oauth-secret", "s2")
     redis_server = RedisServer(tmp_path).start()
-    tenants = tmp_path / "tenants.toml"
-    tenants.write_text(f"""
-[tenants.north]
-token = "token-north"
-capillary_base_url = "{simulator.url}"
-till = "test.till"
-password = "{make_settings('', '').capillary_password}"
-
-[tenants.south]
-token = "token-south"
-capillary_base_url = "{other_sim.url}"
-oauth_key = "k2"
-oauth_secret = "s2"
-""")
+    tenants = tenants_file(tmp_path / "tenants.toml", north=simulator_tenant("token-north", simulator.url),
+                           south={"token": "token-south", "capillary_base_url": other_sim.url, "oauth_key": "k2",
+                                  "oauth_secret": "s2"})
     settings = make_settings(redis_server.url, simulator.url, tenants_file=str(tenants), upsert_api_token="")
     worker = Worker(settings, tmp_path / "worker.log")
     client = create_app(settings).test_client()

@@ -17,8 +17,6 @@ import pytest
 import redis
 
 from tests.helpers import (
-    SIM_PASSWORD,
-    SIM_TILL,
     ApiClient,
     assert_exact,
     calls_since,
@@ -26,6 +24,8 @@ from tests.helpers import (
     ndjson_file,
     post_ndjson,
     progress,
+    simulator_tenant,
+    tenants_file,
     wait_for,
 )
 
@@ -57,20 +57,8 @@ def test_a_one_profile_job_finishes_while_a_big_job_still_has_most_of_its_items_
 
 
 def test_two_tenants_with_a_big_job_each_progress_at_comparable_rates(make_stack, sim, tmp_path):
-    tenants = tmp_path / "tenants.toml"
-    tenants.write_text(f"""
-[tenants.east]
-token = "token-east"
-capillary_base_url = "{sim.url}"
-till = "{SIM_TILL}"
-password = "{SIM_PASSWORD}"
-
-[tenants.west]
-token = "token-west"
-capillary_base_url = "{sim.url}"
-till = "{SIM_TILL}"
-password = "{SIM_PASSWORD}"
-""")
+    tenants = tenants_file(tmp_path / "tenants.toml", east=simulator_tenant("token-east", sim.url),
+                           west=simulator_tenant("token-west", sim.url))
     stack = make_stack(tenants_file=str(tenants), upsert_api_token="")
     stack.worker()
     sim.configure(latencyMs=20)
