@@ -75,13 +75,19 @@ def while_store_recovers(work: Callable[[], T]) -> T:
 
 
 def publish(app, deliveries: list[Delivery]) -> None:
-    """Send one message per delivery, in one round trip where the transport can batch."""
+    """Send one message per delivery, in one round trip where the transport can batch.
+
+    The leader publishes every message of the fleet, so each costs as little as it can: the readable
+    forms Flower shows are written here rather than by Celery's generic repr, and the items queue is
+    not declared again for every message (the workers declare it as they start consuming).
+    """
     with app.producer_or_acquire() as producer:
         batch = producer.batch() if hasattr(producer, "batch") else contextlib.nullcontext()
         with batch:
             for d in deliveries:
-                process_item.apply_async((d.job_id, d.index), {"token": d.token, "tenant": d.tenant},
-                                         producer=producer)
+                kwargs = {"token": d.token, "tenant": d.tenant}
+                process_item.apply_async((d.job_id, d.index), kwargs, producer=producer, declare=[],
+                                         argsrepr=repr((d.job_id, d.index)), kwargsrepr=repr(kwargs))
 
 
 @setup_logging.connect
