@@ -27,6 +27,7 @@ lint: install ## ruff and mypy (api/, worker/, cli/)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: install ## print throughput and intake-memory figures (see README)
+bench: install ## print throughput, scheduling and intake-memory figures (see README's Performance)
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/scheduling.py
 	$(BIN)/python bench/intake_memory.py
