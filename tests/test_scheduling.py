@@ -95,7 +95,7 @@ def test_cancelling_a_big_job_ends_it_at_once_and_no_cancelled_item_reaches_the_
     running_at_cancel = answered["totalCount"] - answered["processedCount"]
     print(f"cancel of 20,000 items: finished {took:.2f}s after the cancel answered; "
           f"{answered['cancelledCount']} cancelled at once, {running_at_cancel} were running")
-    assert answered["state"] == "CANCELLED" and answered["estimatedSecondsLeft"] in (None, 0)
+    assert answered["state"] == "CANCELLED" and answered["estimatedSecondsLeft"] is None
     assert answered["cancelledCount"] > 15_000  # most were never dispatched
     assert (job["state"], job["processedCount"]) == ("CANCELLED", 20_000)
     ran = job["createdCount"] + job["updatedCount"] + (job["failureCount"] - job["cancelledCount"])

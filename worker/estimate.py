@@ -42,8 +42,9 @@ def seconds_left(job: dict[str, Any], tenant: Tenant, now: datetime) -> float | 
 
 
 def with_estimate(job: dict[str, Any], tenant: Tenant, now: datetime | None = None) -> dict[str, Any]:
+    """The document with its estimate; a cancelled job has none (what still runs of it is no completion)."""
     now = now or datetime.now(UTC)
-    left = seconds_left(job, tenant, now)
+    left = None if job.get("state") == "CANCELLED" else seconds_left(job, tenant, now)
     job["estimatedSecondsLeft"] = None if left is None else round(left, 1)
     job["estimatedCompletionAt"] = (
         None if left is None or job.get("finishedAt")

@@ -39,3 +39,9 @@ def test_unknown_before_any_progress_without_limits_and_zero_when_finished():
     assert with_estimate(finished, tenant, NOW)["estimatedSecondsLeft"] == 0.0
     running = with_estimate(job(500, created=500), tenant, NOW)
     assert running["estimatedCompletionAt"] == "2026-01-01T12:00:10Z"
+
+
+def test_a_cancelled_job_shows_no_estimate_even_while_items_still_run():
+    cancelled = job(500, created=500) | {"state": "CANCELLED"}
+    shown = with_estimate(cancelled, Tenant(id="t", token="x"), NOW)
+    assert shown["estimatedSecondsLeft"] is None and shown["estimatedCompletionAt"] is None
