@@ -19,6 +19,9 @@ Job keys (``{j}`` is the job id, ``{n}`` the chunk number, ``index // CHUNK``)::
     cu:job:{j}:ready        list   chain successors whose predecessor has ended, to dispatch first
     cu:job:{j}:delayed      zset   items waiting to be retried (score = due time)
 
+The dispatcher's scripts (worker/scheduler.py) build a job's key names from its id in Lua, with
+these suffixes and :data:`CHUNK`; they take the prefix from :func:`job`.
+
 Scheduler and fleet::
 
     cu:sched:jobs           zset   unfinished jobs (score = creation time): what the dispatcher serves

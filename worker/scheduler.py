@@ -197,7 +197,7 @@ while i <= #ARGV do
   local job, due, k = ARGV[i], ARGV[i + 1] == '1', tonumber(ARGV[i + 2])
   local tokens = i + 3
   i = i + 3 + k
-  local jk = 'cu:job:' .. job
+  local jk = JOB_PREFIX .. job
   local state, cursor, total, chained = unpack(redis.call('HMGET', jk, 'state', 'cursor', 'totalCount', 'chained'))
   if state == 'QUEUED' or state == 'RUNNING' then
     if state == 'QUEUED' then redis.call('HSET', jk, 'state', 'RUNNING', 'startedAt', ARGV[2]) end
@@ -257,13 +257,13 @@ local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, #AR
 local out = {}
 for n, member in ipairs(lapsed) do
   local job, index = string.match(member, '^([^:]+):(%d+):')
-  local jk = 'cu:job:' .. job
+  local jk = JOB_PREFIX .. job
   local state = redis.call('HGET', jk, 'state')
   if not state or state == 'COMPLETED' then
     redis.call('ZREM', KEYS[1], member)
     out[#out + 1] = {'gone', member}
   else
-    local ck = jk .. ':in:' .. math.floor(tonumber(index) / 1000)
+    local ck = jk .. ':in:' .. math.floor(tonumber(index) / CHUNK)
     local raw = redis.call('HGET', ck, 'm:' .. index)
     local memo = raw and cjson.decode(raw) or {}
     memo['l'] = (tonumber(memo['l']) or 0) + 1
@@ -281,6 +281,10 @@ for n, member in ipairs(lapsed) do
 end
 return out
 """
+
+# The job keys the two scripts above find by a job's id, named as worker/keys.py names them.
+_TAKE, _REAP = (script.replace("JOB_PREFIX", repr(keys.job(""))).replace("CHUNK", str(keys.CHUNK))
+                for script in (_TAKE, _REAP))
 
 _FLEET = """
 -- KEYS: fleet, fleet slots. ARGV: seconds a heartbeat stays valid. Forgets silent workers and
