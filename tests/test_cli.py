@@ -84,6 +84,8 @@ def test_ctrl_c_leaves_the_job_running_and_says_how_to_follow_or_cancel_it(web_u
         # FORCE_COLOR: rich draws the live bar as on a terminal, so what it shows while the job runs can be read
         env=procfile.process_env({"UPSERT_URL": web_url, "UPSERT_API_TOKEN": TOKEN, "FORCE_COLOR": "1"}),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # As at a terminal: a suite started in the background (CI, `make test &`) passes SIGINT on ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     out = bytearray()
     reader = threading.Thread(target=_drain, args=(process, out), daemon=True)
