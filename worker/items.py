@@ -91,12 +91,12 @@ def run_item(ctx: WorkerContext, job_id: str, index: int, token: str) -> ItemRun
 
 def _run_item(ctx: WorkerContext, job_id: str, index: int, member: str) -> ItemRun:
     """Gate, upsert under the item's locks, record: each a function of its own below."""
-    work = ctx.store.load_item(job_id, index)
+    work = ctx.store.claim_item(job_id, index, member, lock_ttl_ms=ctx.locks.ttl_ms)
     if work.meta is None:
         log.warning("job %s is gone; dropping item %s", job_id, index)
         return ItemRun("SKIPPED: the job is gone")
     outcome = _gate(ctx, work, work.meta)
-    locks: list[str] = []
+    locks = work.locks if work.locked and work.locks else []  # released with the outcome
     if outcome is None:
         ran = _run_under_locks(ctx, work, work.meta, job_id, index, member)
         if isinstance(ran, ItemRun):  # deferred, or its lease was lost meanwhile
@@ -126,8 +126,12 @@ def _run_under_locks(ctx: WorkerContext, work: ItemWork, meta: JobMeta, job_id: 
     """Take the item's identifier locks, upsert, and decide what a failure means (worker/retry.py).
     Answers the outcome and the locks held, or the run's end when the item went back to the scheduler."""
     memo = dict(work.memo)
-    locks = ctx.locks.keys(meta.tenant, identifier_keys(work.element))
-    if not ctx.locks.acquire(locks, member):
+    if work.locks is None:  # an item stored before intake kept its locks' digests: take them here
+        locks = ctx.locks.keys(meta.tenant, identifier_keys(work.element))
+        locked = ctx.locks.acquire(locks, member)
+    else:
+        locks, locked = work.locks, work.locked
+    if not locked:
         delay = retry.identifiers_locked_delay()
         return _defer(ctx, job_id, index, member, delay, memo, [], RETRY_IDENTIFIERS_LOCKED,
                       f"RETRY in {delay:.1f}s: identifiers held by another job's item")

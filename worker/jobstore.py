@@ -27,6 +27,7 @@ import redis
 
 from worker import keys, metrics
 from worker.clock import now_iso
+from worker.planning import identifier_keys
 
 QUEUED, RUNNING, COMPLETED, CANCELLED = "QUEUED", "RUNNING", "COMPLETED", "CANCELLED"
 
@@ -36,6 +37,32 @@ OUTCOME_COUNTERS = ("n.created", "n.updated", "n.createdWithErrors", "n.updatedW
 
 CODE_CANCELLED = 9002
 CANCELLED_MESSAGE = "the job was cancelled before this item ran"
+
+_CLAIM_ITEM = """
+-- KEYS: the item's input chunk. ARGV: index, owner 'job:index:token', the item's prefix 'job:index:',
+-- lock ttl ms, lock key prefix. Answers the item's fields (input, meta, cancelled, memo, successor,
+-- lock digests) and 1 when it took the locks. The lock keys are built here from the digests stored
+-- at intake, as IdentifierLocks does on a plain Redis (not a cluster): a lock held by an earlier
+-- delivery of this same item is taken over; one held by another item refuses them all.
+local i = ARGV[1]
+local f = redis.call('HMGET', KEYS[1], i, 'meta', 'cancelled', 'm:' .. i, 'n:' .. i, 'k:' .. i)
+local taken = 0
+if f[2] and not f[3] and f[6] then
+  taken = 1
+  local locks = {}
+  for digest in string.gmatch(f[6], '%S+') do
+    local key = ARGV[5] .. digest
+    local holder = redis.call('GET', key)
+    if holder and string.sub(holder, 1, #ARGV[3]) ~= ARGV[3] then taken = 0 break end
+    locks[#locks + 1] = key
+  end
+  if taken == 1 then
+    for _, key in ipairs(locks) do redis.call('SET', key, ARGV[2], 'PX', ARGV[4]) end
+  end
+end
+f[7] = taken
+return f
+"""
 
 _RECORD_OUTCOME = """
 -- KEYS: inflight, job, result chunk, failed zset, ready list, sched due, identifier locks...
@@ -171,6 +198,10 @@ class ItemWork:
     #: What earlier runs of this item left: attempt, reserved tokens, created id, add in doubt, lapses.
     memo: dict[str, Any] = field(default_factory=dict)
     successor: int | None = None
+    #: The item's identifier locks (by :meth:`JobStore.claim_item`; None when not stored at intake)
+    locks: list[str] | None = None
+    #: Whether :meth:`JobStore.claim_item` took them (False: another job's item holds one)
+    locked: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,6 +216,7 @@ class JobStore:
     def __init__(self, client: redis.Redis, *, ttl_seconds: int = 604800) -> None:
         self.redis = client
         self.ttl = ttl_seconds
+        self._claim = client.register_script(_CLAIM_ITEM)
         self._record = client.register_script(_RECORD_OUTCOME)
         self._defer = client.register_script(_DEFER)
         self._cancel = client.register_script(_CANCEL)
@@ -220,6 +252,27 @@ class JobStore:
             cancelled=cancelled is not None,
             memo=json.loads(memo) if memo else {},
             successor=int(successor) if successor is not None else None,
+        )
+
+    def claim_item(self, job_id: str, index: int, member: str, *, lock_ttl_ms: int) -> ItemWork:
+        """Read an item, as :meth:`load_item`, and take its identifier locks for ``member``
+        (``job:index:token``), all or none, in the same round trip. No lock is taken for a cancelled
+        item or a job that is gone. ``locks`` is None for an item stored without its locks' digests
+        (before they were stored at intake): the caller takes them itself (worker/locks.py)."""
+        i = str(index)
+        raw, meta, cancelled, memo, successor, digests, taken = self._claim(
+            keys=[keys.inputs(job_id, index)],
+            args=[i, member, member.rsplit(":", 1)[0] + ":", lock_ttl_ms, keys.LOCK_PREFIX])
+        if meta is None:
+            return ItemWork(meta=None, element=None, cancelled=False)
+        return ItemWork(
+            meta=JobMeta.loads(meta),
+            element=json.loads(raw) if raw is not None else None,
+            cancelled=cancelled is not None,
+            memo=json.loads(memo) if memo else {},
+            successor=int(successor) if successor is not None else None,
+            locks=None if digests is None else [keys.LOCK_PREFIX + d for d in digests.split()],
+            locked=taken == 1,
         )
 
     def save_memo(self, job_id: str, index: int, memo: dict[str, Any]) -> None:
@@ -490,9 +543,16 @@ class NewJob:
         self._chunk: dict[str, str] = {}
 
     def add(self, element: Any) -> None:
-        self._chunk[str(self.count)] = json.dumps(element, separators=(",", ":"))
+        """Store an element, and the digests of its identifier locks: the worker then reads the item
+        and takes its locks in one step (:meth:`JobStore.claim_item`)."""
+        index = self.count
+        self._chunk[str(index)] = json.dumps(element, separators=(",", ":"))
+        digests = sorted({keys.identifier_lock_digest(self.tenant, source, account, kind, value)
+                          for kind, value, source, account in identifier_keys(element)})
+        if digests:
+            self._chunk[keys.lock_field(index)] = " ".join(digests)
         self.count += 1
-        if len(self._chunk) == keys.CHUNK:
+        if self.count % keys.CHUNK == 0:
             self._flush()
 
     def _flush(self) -> None:

@@ -112,10 +112,23 @@ def idempotency(tenant: str, key: str) -> str:
     return f"{PREFIX}:idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
-def identifier_lock(tenant: str, source: str, account: str, kind: str, value: str) -> str:
+#: Every identifier lock is this prefix and a digest (see :func:`identifier_lock_digest`).
+LOCK_PREFIX = f"{PREFIX}:lock:"
+
+
+def identifier_lock_digest(tenant: str, source: str, account: str, kind: str, value: str) -> str:
     """A digest, not the identifier itself: lock keys must not spell out a mobile or an email."""
     raw = "\x1f".join((tenant, source, account, kind, value)).encode()
-    return f"{PREFIX}:lock:{hashlib.blake2b(raw, digest_size=16).hexdigest()}"
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def identifier_lock(tenant: str, source: str, account: str, kind: str, value: str) -> str:
+    return LOCK_PREFIX + identifier_lock_digest(tenant, source, account, kind, value)
+
+
+def lock_field(index: int) -> str:
+    """The field of an item's input chunk that lists its identifier locks' digests (see NewJob.add)."""
+    return f"k:{index}"
 
 
 def rate_limit_prefix(tenant: str) -> str:

@@ -1,9 +1,14 @@
 """Per-identifier locks in Redis, so items of different jobs never write the same customer at once.
 
 Within one job, items that share an identifier are chained at intake; these locks are for items
-of different jobs. A lock is a plain key set with NX, one command per identifier; its value is
-the holding delivery (``job:index:token``). A later delivery of the same item (its lease lapsed
-and it was handed out again) takes the lock over at once instead of waiting for it to expire.
+of different jobs. A lock is a plain key, named by a digest of the identifier; its value is the
+holding delivery (``job:index:token``). A later delivery of the same item (its lease lapsed and
+it was handed out again) takes the lock over at once instead of waiting for it to expire.
+
+The intake stores each item's lock digests beside its input, and the worker takes the locks in
+the script that reads the item (``JobStore.claim_item``), in the same round trip. This class
+takes them for items stored without the digests (by an earlier version), and is the reference
+the script must agree with: both name a lock by :func:`worker.keys.identifier_lock`.
 
 A lock lives as long as the item's lease: twice the lease, renewed by the worker's lease keeper
 together with the lease (worker/scheduler.py), and deleted by the script that records the

@@ -127,3 +127,44 @@ def test_a_partial_success_counts_as_written_and_as_failed(store, action):
                          failed=True)
     job = store.get_job(job_id)
     assert (job[f"{action.lower()}Count"], job["failureCount"], job["successCount"]) == (1, 1, 0)
+
+
+def test_claiming_an_item_takes_the_same_locks_the_worker_would_compute_all_or_none(store, r):
+    """The intake stores each item's lock digests so the worker reads the item and locks it in one
+    round trip; the keys must be exactly those IdentifierLocks names, or items stored by an older
+    version and new ones would not exclude each other."""
+    from worker.locks import IdentifierLocks
+    from worker.planning import identifier_keys
+
+    element = {"profiles": [{"identifiers": [{"type": "mobile", "value": "919800000001"},
+                                             {"type": "email", "value": "a@b.example"}], "source": "INSTORE"}]}
+    job = store.new_job("t")
+    job.add(element)
+    job.add({"profiles": [{"identifiers": [{"type": "email", "value": "a@b.example"}], "source": "INSTORE"}]})
+    job_id = job.commit(skip_change_identifier=False, next_index={})
+    other = store.new_job("t")
+    other.add(element)
+    other_id = other.commit(skip_change_identifier=False, next_index={})
+    expected = IdentifierLocks.keys("t", identifier_keys(element))
+
+    mine = store.claim_item(job_id, 0, keys.inflight_member(job_id, 0, "a"), lock_ttl_ms=10_000)
+    refused = store.claim_item(other_id, 0, keys.inflight_member(other_id, 0, "b"), lock_ttl_ms=10_000)
+    again = store.claim_item(job_id, 0, keys.inflight_member(job_id, 0, "c"), lock_ttl_ms=10_000)
+
+    assert mine.locked and mine.locks == expected and mine.element == element
+    assert not refused.locked and refused.locks == expected  # another job's item holds them: none taken
+    assert again.locked  # a later delivery of the same item takes them over
+    assert {r.get(k) for k in expected} == {keys.inflight_member(job_id, 0, "c")}
+    assert 0 < r.pttl(expected[0]) <= 10_000
+
+
+def test_a_cancelled_or_unlocked_item_is_claimed_without_locks(store, r):
+    job_id = new_job(store, 2)
+    r.hdel(keys.inputs(job_id, 1), keys.lock_field(1))  # as stored by a version without lock digests
+    store.cancel(job_id)
+
+    cancelled = store.claim_item(job_id, 0, keys.inflight_member(job_id, 0, "a"), lock_ttl_ms=10_000)
+    old = store.claim_item(job_id, 1, keys.inflight_member(job_id, 1, "a"), lock_ttl_ms=10_000)
+
+    assert cancelled.cancelled and not cancelled.locked and r.keys(keys.LOCK_PREFIX + "*") == []
+    assert old.locks is None and not old.locked
