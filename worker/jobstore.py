@@ -52,13 +52,14 @@ if f[2] and not f[3] and f[6] then
   local locks = {}
   for digest in string.gmatch(f[6], '%S+') do
     local key = ARGV[5] .. digest
-    local holder = redis.call('GET', key)
-    if holder and string.sub(holder, 1, #ARGV[3]) ~= ARGV[3] then taken = 0 break end
+    if not redis.call('SET', key, ARGV[2], 'NX', 'PX', ARGV[4]) then
+      local holder = redis.call('GET', key)
+      if holder and string.sub(holder, 1, #ARGV[3]) ~= ARGV[3] then taken = 0 break end
+      redis.call('SET', key, ARGV[2], 'PX', ARGV[4])
+    end
     locks[#locks + 1] = key
   end
-  if taken == 1 then
-    for _, key in ipairs(locks) do redis.call('SET', key, ARGV[2], 'PX', ARGV[4]) end
-  end
+  if taken == 0 and #locks > 0 then redis.call('DEL', unpack(locks)) end
 end
 f[7] = taken
 return f

@@ -7,7 +7,6 @@ leader's lock; see worker/scheduler.py), and the metrics flusher (worker/metrics
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -19,15 +18,15 @@ from typing import TypeVar
 import redis
 from celery import shared_task
 from celery.signals import celeryd_init, setup_logging, worker_ready, worker_shutdown
-from kombu.utils.uuid import uuid
 
 from worker import retry
 from worker.context import context_of
 from worker.items import end_lapsed, run_item
 from worker.jobs import end_job, has_callback, send_callback
 from worker.logs import configure_logging
-from worker.queues import Queues, TaskNames
-from worker.scheduler import Delivery, Dispatcher
+from worker.publishing import publish
+from worker.queues import TaskNames
+from worker.scheduler import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -73,28 +72,6 @@ def while_store_recovers(work: Callable[[], T]) -> T:
                 raise
             log.warning("job store unreachable (%s); trying again in %.1fs", type(exc).__name__, pause)
             time.sleep(pause)
-
-
-def publish(app, deliveries: list[Delivery]) -> None:
-    """Send one message per delivery, in one round trip where the transport can batch.
-
-    The leader publishes every message of the fleet, so each costs as little as it can: the message
-    is built and sent by Celery's own two halves of ``apply_async`` (``as_task_v2`` and
-    ``send_task_message``, so signals and task-sent events behave as ever), without the rest of it
-    (routing, an AsyncResult per message, options copied into the message's properties); the
-    readable forms Flower shows are written here rather than by Celery's generic repr; and the
-    items queue is not declared again for every message (the workers declare it as they start
-    consuming). Half the leader's CPU per message, as measured by bench/throughput.py's profile.
-    """
-    amqp = app.amqp
-    with app.producer_or_acquire() as producer:
-        batch = producer.batch() if hasattr(producer, "batch") else contextlib.nullcontext()
-        with batch:
-            for d in deliveries:
-                args, kwargs = (d.job_id, d.index), {"token": d.token, "tenant": d.tenant}
-                message = amqp.as_task_v2(uuid(), TaskNames.PROCESS_ITEM, args, kwargs, ignore_result=True,
-                                          argsrepr=repr(args), kwargsrepr=repr(kwargs))
-                amqp.send_task_message(producer, TaskNames.PROCESS_ITEM, message, queue=Queues.ITEMS, declare=[])
 
 
 @setup_logging.connect
