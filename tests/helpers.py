@@ -239,9 +239,9 @@ class ApiClient:
         assert response.status_code == 202, response.get_json()
         return self.wait(response.get_json()["jobId"], timeout=timeout)
 
-    def wait(self, job_id: str, *, timeout: float = 60) -> dict:
+    def wait(self, job_id: str, *, timeout: float = 60, interval: float = 0.1) -> dict:
         return wait_for(lambda: (lambda j: j if j.get("finishedAt") else None)(self.get(f"/jobs/{job_id}").get_json()),
-                        timeout=timeout, what=f"job {job_id} to finish", interval=0.1)
+                        timeout=timeout, what=f"job {job_id} to finish", interval=interval)
 
     def results(self, job_id: str, **query) -> list[dict]:
         return self.get(f"/jobs/{job_id}/results", limit=1000, **query).get_json()["response"]

@@ -6,9 +6,10 @@ the member and writes the result with HSETNX in one step, so a delivery whose le
 away (its worker froze or lost its network, and the item was handed to another) records nothing,
 and no item is ever counted twice.
 
-The hot path is counted in Redis commands (at most about 12 per item, broker included), so an
-item reads everything it needs with one HMGET on its input chunk, and records its outcome,
-releases its identifier locks, ends its lease and hands on its chain with one script. An item
+The hot path is counted in Redis commands (at most about 12 per item, broker included) and in
+round trips, so an item reads everything it needs from its input chunk and takes its identifier
+locks with one script (:meth:`JobStore.claim_item`), and records its outcome, releases its locks,
+ends its lease and hands on its chain with another. An item
 bumps exactly one counter, that of its kind of outcome (:data:`OUTCOME_COUNTERS`); the job
 document's counts are sums of them, and the dispatcher, which sees every job's items in flight,
 queues the job's end once the counters add up to the total.
