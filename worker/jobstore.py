@@ -206,6 +206,21 @@ class ItemWork:
     locked: bool = False
 
 
+def _item_work(raw: str | None, meta: str | None, cancelled: str | None, memo: str | None, successor: str | None,
+               **locking: Any) -> ItemWork:
+    """An item's fields as read from its input chunk, decoded."""
+    if meta is None:
+        return ItemWork(meta=None, element=None, cancelled=False)
+    return ItemWork(
+        meta=JobMeta.loads(meta),
+        element=json.loads(raw) if raw is not None else None,
+        cancelled=cancelled is not None,
+        memo=json.loads(memo) if memo else {},
+        successor=int(successor) if successor is not None else None,
+        **locking,
+    )
+
+
 @dataclass(frozen=True)
 class Recorded:
     """What recording an outcome did."""
@@ -246,15 +261,7 @@ class JobStore:
         i = str(index)
         raw, meta, cancelled, memo, successor = self.redis.hmget(
             keys.inputs(job_id, index), i, keys.META_FIELD, keys.CANCELLED_FIELD, f"m:{i}", f"n:{i}")
-        if meta is None:
-            return ItemWork(meta=None, element=None, cancelled=False)
-        return ItemWork(
-            meta=JobMeta.loads(meta),
-            element=json.loads(raw) if raw is not None else None,
-            cancelled=cancelled is not None,
-            memo=json.loads(memo) if memo else {},
-            successor=int(successor) if successor is not None else None,
-        )
+        return _item_work(raw, meta, cancelled, memo, successor)
 
     def claim_item(self, job_id: str, index: int, member: str, *, lock_ttl_ms: int) -> ItemWork:
         """Read an item, as :meth:`load_item`, and take its identifier locks for ``member``
@@ -265,17 +272,8 @@ class JobStore:
         raw, meta, cancelled, memo, successor, digests, taken = self._claim(
             keys=[keys.inputs(job_id, index)],
             args=[i, member, member.rsplit(":", 1)[0] + ":", lock_ttl_ms, keys.LOCK_PREFIX])
-        if meta is None:
-            return ItemWork(meta=None, element=None, cancelled=False)
-        return ItemWork(
-            meta=JobMeta.loads(meta),
-            element=json.loads(raw) if raw is not None else None,
-            cancelled=cancelled is not None,
-            memo=json.loads(memo) if memo else {},
-            successor=int(successor) if successor is not None else None,
-            locks=None if digests is None else [keys.LOCK_PREFIX + d for d in digests.split()],
-            locked=taken == 1,
-        )
+        return _item_work(raw, meta, cancelled, memo, successor, locked=taken == 1,
+                          locks=None if digests is None else [keys.LOCK_PREFIX + d for d in digests.split()])
 
     def save_memo(self, job_id: str, index: int, memo: dict[str, Any]) -> None:
         self.redis.hset(keys.inputs(job_id, index), f"m:{index}", json.dumps(memo, separators=(",", ":")))

@@ -91,5 +91,5 @@ def coalesce_lpushes(channel) -> None:
             batch.pipeline = OneLpushPerQueue(batch.pipeline)
         return batch
 
-    setattr(channel, "create_publish_batch", create_publish_batch)  # this channel only
+    channel.create_publish_batch = create_publish_batch  # type: ignore[method-assign]  # this channel only
     _coalescing.add(channel)
