@@ -242,7 +242,9 @@ webhook_secret = "webhook-north-secret"
         assert all(set(_decoded(raw)[1]) == {"tenant", "token"} for raw in item_raws)
         assert all(_decoded(raw)[1]["tenant"] == "north" for raw in item_raws)
         for raw in item_raws:
-            readable = raw + base64.b64decode(json.loads(raw)["body"])  # headers, properties and the body
+            # Headers and properties, and the body decoded: base64 text may hold "Q1" by chance.
+            envelope = json.loads(raw)
+            readable = json.dumps({**envelope, "body": None}).encode() + base64.b64decode(envelope["body"])
             for secret in (b"token-north-secret", b"password-north-secret", b"webhook-north-secret", b"north.till",
                            b"Q1", b"Q2"):
                 assert secret not in readable
