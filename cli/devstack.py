@@ -147,6 +147,8 @@ def run_dev(settings: Settings, *, submit: Path | None = None, exit_after_submit
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
+    # A shell starting us in the background hands SIGINT down ignored; `kill -INT` must still stop us.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     example = open_batch(submit) if submit is not None else None  # a bad file stops us before anything starts
     with RedisForDev(settings.redis_url, chosen="REDIS_URL" in settings.env_names) as redis_server:
         token = settings.upsert_api_token or secrets.token_urlsafe(24)
