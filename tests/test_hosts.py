@@ -13,11 +13,13 @@ import os
 import random
 import re
 import shutil
+import socket
 import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
+import redis
 
 from api.app import create_app
 from cli import procfile
@@ -32,6 +34,7 @@ from tests.helpers import (
     settings_env,
     wait_for,
 )
+from worker import keys
 
 pytestmark = [
     pytest.mark.slow,
@@ -125,11 +128,19 @@ def test_a_host_cut_off_mid_job_costs_one_lease_and_changes_nothing_when_it_retu
         finally:
             cut_off.mend()
 
-        # Back on the network: its keeper learns the leases are gone, its items stand down.
+        # Back on the network. Its items stand down: either its keeper's first renewal on its return learns
+        # that their leases are gone, or, when the other host took long enough to finish the job, they
+        # found their leases unrenewed for most of a lease while it was cut off. Either way they write
+        # nothing. A heartbeat well after the return means the keeper has renewed (and said so) since.
+        store = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        returned_at = float(store.time()[0])
+        member = f"{socket.gethostname()}:{workers[0].process.pid}"
+        wait_for(lambda: (store.zscore(keys.FLEET, member) or 0) > returned_at + settings.item_lease_seconds / 4,
+                 timeout=60, what="the returning host to renew its leases")
         log = workers[0].log_path
-        taken = wait_for(lambda: re.search(rb"(\d+) leases were taken away", log.read_bytes()), timeout=90,
-                         what="the returning host to notice")
-        wait_for(lambda: log.read_bytes().count(b"lease lost to another worker") >= int(taken.group(1)),
+        taken = re.search(rb"(\d+) leases were taken away", log.read_bytes())
+        stood_down = int(taken.group(1)) if taken else 1  # at least one: the host was mid-job
+        wait_for(lambda: log.read_bytes().count(b"lease lost to another worker") >= stood_down,
                  timeout=60, what="every item of the returning host to stand down")
         after = progress(api, job_id)
         assert {k: after[k] for k in ("processedCount", "failureCount", "createdCount", "updatedCount")} == \
