@@ -28,6 +28,7 @@ import redis
 
 from worker import keys, metrics
 from worker.clock import now_iso
+from worker.locks import TAKE_ALL_LUA
 from worker.planning import identifier_keys
 
 QUEUED, RUNNING, COMPLETED, CANCELLED = "QUEUED", "RUNNING", "COMPLETED", "CANCELLED"
@@ -39,28 +40,18 @@ OUTCOME_COUNTERS = ("n.created", "n.updated", "n.createdWithErrors", "n.updatedW
 CODE_CANCELLED = 9002
 CANCELLED_MESSAGE = "the job was cancelled before this item ran"
 
-_CLAIM_ITEM = """
+_CLAIM_ITEM = TAKE_ALL_LUA + """
 -- KEYS: the item's input chunk. ARGV: index, owner 'job:index:token', the item's prefix 'job:index:',
 -- lock ttl ms, lock key prefix. Answers the item's fields (input, meta, cancelled, memo, successor,
 -- lock digests) and 1 when it took the locks. The lock keys are built here from the digests stored
--- at intake, as IdentifierLocks does on a plain Redis (not a cluster): a lock held by an earlier
--- delivery of this same item is taken over; one held by another item refuses them all.
+-- at intake (so on a plain Redis, not a cluster), and taken as IdentifierLocks takes them: take_all.
 local i = ARGV[1]
 local f = redis.call('HMGET', KEYS[1], i, 'meta', 'cancelled', 'm:' .. i, 'n:' .. i, 'k:' .. i)
 local taken = 0
 if f[2] and not f[3] and f[6] then
-  taken = 1
   local locks = {}
-  for digest in string.gmatch(f[6], '%S+') do
-    local key = ARGV[5] .. digest
-    if not redis.call('SET', key, ARGV[2], 'NX', 'PX', ARGV[4]) then
-      local holder = redis.call('GET', key)
-      if holder and string.sub(holder, 1, #ARGV[3]) ~= ARGV[3] then taken = 0 break end
-      redis.call('SET', key, ARGV[2], 'PX', ARGV[4])
-    end
-    locks[#locks + 1] = key
-  end
-  if taken == 0 and #locks > 0 then redis.call('DEL', unpack(locks)) end
+  for digest in string.gmatch(f[6], '%S+') do locks[#locks + 1] = ARGV[5] .. digest end
+  taken = take_all(locks, ARGV[2], ARGV[3], ARGV[4])
 end
 f[7] = taken
 return f
@@ -271,7 +262,7 @@ class JobStore:
         i = str(index)
         raw, meta, cancelled, memo, successor, digests, taken = self._claim(
             keys=[keys.inputs(job_id, index)],
-            args=[i, member, member.rsplit(":", 1)[0] + ":", lock_ttl_ms, keys.LOCK_PREFIX])
+            args=[i, member, keys.item_of(member), lock_ttl_ms, keys.LOCK_PREFIX])
         return _item_work(raw, meta, cancelled, memo, successor, locked=taken == 1,
                           locks=None if digests is None else [keys.LOCK_PREFIX + d for d in digests.split()])
 

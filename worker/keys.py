@@ -140,6 +140,11 @@ def inflight_member(job_id: str, index: int, token: str) -> str:
     return f"{job_id}:{index}:{token}"
 
 
+def item_of(member: str) -> str:
+    """``job:index:`` of a delivery ``job:index:token``: what every delivery of the same item shares."""
+    return member.rsplit(":", 1)[0] + ":"
+
+
 def parse_member(member: str) -> tuple[str, int, str]:
     job_id, index, token = member.split(":", 2)
     return job_id, int(index), token

@@ -24,14 +24,31 @@ import redis
 
 from worker import keys
 
-_TAKE_OVER = """
--- KEYS: locks; ARGV: owner, the item's prefix 'job:index:', ttl ms. All or none.
-for i = 1, #KEYS do
-  local holder = redis.call('GET', KEYS[i])
-  if holder and string.sub(holder, 1, #ARGV[2]) ~= ARGV[2] then return 0 end
+#: Lua: ``take_all(locks, owner, item, ttl_ms)`` takes every key of ``locks`` for ``owner``
+#: (``job:index:token``) or none, answering 1 or 0. A lock held by an earlier delivery of the same
+#: ``item`` (``job:index:``) is taken over. Shared by :meth:`IdentifierLocks.acquire` and the job
+#: store's claim script, so the two cannot disagree.
+TAKE_ALL_LUA = """
+local function take_all(locks, owner, item, ttl)
+  local taken = {}
+  for _, key in ipairs(locks) do
+    if not redis.call('SET', key, owner, 'NX', 'PX', ttl) then
+      local holder = redis.call('GET', key)
+      if holder and string.sub(holder, 1, #item) ~= item then
+        if #taken > 0 then redis.call('DEL', unpack(taken)) end
+        return 0
+      end
+      redis.call('SET', key, owner, 'PX', ttl)
+    end
+    taken[#taken + 1] = key
+  end
+  return 1
 end
-for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[3]) end
-return 1
+"""
+
+_ACQUIRE = TAKE_ALL_LUA + """
+-- KEYS: locks; ARGV: owner, the item's prefix 'job:index:', ttl ms.
+return take_all(KEYS, ARGV[1], ARGV[2], ARGV[3])
 """
 
 
@@ -39,7 +56,7 @@ class IdentifierLocks:
     def __init__(self, client: redis.Redis, *, ttl_ms: int) -> None:
         self.redis = client
         self.ttl_ms = ttl_ms
-        self._take_over = client.register_script(_TAKE_OVER)
+        self._acquire = client.register_script(_ACQUIRE)
 
     @staticmethod
     def keys(tenant: str, identifiers: Iterable[tuple[str, str, str, str]]) -> list[str]:
@@ -50,17 +67,4 @@ class IdentifierLocks:
         """All of ``lock_keys`` or none, for ``owner`` (``job:index:token``)."""
         if not lock_keys:
             return True
-        pipe = self.redis.pipeline(transaction=False)
-        for key in lock_keys:
-            pipe.set(key, owner, nx=True, px=self.ttl_ms)
-        taken = [key for key, ok in zip(lock_keys, pipe.execute(), strict=True) if ok]
-        if len(taken) == len(lock_keys):
-            return True
-        # Rare: held already. By an earlier delivery of this same item, then it is ours to take over.
-        refused = [key for key in lock_keys if key not in taken]
-        item = owner.rsplit(":", 1)[0] + ":"
-        if self._take_over(keys=refused, args=[owner, item, self.ttl_ms]) == 1:
-            return True
-        if taken:
-            self.redis.delete(*taken)  # ours since a moment ago; give them back and wait
-        return False
+        return self._acquire(keys=lock_keys, args=[owner, keys.item_of(owner), self.ttl_ms]) == 1
