@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import uuid
 
@@ -53,5 +54,18 @@ def test_flowers_task_list_shows_a_failed_items_outcome_and_finds_it_by_job(make
             created = wait_for(lambda: len(tasks(search=f"args:{job_id} result:CREATED")) == 2, timeout=30,
                                what="Flower to show the two created items of the job", interval=0.25)
             assert created
+
+            # A job with more items than the fleet has slots (16 threads and 16 queued): some tasks carry
+            # several items, and name each with its outcome.
+            no_sources = [{"profiles": [{"identifiers": [{"type": "mobile", "value": f"9199000001{i:02d}"}]}]}
+                          for i in range(40)]  # distinct mobiles: items sharing one would run one at a time
+            big_id = stack.api.submit(no_sources).get_json()["jobId"]
+            shared = wait_for(lambda: [t for t in tasks(search=f"args:{big_id} result:FAILED").values()
+                                       if "; " in (t["result"] or "")], timeout=30,
+                              what="Flower to show a task of several items", interval=0.25)
+            for task in shared:
+                job, indexes = ast.literal_eval(task["args"])
+                assert job == big_id and len(indexes) > 1
+                assert ast.literal_eval(task["result"]) == "; ".join(f"#{i} FAILED 8004" for i in indexes)
         finally:
             procfile.stop(flower)

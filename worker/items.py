@@ -18,6 +18,7 @@ the item back to the scheduler (``defer``), so a waiting item never holds a work
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,30 @@ class StoreJournal:
         self.memo.pop("c", None)
         self.memo["d"] = 1
         self.store.save_memo(self.job_id, self.index, self.memo)
+
+
+def run_items(ctx: WorkerContext, job_id: str, indexes: list[int], token: str,
+              guard: Callable[[Callable[[], ItemRun]], ItemRun] | None = None) -> list[ItemRun]:
+    """A message's items (worker/scheduler.py), one after another, each run through ``guard``.
+
+    The items waiting their turn have their leases kept alive by the keeper from the start, so a
+    slow first item never lets the others lapse and run a second time elsewhere; and each one's
+    lease is let go as it ends, whatever way it ends.
+    """
+    members = [inflight_member(job_id, index, token) for index in indexes]
+    for member in members[1:]:
+        ctx.keeper.hold(member, [])
+    runs: list[ItemRun] = []
+    try:
+        for index, member in zip(indexes, members, strict=True):
+            def run(index: int = index) -> ItemRun:
+                return run_item(ctx, job_id, index, token)
+            runs.append(guard(run) if guard is not None else run())
+            ctx.keeper.drop(member)
+    finally:
+        for member in members[len(runs):]:
+            ctx.keeper.drop(member)
+    return runs
 
 
 def run_item(ctx: WorkerContext, job_id: str, index: int, token: str) -> ItemRun:

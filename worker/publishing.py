@@ -1,6 +1,9 @@
-"""How the leader sends item messages: one per delivery, as cheaply as the broker allows.
+"""How the leader sends item messages, as cheaply as the broker allows.
 
-The leader publishes every message of the fleet, so each costs as little as it can:
+The deliveries of one job that share a token make one message (worker/scheduler.py: up to
+``ITEMS_PER_MESSAGE`` items, run one after another by one thread): its args are ``(job_id, index)``
+for a single item and ``(job_id, [index, ...])`` for several. The leader publishes every message of
+the fleet, so each costs as little as it can:
 
 * the message is built and sent by Celery's own two halves of ``apply_async`` (``as_task_v2`` and
   ``send_task_message``, so signals and task-sent events behave as ever), without the rest of it
@@ -27,14 +30,18 @@ from worker.scheduler import Delivery
 
 
 def publish(app, deliveries: Iterable[Delivery]) -> None:
-    """Send one message per delivery, in one round trip where the transport can batch."""
+    """Send one message per job and token, in one round trip where the transport can batch."""
+    messages: dict[tuple[str, str], list[Delivery]] = {}
+    for d in deliveries:
+        messages.setdefault((d.job_id, d.token), []).append(d)
     amqp = app.amqp
     with app.producer_or_acquire() as producer:
         coalesce_lpushes(producer.channel)
         batch = producer.batch() if hasattr(producer, "batch") else contextlib.nullcontext()
         with batch:
-            for d in deliveries:
-                args, kwargs = (d.job_id, d.index), {"token": d.token, "tenant": d.tenant}
+            for (job_id, token), items in messages.items():
+                index = items[0].index if len(items) == 1 else [d.index for d in items]
+                args, kwargs = (job_id, index), {"token": token, "tenant": items[0].tenant}
                 message = amqp.as_task_v2(uuid(), TaskNames.PROCESS_ITEM, args, kwargs, ignore_result=True,
                                           argsrepr=repr(args), kwargsrepr=repr(kwargs))
                 amqp.send_task_message(producer, TaskNames.PROCESS_ITEM, message, queue=Queues.ITEMS, declare=[])

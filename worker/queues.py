@@ -2,7 +2,8 @@
 
 
 class Queues:
-    #: One message per customer element, and never many more than the fleet can run at once.
+    #: Messages of one to four customer elements of one job, and never many more than the fleet can
+    #: run at once (worker/scheduler.py).
     ITEMS = "items"
     #: Job-level work (finishing, callbacks): kept apart so it never waits behind items.
     JOBS = "jobs"

@@ -11,6 +11,15 @@ work, then over that tenant's jobs, skipping a tenant at its ``max_concurrency``
 window. So a job's share is the fleet divided by the tenants with work, then by that tenant's
 jobs, and a one-profile job starts within a tick of being submitted, whatever else runs.
 
+**Messages, not items, take slots.** A slot is one message, and one message carries up to
+:data:`ITEMS_PER_MESSAGE` items of one job, which its thread runs one after another: Celery's cost
+per message (receiving, decoding, handing it to a thread: about half a millisecond of the worker's
+CPU) and the leader's are paid once for several items. The items of one message share the token
+of their leases, so the messages in flight are the distinct ``job:token`` pairs of ``cu:inflight``.
+A job gets more than one item per message only when it has more items left than slots given, so a
+small job still spreads over the whole fleet; and since each slot runs one item at a time, caps
+and windows still bound the downstream calls running at once.
+
 **Leases.** Every dispatched item gets a lease: the member ``job:index:token`` of ``cu:inflight``
 with an expiry ``ITEM_LEASE_SECONDS`` ahead. The worker that runs it keeps it alive with
 :class:`LeaseKeeper` (one script per worker process every quarter of a lease, for all its items
@@ -53,6 +62,10 @@ LEADER_MS = 3000
 #: three Redis commands, so it is not quicker than the buffer needs (see :attr:`Dispatcher.target`).
 BUSY_TICK_SECONDS = 0.1
 IDLE_TICK_SECONDS = 0.25
+#: Items one message carries at most. Four takes three quarters of the per-message cost off a big
+#: job's items; more would save little more and make a message, and the wait behind the queued
+#: ones, longer (see bench/throughput.py and bench/scheduling.py in the README).
+ITEMS_PER_MESSAGE = 4
 
 
 def worker_id() -> str:
@@ -66,7 +79,8 @@ def new_token() -> str:
 
 @dataclass(frozen=True)
 class Delivery:
-    """One message to publish: an item, under the token of its lease."""
+    """An item to publish, under the token of its lease; the deliveries of one job that share a
+    token go in one message (worker/publishing.py)."""
 
     job_id: str
     index: int
@@ -404,8 +418,9 @@ class Dispatcher:
 
     @property
     def target(self) -> int:
-        """Items in flight the fleet can take: its threads, plus as many queued, so that no thread
-        waits for the next tick (32 threads at 50 ms a call end about 16 items per 100 ms tick)."""
+        """Messages in flight the fleet can take: its threads, plus as many queued, so that no thread
+        waits for the next tick (32 threads at 50 ms a call end about 16 one-item messages per 100 ms
+        tick)."""
         if self._slots <= 0:
             return 0
         return self._slots + max(4, self._slots)
@@ -471,12 +486,13 @@ class Dispatcher:
         if not job_ids:
             return False
         self._learn(job_ids)
-        in_job: Counter[str] = Counter(m.split(":", 1)[0] for m in members)
+        messages = {(m.partition(":")[0], m.rpartition(":")[2]) for m in members}
+        in_job: Counter[str] = Counter(job_id for job_id, _token in messages)
         self.end_ended(job_ids, in_job, {job_id for job_id, _when in scheduled})
         now = time.time()
         due = [job_id for job_id, when in scheduled if when <= now]
         waiting = any(v.cursor < v.total for v in self._jobs.values()) or bool(due)
-        free = self.target - len(members)
+        free = self.target - len(messages)
         if free <= 0:
             return waiting
         allot = self.allot(free, job_ids, in_job, set(due))
@@ -484,7 +500,7 @@ class Dispatcher:
             return waiting
         args: list = [self.lease, now_iso()]
         for job_id, count in allot.items():
-            args += [job_id, "1" if job_id in due else "0", count, *(new_token() for _ in range(count))]
+            args += [job_id, "1" if job_id in due else "0", *self._tokens(job_id, count, job_id in due)]
         taken, cursors = self._take(keys=[keys.INFLIGHT, keys.SCHED_DUE], args=args)
         for job_id, cursor in zip(cursors[::2], cursors[1::2], strict=True):
             if job_id in self._jobs:
@@ -496,6 +512,18 @@ class Dispatcher:
         if deliveries:
             self.publish(deliveries)
         return True
+
+    def _tokens(self, job_id: str, messages: int, due: bool) -> list:
+        """How many items to take of a job given ``messages`` slots, then a token for each: one per
+        message, dealt round-robin, so that however many the script finds (a chain's waiting items
+        are skipped) the messages stay even. A job with fewer items left than slots gets one item
+        per message; a due job may have retries besides, so it is asked for full messages."""
+        view = self._jobs[job_id]
+        items = messages * ITEMS_PER_MESSAGE
+        if not due:
+            items = min(items, max(messages, view.total - view.cursor))
+        tokens = [new_token() for _ in range(messages)]
+        return [items, *(tokens[n % messages] for n in range(items))]
 
     def allot(self, free: int, job_ids: list[str], in_job: Counter[str], due: set[str]) -> dict[str, int]:
         """How many of ``free`` slots each job gets: round-robin by tenant, then by job."""

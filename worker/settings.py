@@ -42,8 +42,9 @@ class Tenant:
     webhook_secret: str = field(default="", repr=False)
     #: Hosts a job's callbackUrl may point at; none: callbacks are refused.
     callback_hosts: tuple[str, ...] = ()
-    #: Items of this tenant queued or running at once, all its jobs together; 0: no cap beyond its
-    #: fair share (see worker/scheduler.py).
+    #: Tasks of this tenant queued or running at once, all its jobs together (each runs one item at a
+    #: time, so this bounds its downstream calls at once); 0: no cap beyond its fair share (see
+    #: worker/scheduler.py).
     max_concurrency: int = 0
 
 
@@ -54,9 +55,9 @@ class Settings:
     #: A dispatched item's lease (worker/scheduler.py): its worker renews it every quarter of this;
     #: once it lapses the item is handed out again, so a dead worker's items run again this soon.
     item_lease_seconds: float = 20.0
-    #: Items of one job queued or running at once; 0: as many as the fleet can take.
+    #: Tasks of one job queued or running at once; 0: as many as the fleet can take.
     job_window: int = 0
-    #: Items of one tenant queued or running at once, for tenants that set no max_concurrency;
+    #: Tasks of one tenant queued or running at once, for tenants that set no max_concurrency;
     #: 0: no cap beyond the fair share.
     tenant_max_concurrency: int = 0
     capillary_base_url: str = "http://127.0.0.1:8100"

@@ -21,7 +21,7 @@ from celery.signals import celeryd_init, setup_logging, worker_ready, worker_shu
 
 from worker import retry
 from worker.context import context_of
-from worker.items import end_lapsed, run_item
+from worker.items import end_lapsed, run_item, run_items
 from worker.jobs import end_job, has_callback, send_callback
 from worker.logs import configure_logging
 from worker.publishing import publish
@@ -33,12 +33,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 @shared_task(bind=True, name=TaskNames.PROCESS_ITEM)
-def process_item(self, job_id: str, index: int, token: str = "", tenant: str = "") -> str:
-    """One customer element. ``tenant`` is there for people reading Flower; the worker takes the
-    tenant from the stored job. The answer is the item's outcome, as Flower shows it. The job's
-    end is queued by the dispatcher, which sees when a job's last item has ended."""
+def process_item(self, job_id: str, index: int | list[int], token: str = "", tenant: str = "") -> str:
+    """One customer element, or several of one job (``index`` a list) run one after another.
+    ``tenant`` is there for people reading Flower; the worker takes the tenant from the stored job.
+    The answer is the item's outcome as Flower shows it, or ``#index outcome`` per item joined by
+    ``; ``. The job's end is queued by the dispatcher, which sees when a job's last item has ended."""
     ctx = context_of(self.app)
-    return while_store_recovers(lambda: run_item(ctx, job_id, index, token)).summary
+    if isinstance(index, int):
+        return while_store_recovers(lambda: run_item(ctx, job_id, index, token)).summary
+    runs = run_items(ctx, job_id, index, token, guard=while_store_recovers)
+    return "; ".join(f"#{i} {run.summary}" for i, run in zip(index, runs, strict=True))
 
 
 @shared_task(bind=True, name=TaskNames.END_JOB)

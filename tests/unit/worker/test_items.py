@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from tests.unit.worker.test_jobstore import lease
 from worker.context import WorkerContext
-from worker.items import run_item
+from worker import keys
+from worker.items import run_item, run_items
 from worker.settings import Settings
 
 
@@ -52,3 +53,29 @@ def test_a_delivery_of_a_cancelled_job_ends_cancelled_without_a_call(r, store):
 
     assert run_item(context(r, store), job_id, 0, "t1").summary == "CANCELLED"
     assert store.get_job(job_id)["cancelledCount"] == 1
+
+
+def test_a_messages_items_run_in_turn_and_those_waiting_keep_their_lease_alive(r, store):
+    """A message of several items (worker/scheduler.py): while the first runs, the keeper renews the
+    leases of those behind it, so a slow first item never lets them lapse and run twice elsewhere."""
+    invalid = {"profiles": [{"identifiers": [{"type": "mobile", "value": "911111111"}]}]}  # no source: 8004
+    job = store.new_job("default")
+    for _ in range(3):
+        job.add(invalid)
+    job_id = job.commit(skip_change_identifier=False, next_index={})
+    members = [lease(store, job_id, i, "t1") for i in range(3)]
+    ctx = context(r, store)
+    seen: list[float | None] = []
+
+    def guard(run):
+        r.zadd(keys.INFLIGHT, {members[2]: 1.0})  # close to lapsing
+        ctx.keeper.renew_once()
+        seen.append(r.zscore(keys.INFLIGHT, members[2]))
+        return run()
+
+    runs = run_items(ctx, job_id, [0, 1, 2], "t1", guard=guard)
+
+    assert [run.summary for run in runs] == ["FAILED 8004"] * 3
+    assert [result["index"] for result in store.results(job_id, offset=0, limit=3)] == [0, 1, 2]
+    assert seen[0] is not None and seen[0] > 1e9  # renewed while it waited behind the first item
+    assert r.zcard(keys.INFLIGHT) == 0 and store.get_job(job_id)["failureCount"] == 3

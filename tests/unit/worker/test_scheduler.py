@@ -10,7 +10,7 @@ import pytest
 from tests.unit.worker.test_jobstore import new_job
 from worker import keys
 from worker.locks import IdentifierLocks
-from worker.scheduler import MAX_LAPSES, Delivery, Dispatcher, Lapsed, LeaseKeeper, LeaseLost
+from worker.scheduler import ITEMS_PER_MESSAGE, MAX_LAPSES, Delivery, Dispatcher, Lapsed, LeaseKeeper, LeaseLost
 from worker.settings import Settings, Tenant
 
 
@@ -31,6 +31,18 @@ def dispatcher(r, recorder: Recorder, *, slots: int = 4, lease: float = 20.0, te
     return d
 
 
+def messages(published: list[Delivery]) -> dict[tuple[str, str], list[int]]:
+    """The messages the deliveries make (worker/publishing.py): one per job and token."""
+    out: dict[tuple[str, str], list[int]] = {}
+    for x in published:
+        out.setdefault((x.job_id, x.token), []).append(x.index)
+    return out
+
+
+def messages_per_job(published: list[Delivery]) -> Counter[str]:
+    return Counter(job_id for job_id, _token in messages(published))
+
+
 def test_the_fleet_gets_its_threads_and_as_many_queued_and_no_more(store, r):
     new_job(store, n=50)
     recorder = Recorder()
@@ -39,8 +51,48 @@ def test_the_fleet_gets_its_threads_and_as_many_queued_and_no_more(store, r):
     d.tick()
     d.tick()
 
-    assert len(recorder.published) == d.target == 8 and r.zcard(keys.INFLIGHT) == 8
-    assert sorted(x.index for x in recorder.published) == list(range(8))
+    sent = messages(recorder.published)
+    assert len(sent) == d.target == 8 and [len(m) for m in sent.values()] == [ITEMS_PER_MESSAGE] * 8
+    assert sorted(x.index for x in recorder.published) == list(range(8 * ITEMS_PER_MESSAGE))
+    assert r.zcard(keys.INFLIGHT) == 8 * ITEMS_PER_MESSAGE
+
+
+def test_a_job_with_fewer_items_left_than_slots_spreads_them_one_per_message(store, r):
+    new_job(store, n=6)
+    recorder = Recorder()
+    dispatcher(r, recorder, slots=4).tick()  # 8 slots
+
+    assert sorted(messages(recorder.published).values()) == [[i] for i in range(6)]
+
+
+def test_a_jobs_last_items_are_spread_evenly_over_the_slots_they_get(store, r):
+    new_job(store, n=15)
+    recorder = Recorder()
+    dispatcher(r, recorder, slots=2).tick()  # 2 threads and 4 queued: 6 slots for 15 items
+
+    assert sorted(len(m) for m in messages(recorder.published).values()) == [2, 2, 2, 3, 3, 3]
+    assert sorted(x.index for x in recorder.published) == list(range(15))
+
+
+def test_a_messages_slot_is_freed_by_its_last_item_not_its_first(store, r):
+    job_id = new_job(store, n=40)
+    recorder = Recorder()
+    d = dispatcher(r, recorder, slots=2)
+    d.tick()
+    (first, *rest), *_others = messages(recorder.published).values()
+
+    def record(index: int) -> None:
+        member = next(x.member for x in recorder.published if x.index == index)
+        assert store.record_outcome(member, job_id, index, {"index": index, "action": "CREATED", "errors": []},
+                                    failed=False).recorded
+
+    record(first)
+    d.tick()
+    assert len(recorder.published) == 6 * ITEMS_PER_MESSAGE  # three items of its message still to run
+    for index in rest:
+        record(index)
+    d.tick()
+    assert len(messages(recorder.published)) == 7  # now its slot is free for the next message
 
 
 def test_free_slots_go_round_robin_by_tenant_then_by_job(store, r):
@@ -50,7 +102,7 @@ def test_free_slots_go_round_robin_by_tenant_then_by_job(store, r):
     recorder = Recorder()
     dispatcher(r, recorder, slots=6).tick()  # 12 slots to hand out
 
-    per_job = Counter(x.job_id for x in recorder.published)
+    per_job = messages_per_job(recorder.published)
     assert per_job[small] == 6 and per_job[big] == per_job[other] == 3
 
 
@@ -61,7 +113,7 @@ def test_a_tenant_cap_holds_and_the_rest_of_the_fleet_serves_others(store, r):
     tenants = {"north": Tenant(id="north", token="n", max_concurrency=2), "south": Tenant(id="south", token="s")}
     dispatcher(r, recorder, slots=6, tenants=tenants).tick()
 
-    per_job = Counter(x.job_id for x in recorder.published)
+    per_job = messages_per_job(recorder.published)  # each slot runs one item at a time
     assert per_job[capped] == 2 and per_job[free] == 10
 
 
