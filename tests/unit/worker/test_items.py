@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from tests.unit.worker.test_jobstore import lease
-from worker.context import WorkerContext
 from worker import keys
+from worker.context import WorkerContext
 from worker.items import run_item, run_items
 from worker.settings import Settings
 
