@@ -34,6 +34,7 @@ workers forever.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import socket
@@ -59,7 +60,7 @@ SLOW_ROUND_SECONDS = 1.0
 #: The leader's lock lives this long unless renewed; another worker takes over after it.
 LEADER_MS = 3000
 #: Ticks: quick while there is work to hand out, slower when there is none. Each busy tick costs
-#: three Redis commands, so it is not quicker than the buffer needs (see :attr:`Dispatcher.target`).
+#: three Redis commands, so it is not quicker than the buffer needs (see :meth:`Dispatcher.target`).
 BUSY_TICK_SECONDS = 0.1
 IDLE_TICK_SECONDS = 0.25
 #: Items one message carries at most. Four takes three quarters of the per-message cost off a big
@@ -416,14 +417,15 @@ class Dispatcher:
         self.recover_lapsed()
         self.refresh()
 
-    @property
-    def target(self) -> int:
-        """Messages in flight the fleet can take: its threads, plus as many queued, so that no thread
-        waits for the next tick (32 threads at 50 ms a call end about 16 one-item messages per 100 ms
-        tick)."""
+    def target(self, items_per_message: float = 1.0) -> int:
+        """Messages in flight the fleet can take: its threads, plus enough queued that no thread
+        waits for the next tick. That is about as many queued items as it has threads (32 threads
+        at 50 ms a call end about 16 items per 100 ms tick), so as many messages as that makes at
+        the size the messages in flight have: fewer when they carry several items, which also keeps
+        a new job's first message from waiting behind more items than with one item per message."""
         if self._slots <= 0:
             return 0
-        return self._slots + max(4, self._slots)
+        return self._slots + max(4, math.ceil(self._slots / max(1.0, items_per_message)))
 
     def recover_lapsed(self, limit: int = 200) -> int:
         out = self._reap(keys=[keys.INFLIGHT], args=[self.lease, MAX_LAPSES, *(new_token() for _ in range(limit))])
@@ -492,10 +494,11 @@ class Dispatcher:
         now = time.time()
         due = [job_id for job_id, when in scheduled if when <= now]
         waiting = any(v.cursor < v.total for v in self._jobs.values()) or bool(due)
-        free = self.target - len(messages)
+        target = self.target(len(members) / len(messages) if messages else 1.0)
+        free = target - len(messages)
         if free <= 0:
             return waiting
-        allot = self.allot(free, job_ids, in_job, set(due))
+        allot = self.allot(free, job_ids, in_job, set(due), window=self.settings.job_window or target)
         if not allot:
             return waiting
         args: list = [self.lease, now_iso()]
@@ -525,7 +528,8 @@ class Dispatcher:
         tokens = [new_token() for _ in range(messages)]
         return [items, *(tokens[n % messages] for n in range(items))]
 
-    def allot(self, free: int, job_ids: list[str], in_job: Counter[str], due: set[str]) -> dict[str, int]:
+    def allot(self, free: int, job_ids: list[str], in_job: Counter[str], due: set[str], *,
+              window: int) -> dict[str, int]:
         """How many of ``free`` slots each job gets: round-robin by tenant, then by job."""
         by_tenant: dict[str, list[str]] = defaultdict(list)
         for job_id in job_ids:  # in order of creation
@@ -539,7 +543,6 @@ class Dispatcher:
             view = self._jobs.get(job_id)
             if view is not None:
                 in_tenant[view.tenant] += n
-        window = self.settings.job_window or self.target
         tenants = sorted(by_tenant)
         start = self._turn % len(tenants)
         tenants = tenants[start:] + tenants[:start]

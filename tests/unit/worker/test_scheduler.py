@@ -52,7 +52,7 @@ def test_the_fleet_gets_its_threads_and_as_many_queued_and_no_more(store, r):
     d.tick()
 
     sent = messages(recorder.published)
-    assert len(sent) == d.target == 8 and [len(m) for m in sent.values()] == [ITEMS_PER_MESSAGE] * 8
+    assert len(sent) == d.target() == 8 and [len(m) for m in sent.values()] == [ITEMS_PER_MESSAGE] * 8
     assert sorted(x.index for x in recorder.published) == list(range(8 * ITEMS_PER_MESSAGE))
     assert r.zcard(keys.INFLIGHT) == 8 * ITEMS_PER_MESSAGE
 
@@ -93,6 +93,26 @@ def test_a_messages_slot_is_freed_by_its_last_item_not_its_first(store, r):
         record(index)
     d.tick()
     assert len(messages(recorder.published)) == 7  # now its slot is free for the next message
+
+
+def test_once_messages_carry_several_items_fewer_of_them_are_queued(store, r):
+    """Each thread needs about one item queued behind it, not one message: with four items a message,
+    a quarter as many queued messages keep it busy, and a new job's first message waits behind fewer."""
+    job_id = new_job(store, n=200)
+    recorder = Recorder()
+    d = dispatcher(r, recorder, slots=8)
+    d.tick()  # nothing in flight yet: 8 threads and 8 queued
+    sent = list(messages(recorder.published).values())
+    assert len(sent) == 16 and d.target(ITEMS_PER_MESSAGE) == 8 + 4
+    for indexes in sent[:5]:  # five messages end: 11 in flight, one under the target
+        for index in indexes:
+            member = next(x.member for x in recorder.published if x.index == index)
+            store.record_outcome(member, job_id, index, {"index": index, "action": "CREATED", "errors": []},
+                                 failed=False)
+
+    d.tick()
+
+    assert len(messages(recorder.published)) == 17
 
 
 def test_free_slots_go_round_robin_by_tenant_then_by_job(store, r):
