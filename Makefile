@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint bench
+.PHONY: help install run test test-loaded lint bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-8s %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ run: install ## run Redis, simulator, API, worker and Flower; submit examples/se
 
 test: install ## run the whole test suite (starts its own Redis, simulator and workers)
 	$(BIN)/pytest
+
+test-loaded: install ## the whole suite beside two busy loops, as on a shared CI machine (finds timing-dependent tests)
+	$(BIN)/pytest --busy-loops 2
 
 lint: install ## ruff and mypy (api/, worker/, cli/)
 	$(BIN)/ruff check .

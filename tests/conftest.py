@@ -4,6 +4,7 @@ Celery workers, the API, and stacks of them for tests that kill or freeze worker
 from __future__ import annotations
 
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,25 @@ from tests.helpers import (
 from worker.settings import Settings
 
 UNIT = Path(__file__).parent / "unit"
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--busy-loops", type=int, default=0, metavar="N",
+        help="run N busy loops (one CPU each) beside the suite for its whole run, to find tests that only "
+             "pass on an idle machine (`make test-loaded` runs two)",
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def busy_loops(request) -> Iterator[None]:
+    """Load the machine as a shared CI machine is loaded; stopped when the session ends."""
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+             for _ in range(request.config.getoption("--busy-loops"))]
+    yield
+    for loop in loops:
+        loop.kill()
+        loop.wait()
 
 
 def pytest_collection_modifyitems(items) -> None:
