@@ -62,8 +62,8 @@ class StoreJournal:
     answer may never arrive.
     """
 
-    def __init__(self, store: JobStore, job_id: str, index: int, memo: dict[str, Any]) -> None:
-        self.store, self.job_id, self.index, self.memo = store, job_id, index, memo
+    def __init__(self, store: JobStore, member: str, job_id: str, index: int, memo: dict[str, Any]) -> None:
+        self.store, self.member, self.job_id, self.index, self.memo = store, member, job_id, index, memo
 
     def created_id(self) -> int | None:
         created = self.memo.get("c")
@@ -77,9 +77,17 @@ class StoreJournal:
         return bool(self.memo.get("d"))
 
     def mark_add_in_doubt(self) -> None:
+        """Written before an add, fenced by the lease: a stale delivery stops here, before it writes."""
         self.memo.pop("c", None)
         self.memo["d"] = 1
-        self.store.save_memo(self.job_id, self.index, self.memo)
+        if not self.store.save_memo(self.member, self.job_id, self.index, self.memo):
+            raise LeaseLost(self.member)
+
+
+def message_members(job_id: str, index: int | list[int], token: str) -> list[str]:
+    """The leases (``job:index:token``) of one message's items."""
+    indexes = [index] if isinstance(index, int) else index
+    return [inflight_member(job_id, i, token) for i in indexes]
 
 
 def run_items(ctx: WorkerContext, job_id: str, indexes: list[int], token: str,
@@ -116,7 +124,12 @@ def run_item(ctx: WorkerContext, job_id: str, index: int, token: str) -> ItemRun
 
 def _run_item(ctx: WorkerContext, job_id: str, index: int, member: str) -> ItemRun:
     """Gate, upsert under the item's locks, record: each a function of its own below."""
-    work = ctx.store.claim_item(job_id, index, member, lock_ttl_ms=ctx.locks.ttl_ms)
+    work = ctx.store.claim_item(job_id, index, member, lock_ttl_ms=ctx.locks.ttl_ms,
+                                lease_seconds=ctx.settings.item_lease_seconds)
+    if work.stale:
+        log.warning("job %s item %s: this delivery's lease was gone before it started; leaving the item to "
+                    "the delivery that holds it", job_id, index)
+        return ItemRun("ABANDONED: lease lost")
     if work.meta is None:
         log.warning("job %s is gone; dropping item %s", job_id, index)
         return ItemRun("SKIPPED: the job is gone")
@@ -163,13 +176,16 @@ def _run_under_locks(ctx: WorkerContext, work: ItemWork, meta: JobMeta, job_id: 
     ctx.keeper.hold(member, locks)
     client, limiter = ctx.client_for(meta.tenant)
     reserved = {k: [float(t) for t in v] for k, v in (memo.get("r") or {}).items() if isinstance(v, list)}
-    journal = StoreJournal(ctx.store, job_id, index, memo)
+    journal = StoreJournal(ctx.store, member, job_id, index, memo)
     policy = retry.RetryPolicy.from_settings(ctx.settings)
     attempt = int(memo.get("a") or 1)
 
     def gate(endpoint: str) -> None:
+        # Checked again after the limiter, which may have slept: the call goes out only while the
+        # lease is known to stand (a frozen worker that wakes up finds it presumed lost).
         ctx.keeper.check(member)
         limiter.acquire(endpoint, reserved)
+        ctx.keeper.check(member)
 
     def later(delay: float, reason: str, why: str) -> ItemRun:
         return _defer(ctx, job_id, index, member, delay, memo, locks, reason, f"RETRY in {delay:.1f}s: {why}",

@@ -41,12 +41,20 @@ CODE_CANCELLED = 9002
 CANCELLED_MESSAGE = "the job was cancelled before this item ran"
 
 _CLAIM_ITEM = TAKE_ALL_LUA + """
--- KEYS: the item's input chunk. ARGV: index, owner 'job:index:token', the item's prefix 'job:index:',
--- lock ttl ms, lock key prefix. Answers the item's fields (input, meta, cancelled, memo, successor,
--- lock digests) and 1 when it took the locks. The lock keys are built here from the digests stored
--- at intake (so on a plain Redis, not a cluster), and taken as IdentifierLocks takes them: take_all.
+-- KEYS: inflight, the item's input chunk. ARGV: index, owner 'job:index:token', the item's prefix
+-- 'job:index:', lock ttl ms, lock key prefix, lease s, token. Answers the item's fields (input, meta,
+-- cancelled, memo, successor, lock digests), then 1 when it took the locks, then 0, or 1 when the
+-- delivery is stale (its lease is gone: the item was handed out again) and must do nothing at all.
+-- A live delivery starts its lease here, as the item starts running, and marks the item started by
+-- this token ('s:i'), so that a lease lapsing from now on counts against the item (the poison guard),
+-- where one that lapsed while its message waited does not. The lock keys are built here from the
+-- digests stored at intake, and taken as IdentifierLocks takes them: take_all.
 local i = ARGV[1]
-local f = redis.call('HMGET', KEYS[1], i, 'meta', 'cancelled', 'm:' .. i, 'n:' .. i, 'k:' .. i)
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return {false, false, false, false, false, false, 0, 1} end
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], 'XX', tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[6]), ARGV[2])
+redis.call('HSET', KEYS[2], 's:' .. i, ARGV[7])
+local f = redis.call('HMGET', KEYS[2], i, 'meta', 'cancelled', 'm:' .. i, 'n:' .. i, 'k:' .. i)
 local taken = 0
 if f[2] and not f[3] and f[6] then
   local locks = {}
@@ -54,7 +62,16 @@ if f[2] and not f[3] and f[6] then
   taken = take_all(locks, ARGV[2], ARGV[3], ARGV[4])
 end
 f[7] = taken
+f[8] = 0
 return f
+"""
+
+_SAVE_MEMO = """
+-- KEYS: inflight, the item's input chunk. ARGV: owner 'job:index:token', index, memo json.
+-- Writes the memo only while the owner's lease stands: a stale delivery never overwrites it.
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[2], 'm:' .. ARGV[2], ARGV[3])
+return 1
 """
 
 _RECORD_OUTCOME = """
@@ -66,7 +83,8 @@ if #KEYS > 6 then redis.call('DEL', unpack(KEYS, 7, #KEYS)) end
 if redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3]) == 0 then return 0 end
 if ARGV[4] == '1' then redis.call('ZADD', KEYS[4], ARGV[2], ARGV[2]) end
 redis.call('HINCRBY', KEYS[2], ARGV[5], 1)
-if ARGV[6] ~= '' then
+-- A cancelled job's chain ends here: the cancel counted the waiting successors CANCELLED already.
+if ARGV[6] ~= '' and redis.call('HGET', KEYS[2], 'state') ~= 'CANCELLED' then
   redis.call('RPUSH', KEYS[5], ARGV[6])
   redis.call('ZADD', KEYS[6], redis.call('TIME')[1], ARGV[7])
 end
@@ -195,6 +213,8 @@ class ItemWork:
     locks: list[str] | None = None
     #: Whether :meth:`JobStore.claim_item` took them (False: another job's item holds one)
     locked: bool = False
+    #: The delivery's lease was gone when it was claimed: another delivery runs the item
+    stale: bool = False
 
 
 def _item_work(raw: str | None, meta: str | None, cancelled: str | None, memo: str | None, successor: str | None,
@@ -225,6 +245,7 @@ class JobStore:
         self.redis = client
         self.ttl = ttl_seconds
         self._claim = client.register_script(_CLAIM_ITEM)
+        self._save_memo = client.register_script(_SAVE_MEMO)
         self._record = client.register_script(_RECORD_OUTCOME)
         self._defer = client.register_script(_DEFER)
         self._cancel = client.register_script(_CANCEL)
@@ -254,20 +275,28 @@ class JobStore:
             keys.inputs(job_id, index), i, keys.META_FIELD, keys.CANCELLED_FIELD, f"m:{i}", f"n:{i}")
         return _item_work(raw, meta, cancelled, memo, successor)
 
-    def claim_item(self, job_id: str, index: int, member: str, *, lock_ttl_ms: int) -> ItemWork:
-        """Read an item, as :meth:`load_item`, and take its identifier locks for ``member``
-        (``job:index:token``), all or none, in the same round trip. No lock is taken for a cancelled
-        item or a job that is gone. ``locks`` is None for an item stored without its locks' digests
-        (before they were stored at intake): the caller takes them itself (worker/locks.py)."""
+    def claim_item(self, job_id: str, index: int, member: str, *, lock_ttl_ms: int,
+                   lease_seconds: float = 20.0) -> ItemWork:
+        """Read an item, as :meth:`load_item`, start its lease and take its identifier locks for
+        ``member`` (``job:index:token``), all or none, in the same round trip. A delivery whose lease
+        is gone is answered ``stale`` and nothing else: it must not call or record anything. No lock
+        is taken for a cancelled item or a job that is gone. ``locks`` is None for an item stored
+        without its locks' digests (before they were stored at intake): the caller takes them itself
+        (worker/locks.py)."""
         i = str(index)
-        raw, meta, cancelled, memo, successor, digests, taken = self._claim(
-            keys=[keys.inputs(job_id, index)],
-            args=[i, member, keys.item_of(member), lock_ttl_ms, keys.LOCK_PREFIX])
+        raw, meta, cancelled, memo, successor, digests, taken, stale = self._claim(
+            keys=[keys.INFLIGHT, keys.inputs(job_id, index)],
+            args=[i, member, keys.item_of(member), lock_ttl_ms, keys.LOCK_PREFIX, lease_seconds,
+                  keys.parse_member(member)[2]])
+        if stale == 1:
+            return ItemWork(meta=None, element=None, cancelled=False, stale=True)
         return _item_work(raw, meta, cancelled, memo, successor, locked=taken == 1,
                           locks=None if digests is None else [keys.LOCK_PREFIX + d for d in digests.split()])
 
-    def save_memo(self, job_id: str, index: int, memo: dict[str, Any]) -> None:
-        self.redis.hset(keys.inputs(job_id, index), f"m:{index}", json.dumps(memo, separators=(",", ":")))
+    def save_memo(self, member: str, job_id: str, index: int, memo: dict[str, Any]) -> bool:
+        """Write the item's memo, as long as ``member``'s lease stands; False when it did not."""
+        return self._save_memo(keys=[keys.INFLIGHT, keys.inputs(job_id, index)],
+                               args=[member, index, json.dumps(memo, separators=(",", ":"))]) == 1
 
     def record_outcome(self, member: str, job_id: str, index: int, item: dict, *, failed: bool,
                        successor: int | None = None, locks: Iterable[str] = ()) -> Recorded:

@@ -49,16 +49,22 @@ import redis
 from worker import keys
 from worker.clock import now_iso
 from worker.jobstore import job_counts
+from worker.metrics import ITEMS as ITEMS_METRIC
+from worker.metrics import field as metrics_field
 from worker.settings import Settings, Tenant
 
 log = logging.getLogger(__name__)
 
 #: A lease that lapsed this often without an outcome: the item is given up (error 9004).
 MAX_LAPSES = 4
+#: A job with nothing queued, running or due whose outcomes fall short this long is rescued.
+STUCK_SECONDS = 5.0
 #: How often the leader looks for lapsed leases, the ends of ended jobs and the size of the fleet.
 SLOW_ROUND_SECONDS = 1.0
-#: The leader's lock lives this long unless renewed; another worker takes over after it.
-LEADER_MS = 3000
+#: The leader's lock lives this long unless renewed (every slow round): far above any pause a
+#: healthy process makes, and still a short hand-over when the leader dies. Even a leader frozen past
+#: it cannot dispatch: the scripts that hand out and recover items check its token first.
+LEADER_SECONDS = 10.0
 #: Ticks: quick while there is work to hand out, slower when there is none. Each busy tick costs
 #: three Redis commands, so it is not quicker than the buffer needs (see :meth:`Dispatcher.target`).
 BUSY_TICK_SECONDS = 0.1
@@ -200,14 +206,16 @@ class LeaseKeeper:
 # -- the leader side: dispatching, and recovering lapsed leases ----------------------------------
 
 _TAKE = """
--- KEYS: inflight, sched due. ARGV: lease s, now (ISO), then per job: id, due 0/1, k, k tokens.
+-- KEYS: inflight, sched due, leader lock. ARGV: lease s, now (ISO), leader token, then per job:
+-- id, due 0/1, k, k tokens. Hands out nothing unless the caller holds the leader's lock.
 -- Takes up to k items of each job (retries that are due, then chain successors, then the next
 -- items of the input), gives each a lease, and answers {members, {job, cursor, ...}}.
+if redis.call('GET', KEYS[3]) ~= ARGV[3] then return {{}, {}} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local expiry = now + tonumber(ARGV[1])
 local members, cursors = {}, {}
-local i = 3
+local i = 4
 while i <= #ARGV do
   local job, due, k = ARGV[i], ARGV[i + 1] == '1', tonumber(ARGV[i + 2])
   local tokens = i + 3
@@ -255,6 +263,8 @@ while i <= #ARGV do
     cursors[#cursors + 1] = job
     cursors[#cursors + 1] = tostring(cursor)
   else
+    -- Cancelled or ended: nothing of it is due any more, so the finisher may end it.
+    redis.call('ZREM', KEYS[2], job)
     cursors[#cursors + 1] = job
     cursors[#cursors + 1] = tostring(total or 0)
   end
@@ -263,15 +273,19 @@ return {members, cursors}
 """
 
 _REAP = """
--- KEYS: inflight. ARGV: lease s, max lapses, then fresh tokens (at most this many leases are
--- looked at). Answers {'again', member} for an item handed out again, {'end', member, state}
+-- KEYS: inflight, leader lock. ARGV: lease s, max lapses, leader token, then fresh tokens (at most
+-- this many leases are looked at); nothing unless the caller holds the leader's lock. Answers {'again', member} for an item handed out again, {'end', member, state}
 -- for one to record now (its job was cancelled, or it lapsed too often), {'gone', member}.
+-- Only a lease that lapsed while its item ran (the claim marked it started, 's:i' = its token)
+-- counts towards giving the item up ('l:i'); one whose message waited, or was lost on the way,
+-- is handed out again for free: waiting is never the item's fault.
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then return {} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, #ARGV - 2)
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, #ARGV - 3)
 local out = {}
 for n, member in ipairs(lapsed) do
-  local job, index = string.match(member, '^([^:]+):(%d+):')
+  local job, index, token = string.match(member, '^([^:]+):(%d+):(.*)$')
   local jk = JOB_PREFIX .. job
   local state = redis.call('HGET', jk, 'state')
   if not state or state == 'COMPLETED' then
@@ -279,16 +293,18 @@ for n, member in ipairs(lapsed) do
     out[#out + 1] = {'gone', member}
   else
     local ck = jk .. ':in:' .. math.floor(tonumber(index) / CHUNK)
-    local raw = redis.call('HGET', ck, 'm:' .. index)
-    local memo = raw and cjson.decode(raw) or {}
-    memo['l'] = (tonumber(memo['l']) or 0) + 1
-    redis.call('HSET', ck, 'm:' .. index, cjson.encode(memo))
-    if state == 'CANCELLED' or memo['l'] > tonumber(ARGV[2]) then
+    local lapses = 0
+    if redis.call('HGET', ck, 's:' .. index) == token then
+      lapses = redis.call('HINCRBY', ck, 'l:' .. index, 1)
+    else
+      lapses = tonumber(redis.call('HGET', ck, 'l:' .. index) or '0')
+    end
+    if state == 'CANCELLED' or lapses > tonumber(ARGV[2]) then
       redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), member)
-      out[#out + 1] = {'end', member, state, tostring(memo['l'])}
+      out[#out + 1] = {'end', member, state, tostring(lapses)}
     else
       redis.call('ZREM', KEYS[1], member)
-      local again = job .. ':' .. index .. ':' .. ARGV[n + 2]
+      local again = job .. ':' .. index .. ':' .. ARGV[n + 3]
       redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), again)
       out[#out + 1] = {'again', again}
     end
@@ -314,11 +330,6 @@ end
 local slots = 0
 for _, v in ipairs(redis.call('HVALS', KEYS[2])) do slots = slots + tonumber(v) end
 return slots
-"""
-
-_RENEW_LEADER = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
 """
 
 
@@ -360,13 +371,17 @@ class Dispatcher:
         self._take = client.register_script(_TAKE)
         self._reap = client.register_script(_REAP)
         self._fleet = client.register_script(_FLEET)
-        self._renew_leader = client.register_script(_RENEW_LEADER)
+        # redis-py's Lock: a token of our own, released and extended atomically by it. The token
+        # starts with the worker's id, so an operator (and a test) can tell which process leads.
+        self._leader_lock = client.lock(keys.LEADER, timeout=LEADER_SECONDS, blocking=False, thread_local=False)
+        self._leader_token = f"{self.worker}:{secrets.token_hex(8)}"
         self._jobs: dict[str, _JobView] = {}
         self._turn = 0
         self._slots = 0
         self._next_slow_round = 0.0
         self._leading = False
         self._ending: dict[str, float] = {}
+        self._stuck: dict[str, float] = {}
         self.stopping = threading.Event()
 
     # -- leadership --------------------------------------------------------------------------
@@ -374,9 +389,13 @@ class Dispatcher:
     def lead(self) -> bool:
         """Take or keep the leader's lock; True while this process leads."""
         if self._leading:
-            self._leading = bool(self._renew_leader(keys=[keys.LEADER], args=[self.worker, LEADER_MS]))
+            try:
+                self._leader_lock.reacquire()
+            except redis.exceptions.LockError:
+                log.warning("this worker lost the leader's lock; another dispatches now")
+                self._leading = False
         if not self._leading:
-            self._leading = bool(self.redis.set(keys.LEADER, self.worker, nx=True, px=LEADER_MS))
+            self._leading = bool(self._leader_lock.acquire(blocking=False, token=self._leader_token))
             if self._leading:
                 log.info("this worker dispatches now")
                 self._jobs.clear()
@@ -405,8 +424,9 @@ class Dispatcher:
         self.stopping.set()
         if self._leading:
             try:
-                if self.redis.get(keys.LEADER) == self.worker:
-                    self.redis.delete(keys.LEADER)
+                self._leader_lock.release()
+            except redis.exceptions.LockError:
+                pass  # it had lapsed, or another worker holds it now: not ours to delete
             except redis.RedisError:
                 pass
 
@@ -428,7 +448,8 @@ class Dispatcher:
         return self._slots + max(4, math.ceil(self._slots / max(1.0, items_per_message)))
 
     def recover_lapsed(self, limit: int = 200) -> int:
-        out = self._reap(keys=[keys.INFLIGHT], args=[self.lease, MAX_LAPSES, *(new_token() for _ in range(limit))])
+        out = self._reap(keys=[keys.INFLIGHT, keys.LEADER],
+                         args=[self.lease, MAX_LAPSES, self._leader_token, *(new_token() for _ in range(limit))])
         again: list[Delivery] = []
         for entry in out:
             kind, member = entry[0], entry[1]
@@ -441,8 +462,19 @@ class Dispatcher:
                 self.end_lapsed(Lapsed(member, entry[2], int(entry[3])))
         if again:
             log.warning("handing out %s items again whose worker stopped renewing their lease", len(again))
-            self.publish(again)
+            self._publish(again)
         return len(out)
+
+    def _publish(self, deliveries: list[Delivery]) -> None:
+        """Publish, or else give the leases back at once: an item whose message never reached the
+        broker (it is down, or refused it) is handed out again at the next slow round, and since it
+        never started, that costs it nothing (see _REAP). A broker outage delays items, never fails them."""
+        try:
+            self.publish(deliveries)
+        except Exception as exc:
+            log.warning("cannot publish %s items (%s); they are handed out again shortly", len(deliveries),
+                        type(exc).__name__)
+            self.redis.zadd(keys.INFLIGHT, {d.member: 0 for d in deliveries}, xx=True)
 
     def refresh(self) -> None:
         """Re-read every job's cursor: a cancel moves it to the end behind the leader's back."""
@@ -458,11 +490,17 @@ class Dispatcher:
 
     def end_ended(self, job_ids: list[str], in_job: Counter[str], due: set[str]) -> None:
         """Queue the end of every job whose items have all ended: all dispatched, none in flight,
-        none waiting for a retry, and its outcome counters adding up to its total. A job whose end
-        was queued and has not happened ten seconds later (its message was lost) is queued again."""
+        and its outcome counters adding up to its total. A job whose end was queued and has not
+        happened ten seconds later (its message was lost) is queued again.
+
+        The sweeper: a job with nothing queued, running or due whose counters still fall short (an
+        outcome lost by a bug, say) is rescued after :data:`STUCK_SECONDS` (:meth:`rescue`), so
+        that every job ends."""
         now = time.monotonic()
         candidates = [j for j in job_ids if j in self._jobs and self._jobs[j].cursor >= self._jobs[j].total
-                      and not in_job[j] and j not in due and now >= self._ending.get(j, 0)]
+                      and not in_job[j] and now >= self._ending.get(j, 0)]
+        for gone in set(self._stuck) - set(candidates):
+            del self._stuck[gone]
         if not candidates:
             return
         pipe = self.redis.pipeline(transaction=False)
@@ -471,9 +509,46 @@ class Dispatcher:
         for job_id, raw in zip(candidates, pipe.execute(), strict=True):
             if not raw:
                 self.redis.zrem(keys.SCHED_JOBS, job_id)  # the job is gone
-            elif not raw.get("finishedAt") and job_counts(raw)["processedCount"] >= int(raw["totalCount"]):
+            elif raw.get("finishedAt"):
+                continue
+            elif job_counts(raw)["processedCount"] >= int(raw["totalCount"]):
                 self._ending[job_id] = now + 10 * SLOW_ROUND_SECONDS
                 self.end_job(job_id, raw.get("tenant", ""))
+            elif job_id not in due:
+                first = self._stuck.setdefault(job_id, now)
+                self._ending[job_id] = now + SLOW_ROUND_SECONDS  # looked at again in a second, not every tick
+                if now - first >= STUCK_SECONDS:
+                    del self._stuck[job_id]
+                    self.rescue(job_id, raw)
+
+    def rescue(self, job_id: str, raw: dict[str, str]) -> None:
+        """A job that would never end otherwise: a cancelled one counts its missing outcomes
+        CANCELLED and ends; a running one gets its items without an outcome dispatched again (their
+        outcomes are written once, so an item that did end after all is not counted twice)."""
+        total = int(raw["totalCount"])
+        missing = total - job_counts(raw)["processedCount"]
+        if raw.get("state") == "CANCELLED":
+            log.error("job %s: cancelled, nothing left running, %s items unaccounted for; counting them "
+                      "cancelled and ending it", job_id, missing)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hincrby(keys.job(job_id), "n.cancelled", missing)
+            pipe.hincrby(keys.METRICS, metrics_field(ITEMS_METRIC, raw.get("tenant", ""), "CANCELLED"), missing)
+            pipe.execute()
+            self.end_job(job_id, raw.get("tenant", ""))
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for n in keys.chunks(total):
+            pipe.hkeys(f"{keys.job(job_id)}:res:{n}")
+        recorded = {int(i) for chunk in pipe.execute() for i in chunk}
+        lost = [i for i in range(total) if i not in recorded]
+        log.error("job %s: nothing queued, running or due, yet %s items have no outcome; dispatching them "
+                  "again", job_id, len(lost))
+        if lost:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.srem(keys.waits(job_id), *lost)
+            pipe.rpush(keys.ready(job_id), *lost)
+            pipe.zadd(keys.SCHED_DUE, {job_id: 0})
+            pipe.execute()
 
     # -- the tick: hand out free slots ------------------------------------------------------------
 
@@ -501,10 +576,10 @@ class Dispatcher:
         allot = self.allot(free, job_ids, in_job, set(due), window=self.settings.job_window or target)
         if not allot:
             return waiting
-        args: list = [self.lease, now_iso()]
+        args: list = [self.lease, now_iso(), self._leader_token]
         for job_id, count in allot.items():
             args += [job_id, "1" if job_id in due else "0", *self._tokens(job_id, count, job_id in due)]
-        taken, cursors = self._take(keys=[keys.INFLIGHT, keys.SCHED_DUE], args=args)
+        taken, cursors = self._take(keys=[keys.INFLIGHT, keys.SCHED_DUE, keys.LEADER], args=args)
         for job_id, cursor in zip(cursors[::2], cursors[1::2], strict=True):
             if job_id in self._jobs:
                 self._jobs[job_id].cursor = int(cursor)
@@ -513,7 +588,7 @@ class Dispatcher:
             job_id, index, token = keys.parse_member(member)
             deliveries.append(Delivery(job_id, index, token, self._jobs[job_id].tenant))
         if deliveries:
-            self.publish(deliveries)
+            self._publish(deliveries)
         return True
 
     def _tokens(self, job_id: str, messages: int, due: bool) -> list:

@@ -17,11 +17,11 @@ from typing import TypeVar
 
 import redis
 from celery import shared_task
-from celery.signals import celeryd_init, setup_logging, worker_ready, worker_shutdown
+from celery.signals import celeryd_init, setup_logging, task_received, worker_ready, worker_shutdown
 
 from worker import retry
 from worker.context import context_of
-from worker.items import end_lapsed, run_item, run_items
+from worker.items import end_lapsed, message_members, run_item, run_items
 from worker.jobs import end_job, has_callback, send_callback
 from worker.logs import configure_logging
 from worker.publishing import publish
@@ -39,10 +39,31 @@ def process_item(self, job_id: str, index: int | list[int], token: str = "", ten
     The answer is the item's outcome as Flower shows it, or ``#index outcome`` per item joined by
     ``; ``. The job's end is queued by the dispatcher, which sees when a job's last item has ended."""
     ctx = context_of(self.app)
-    if isinstance(index, int):
-        return while_store_recovers(lambda: run_item(ctx, job_id, index, token)).summary
-    runs = run_items(ctx, job_id, index, token, guard=while_store_recovers)
-    return "; ".join(f"#{i} {run.summary}" for i, run in zip(index, runs, strict=True))
+    try:
+        if isinstance(index, int):
+            return while_store_recovers(lambda: run_item(ctx, job_id, index, token)).summary
+        runs = run_items(ctx, job_id, index, token, guard=while_store_recovers)
+        return "; ".join(f"#{i} {run.summary}" for i, run in zip(index, runs, strict=True))
+    finally:
+        for member in message_members(job_id, index, token):
+            ctx.keeper.drop(member)
+
+
+@task_received.connect
+def hold_received_items(sender=None, request=None, **kwargs) -> None:
+    """A message this worker has taken off the broker keeps its items' leases alive from that moment,
+    while it waits for a free thread, not only once it runs: waiting never lapses a lease. Should the
+    worker die, the keeper stops with it and the leases lapse as for items that were running."""
+    if request is None or request.name != TaskNames.PROCESS_ITEM:
+        return
+    try:
+        job_id, index = request.args[:2]
+        token = request.kwargs.get("token", "")
+    except (TypeError, ValueError, AttributeError):
+        return
+    keeper = context_of(sender.app).keeper
+    for member in message_members(job_id, index, token):
+        keeper.hold(member, [])
 
 
 @shared_task(bind=True, name=TaskNames.END_JOB)

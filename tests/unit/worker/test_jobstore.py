@@ -147,9 +147,9 @@ def test_claiming_an_item_takes_the_same_locks_the_worker_would_compute_all_or_n
     other_id = other.commit(skip_change_identifier=False, next_index={})
     expected = IdentifierLocks.keys("t", identifier_keys(element))
 
-    mine = store.claim_item(job_id, 0, keys.inflight_member(job_id, 0, "a"), lock_ttl_ms=10_000)
-    refused = store.claim_item(other_id, 0, keys.inflight_member(other_id, 0, "b"), lock_ttl_ms=10_000)
-    again = store.claim_item(job_id, 0, keys.inflight_member(job_id, 0, "c"), lock_ttl_ms=10_000)
+    mine = store.claim_item(job_id, 0, lease(store, job_id, 0, "a"), lock_ttl_ms=10_000)
+    refused = store.claim_item(other_id, 0, lease(store, other_id, 0, "b"), lock_ttl_ms=10_000)
+    again = store.claim_item(job_id, 0, lease(store, job_id, 0, "c"), lock_ttl_ms=10_000)
 
     assert mine.locked and mine.locks == expected and mine.element == element
     assert not refused.locked and refused.locks == expected  # another job's item holds them: none taken
@@ -163,8 +163,8 @@ def test_a_cancelled_or_unlocked_item_is_claimed_without_locks(store, r):
     r.hdel(keys.inputs(job_id, 1), keys.lock_field(1))  # as stored by a version without lock digests
     store.cancel(job_id)
 
-    cancelled = store.claim_item(job_id, 0, keys.inflight_member(job_id, 0, "a"), lock_ttl_ms=10_000)
-    old = store.claim_item(job_id, 1, keys.inflight_member(job_id, 1, "a"), lock_ttl_ms=10_000)
+    cancelled = store.claim_item(job_id, 0, lease(store, job_id, 0, "a"), lock_ttl_ms=10_000)
+    old = store.claim_item(job_id, 1, lease(store, job_id, 1, "a"), lock_ttl_ms=10_000)
 
     assert cancelled.cancelled and not cancelled.locked and r.keys(keys.LOCK_PREFIX + "*") == []
     assert old.locks is None and not old.locked

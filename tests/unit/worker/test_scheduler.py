@@ -179,13 +179,60 @@ def test_only_lapses_count_towards_giving_an_item_up_not_its_retries(store, r):
         member = recorder.published[-1].member
         assert store.defer(member, job_id, 0, delay=0, memo={"a": attempt + 2}) == 1
     d.tick()
-    for _ in range(MAX_LAPSES):  # now its workers die, again and again
-        r.zadd(keys.INFLIGHT, {recorder.published[-1].member: 0})
+    for _ in range(MAX_LAPSES):  # now its workers die under it, again and again
+        die_running(store, r, job_id, recorder.published[-1].member)
         d.recover_lapsed()
-    assert recorder.ended == [] and store.load_item(job_id, 0).memo["l"] == MAX_LAPSES
-    r.zadd(keys.INFLIGHT, {recorder.published[-1].member: 0})
+    assert recorder.ended == [] and r.hget(keys.inputs(job_id, 0), "l:0") == str(MAX_LAPSES)
+    die_running(store, r, job_id, recorder.published[-1].member)
     d.recover_lapsed()
     assert [(e.state, e.lapses) for e in recorder.ended] == [("RUNNING", MAX_LAPSES + 1)]
+
+
+def die_running(store, r, job_id: str, member: str) -> None:
+    """A worker starts the item (its claim) and dies: the lease lapses while the item runs."""
+    assert not store.claim_item(job_id, keys.parse_member(member)[1], member, lock_ttl_ms=10_000).stale
+    r.zadd(keys.INFLIGHT, {member: 0})
+
+
+def test_a_lease_that_lapses_while_its_message_waits_never_counts_against_the_item(store, r):
+    """Defect: a lease started when the dispatcher took the item, so messages that waited in a worker's
+    queue or behind the rate limiter lapsed and, after MAX_LAPSES, failed with 9004 (28 of 60 items at
+    CAPILLARY_MAX_RPS=2). Now only a lapse after the item started counts."""
+    job_id = new_job(store, n=1)
+    recorder = Recorder()
+    d = dispatcher(r, recorder, slots=1)
+    d.tick()
+    for _ in range(MAX_LAPSES * 3):  # its message waits, or is lost, far more often than the limit
+        r.zadd(keys.INFLIGHT, {recorder.published[-1].member: 0})
+        d.recover_lapsed()
+
+    assert recorder.ended == [] and len(recorder.published) == MAX_LAPSES * 3 + 1
+    assert r.hget(keys.inputs(job_id, 0), "l:0") is None
+    stale = store.claim_item(job_id, 0, recorder.published[0].member, lock_ttl_ms=10_000)
+    assert stale.stale and stale.element is None  # an old message finds its lease gone: it does nothing
+    live = store.claim_item(job_id, 0, recorder.published[-1].member, lock_ttl_ms=10_000)
+    assert not live.stale and live.element is not None
+
+
+def test_a_frozen_leader_cannot_dispatch_after_another_took_over(store, r):
+    """Defect: the lock was released with GET then DEL and lived 3 s, so a leader paused past it kept
+    dispatching beside the new one. The scripts now check the leader's token."""
+    new_job(store, n=10)
+    old_recorder, new_recorder = Recorder(), Recorder()
+    old = dispatcher(r, old_recorder, slots=1)
+    r.delete(keys.LEADER)  # its lock lapsed while it was frozen
+    new = Dispatcher(r, Settings(), {}, worker="w2", publish=new_recorder.published.extend,
+                     end_lapsed=new_recorder.ended.append, end_job=lambda job_id, tenant: None)
+    assert new.lead() and not Dispatcher(r, Settings(), {}, worker="w3", publish=list, end_lapsed=print,
+                                         end_job=print).lead()
+    new.slow_round()
+
+    old.tick()  # it wakes up and carries on as if it still led
+    new.tick()
+    old.stop()  # and its release must not delete the new leader's lock
+
+    assert old_recorder.published == [] and new_recorder.published
+    assert r.get(keys.LEADER).startswith("w2:") and new.lead() and not old.lead()
 
 
 def test_a_cancelled_jobs_lapsed_item_is_ended_not_handed_out(store, r):
@@ -256,3 +303,49 @@ def test_each_thread_has_its_own_session():
     thread.start()
     thread.join()
     assert client.session is client.session and seen["other"] is not client.session
+
+
+def test_a_cancelled_job_whose_running_item_hands_on_its_chain_still_ends(store, r):
+    """Defect: the running item's outcome queued its chain successor after the cancel, the job went back
+    into sched:due, the dispatcher skipped it there without removing it, and the finisher waited for it
+    forever (3,000 chained items cancelled: CANCELLED with no finishedAt)."""
+    job_id = new_job(store, n=3, chains={0: 1, 1: 2})
+    recorder = Recorder()
+    d = dispatcher(r, recorder, slots=4)
+    d.tick()
+    (running,) = recorder.published  # the chain's head; its successors wait for it
+    store.cancel(job_id)
+
+    done = store.record_outcome(running.member, job_id, 0, {"index": 0, "action": "CREATED", "errors": []},
+                                failed=False, successor=1)
+    d.tick()
+    d.tick()
+
+    assert done.recorded and recorder.ended_jobs == [job_id] and len(recorder.published) == 1
+    assert store.end(job_id)
+    job = store.get_job(job_id)
+    assert job["state"] == "CANCELLED" and job["finishedAt"] and job["processedCount"] == job["totalCount"] == 3
+
+
+def test_the_sweeper_ends_a_job_that_nothing_would_end(store, r, monkeypatch):
+    """Every job ends: a job with nothing queued, running or due whose outcomes fall short is rescued,
+    a running one by dispatching its items without an outcome again, a cancelled one by counting them."""
+    import worker.scheduler as scheduler
+
+    monkeypatch.setattr(scheduler, "STUCK_SECONDS", 0.0)
+    running_id, cancelled_id = new_job(store, n=2), new_job(store, n=2)
+    recorder = Recorder()
+    d = dispatcher(r, recorder, slots=8)
+    d.tick()
+    for x in list(recorder.published):  # every outcome lost: the leases end, nothing is recorded
+        r.zrem(keys.INFLIGHT, x.member)
+    r.hset(keys.job(cancelled_id), "state", "CANCELLED")
+    published = len(recorder.published)
+
+    for _ in range(3):
+        d._ending.clear()
+        d.tick()
+
+    assert set(recorder.ended_jobs) == {cancelled_id}
+    assert store.get_job(cancelled_id)["cancelledCount"] == 2  # counted once, however often it was looked at
+    assert sorted(x.index for x in recorder.published[published:] if x.job_id == running_id) == [0, 1]
