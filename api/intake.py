@@ -151,8 +151,10 @@ def accept(store: JobStore, elements: Iterable[Any], *, tenant: str, skip_change
                 new.abort()
                 return earlier
         try:
-            job_id = new.commit(skip_change_identifier=skip_change_identifier, next_index=next_index,
-                                extra={"callbackUrl": callback_url} if callback_url else None)
+            extra = {"callbackUrl": callback_url} if callback_url else {}
+            if idempotency_key is not None:  # so the job's end expires the key, however soon it comes
+                extra["idempotencyKey"] = store.idempotency_key_name(tenant, idempotency_key)
+            job_id = new.commit(skip_change_identifier=skip_change_identifier, next_index=next_index, extra=extra)
         except Exception:
             if idempotency_key is not None:
                 store.release_idempotency_key(tenant, idempotency_key)

@@ -20,8 +20,6 @@ from api.services import services
 from worker.callbacks import callback_problem
 from worker.estimate import with_estimate
 from worker.jobs import cancel_job as cancel
-from worker.jobs import has_callback
-from worker.queues import TaskNames
 
 jobs = Blueprint("jobs", __name__, url_prefix=JOBS_PREFIX)
 
@@ -90,9 +88,7 @@ def get_job(job_id: str):
 def cancel_job(job_id: str):
     _own_job(job_id)
     svc = services()
-    _before, ended = cancel(svc.store, job_id)
-    if ended and has_callback(svc.store, job_id):
-        svc.celery.send_task(TaskNames.SEND_CALLBACK, args=[job_id], kwargs={"tenant": g.tenant.id})
+    cancel(svc.store, job_id)  # a job it ends at once has its callback scheduled by the end itself
     return jsonify(_document(_own_job(job_id)))
 
 

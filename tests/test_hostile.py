@@ -12,6 +12,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import redis
 
 from api.app import create_app
 from tests.helpers import (
@@ -328,6 +329,43 @@ def test_the_callback_is_signed_retried_and_only_sent_to_allowed_hosts(tmp_path,
     finally:
         server.shutdown()
         worker.stop()
+        redis_server.stop()
+
+
+def test_a_callback_failing_across_a_worker_restart_is_delivered_once_the_receiver_recovers(tmp_path, simulator):
+    """Callbacks at least once, durably: the attempts are due in Redis, not in a worker's countdown, so a
+    worker killed while the receiver answers 500 loses nothing; every attempt carries the same body,
+    signature and Idempotency-Key."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Receiver.answers, Receiver.received = [500] * 1000, []
+    redis_server = RedisServer(tmp_path).start()
+    settings = make_settings(redis_server.url, simulator.url, upsert_webhook_secret="whsec-test",
+                             upsert_callback_hosts=("127.0.0.1",))
+    workers = [Worker(settings, tmp_path / "worker-0.log")]
+    api = ApiClient(create_app(settings))
+    try:
+        simulator.reset()
+        job_id = api.submit(GOOD, callbackUrl=f"http://127.0.0.1:{server.server_port}/hook").get_json()["jobId"]
+        wait_for(lambda: len(Receiver.received) >= 2, timeout=60, what="two failed attempts")
+        workers[0].kill()
+        Receiver.answers = []  # from now on the receiver accepts
+        failed = len(Receiver.received)
+        workers.append(Worker(settings, tmp_path / "worker-1.log"))
+
+        wait_for(lambda: len(Receiver.received) > failed, timeout=60, what="the callback after the restart")
+        assert len({body for _headers, body in Receiver.received}) == 1
+        assert {h["X-Upsert-Signature"] for h, _body in Receiver.received} == {
+            "sha256=" + hmac.new(b"whsec-test", Receiver.received[0][1], hashlib.sha256).hexdigest()}
+        assert {h["Idempotency-Key"] for h, _body in Receiver.received} == {job_id}
+        assert json.loads(Receiver.received[-1][1])["state"] == "COMPLETED"
+        store = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        wait_for(lambda: store.zcard("cu:callbacks") == 0, timeout=10, what="the callback to be no longer due")
+        assert store.hget(f"cu:job:{job_id}", "cb.outcome") == "delivered"
+    finally:
+        server.shutdown()
+        for worker in workers:
+            worker.stop()
         redis_server.stop()
 
 

@@ -47,7 +47,9 @@ def deliver(session: requests.Session, url: str, job: dict, tenant: Tenant) -> N
     if problem:
         raise PermanentError(problem, endpoint="callback")
     body = json.dumps(job, separators=(",", ":")).encode()
-    headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(body, tenant.webhook_secret)}
+    headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(body, tenant.webhook_secret),
+               # the same on every attempt: a receiver that has seen it may answer 2xx and skip it
+               "Idempotency-Key": str(job["jobId"])}
     try:
         response = session.post(url, data=body, headers=headers, timeout=TIMEOUT_SECONDS, allow_redirects=False)
     except requests.RequestException as exc:

@@ -125,6 +125,8 @@ class CapillaryClient:
         self.on_throttle = on_throttle
         self.observer = observer
         self.quick_retries = quick_retries
+        #: Called with the request prepared, right before it is sent (see :meth:`with_gate`).
+        self.fence: Callable[[], None] | None = None
         self._sessions = threading.local()
         self._token = _Token()
 
@@ -212,9 +214,12 @@ class CapillaryClient:
                 before_send()
             started = time.perf_counter()
             try:
-                response = self.session.request(
-                    method, self.base_url + path, headers=headers, timeout=self.timeout, **kwargs
-                )
+                session = self.session
+                prepared = session.prepare_request(requests.Request(method, self.base_url + path, headers=headers,
+                                                                    **kwargs))
+                if self.fence is not None:
+                    self.fence()
+                response = session.send(prepared, timeout=self.timeout)
             except requests.Timeout as exc:
                 self._observe(endpoint, "timeout", started)
                 raise RetryableError(f"{endpoint}: no answer within {self.timeout:g}s", endpoint=endpoint,
@@ -320,11 +325,14 @@ class CapillaryClient:
             token.expires_at = time.monotonic() + max(1.0, ttl - min(self.TOKEN_RENEW_MARGIN_SECONDS, ttl / 2))
             return token.value
 
-    def with_gate(self, gate: BeforeCall) -> CapillaryClient:
+    def with_gate(self, gate: BeforeCall, fence: Callable[[], None] | None = None) -> CapillaryClient:
         """This client for one item: the same connections and token, with ``gate`` called before
-        each request (the item's lease check and its rate-limit tokens)."""
+        each request (the item's lease check and its rate-limit tokens) and ``fence`` once more with
+        the request built, as close to the socket as requests allows (the lease check again: a worker
+        frozen between the two wakes up to find its lease presumed lost, and sends nothing)."""
         view = copy.copy(self)
         view.before_call = gate
+        view.fence = fence
         return view
 
 

@@ -127,8 +127,8 @@ def _run_item(ctx: WorkerContext, job_id: str, index: int, member: str) -> ItemR
     work = ctx.store.claim_item(job_id, index, member, lock_ttl_ms=ctx.locks.ttl_ms,
                                 lease_seconds=ctx.settings.item_lease_seconds)
     if work.stale:
-        log.warning("job %s item %s: this delivery's lease was gone before it started; leaving the item to "
-                    "the delivery that holds it", job_id, index)
+        log.warning("job %s item %s: lease lost to another worker before the item started here; leaving it "
+                    "to that worker", job_id, index)
         return ItemRun("ABANDONED: lease lost")
     if work.meta is None:
         log.warning("job %s is gone; dropping item %s", job_id, index)
@@ -192,7 +192,7 @@ def _run_under_locks(ctx: WorkerContext, work: ItemWork, meta: JobMeta, job_id: 
                       journal)
 
     try:
-        outcome = upsert_valid_customer(client.with_gate(gate), work.element,
+        outcome = upsert_valid_customer(client.with_gate(gate, lambda: ctx.keeper.check(member)), work.element,
                                         skip_change_identifier=meta.skip_change_identifier,
                                         priority=ctx.settings.identifier_priority, journal=journal)
         return outcome, locks

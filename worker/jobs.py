@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from worker import callbacks, retry
@@ -34,26 +35,41 @@ def cancel_job(store: JobStore, job_id: str) -> tuple[str | None, bool]:
     return before, ended
 
 
-def has_callback(store: JobStore, job_id: str) -> bool:
-    return bool(store.job_fields(job_id, "callbackUrl")[0])
+def send_callback(ctx: WorkerContext, job_id: str) -> str:
+    """One attempt at POSTing the final job document to the job's callbackUrl.
 
-
-def send_callback(ctx: WorkerContext, job_id: str, attempt: int) -> float | None:
-    """POST the final job document to the job's callbackUrl; answer a delay to try again after, or None."""
-    url, tenant_id = ctx.store.job_fields(job_id, "callbackUrl", "tenant")
+    The callback is due in the store (``cu:callbacks``, scheduled by the job's end) until it is
+    delivered, refused for good (a 4xx other than 408 and 429) or has failed for
+    :data:`worker.retry.CALLBACK_PATIENCE_SECONDS`; a failed attempt schedules the next one there,
+    so a worker that dies or restarts loses none (the leader sends what is due, see
+    worker/scheduler.py). Every attempt carries the same body, signature and ``Idempotency-Key``
+    (the job id), so a receiver can tell a repeat. Answers what happened, for the task's result.
+    """
+    store = ctx.store
+    url, tenant_id, attempts, first = store.job_fields(job_id, "callbackUrl", "tenant", "cb.attempts", "cb.first")
+    attempt = int(attempts or 0) + 1
     tenant = ctx.tenants.get(tenant_id or "")
-    job = ctx.store.get_job(job_id)
+    job = store.get_job(job_id)
     if not url or tenant is None or job is None:
-        return None
+        store.callback_done(job_id, attempt - 1, "dropped")
+        return "DROPPED: the job, its callbackUrl or its tenant is gone"
     try:
         callbacks.deliver(ctx.http, url, job, tenant)
     except RetryableError as exc:
-        if attempt >= retry.CALLBACK_MAX_ATTEMPTS:
-            log.warning("job %s: callback gave up after %s attempts (%s)", job_id, attempt, exc.message)
-            return None
-        return retry.callback_delay(attempt)
+        waited = time.time() - float(first or time.time())
+        if waited >= retry.CALLBACK_PATIENCE_SECONDS:
+            log.warning("job %s: callback gave up after %s attempts over %.0fs (%s)", job_id, attempt, waited,
+                        exc.message)
+            store.callback_done(job_id, attempt, "gave up")
+            return f"GAVE UP after {attempt} attempts: {exc.message}"
+        delay = retry.callback_delay(attempt)
+        store.callback_later(job_id, attempt, delay)
+        log.info("job %s: callback attempt %s failed (%s); next in %.1fs", job_id, attempt, exc.message, delay)
+        return f"RETRY in {delay:.1f}s: {exc.message}"
     except PermanentError as exc:
         log.warning("job %s: callback refused (%s)", job_id, exc.message)
-        return None
-    log.info("job %s: callback delivered", job_id)
-    return None
+        store.callback_done(job_id, attempt, "refused")
+        return f"REFUSED: {exc.message}"
+    store.callback_done(job_id, attempt, "delivered")
+    log.info("job %s: callback delivered (attempt %s)", job_id, attempt)
+    return f"DELIVERED (attempt {attempt})"

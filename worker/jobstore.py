@@ -38,6 +38,8 @@ OUTCOME_COUNTERS = ("n.created", "n.updated", "n.createdWithErrors", "n.updatedW
                     "n.cancelled")
 
 CODE_CANCELLED = 9002
+#: The inputs of a submission not yet committed expire this long after their last write.
+UNCOMMITTED_SECONDS = 3600
 CANCELLED_MESSAGE = "the job was cancelled before this item ran"
 
 _CLAIM_ITEM = TAKE_ALL_LUA + """
@@ -155,9 +157,11 @@ return {state, 0}
 """
 
 _END = _PROCESSED + """
--- KEYS: job, sched jobs, sched due, metrics, then every key of the job (to expire).
+-- KEYS: job, sched jobs, sched due, metrics, callbacks, the tenant's job index, then every key of
+-- the job (to expire).
 -- ARGV: now (ISO), ttl, job id, the metrics fields of a job COMPLETED and CANCELLED.
--- Sets the final state once, and counts it; answers 1 the first time only.
+-- Sets the final state once, and counts it, and schedules its callback (in the same step, so no
+-- crash between the two can lose it); answers 1 the first time only.
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HGET', KEYS[1], 'finishedAt') then return 0 end
 if processed(KEYS[1]) < tonumber(redis.call('HGET', KEYS[1], 'totalCount')) then return -2 end
@@ -171,9 +175,25 @@ redis.call('HSETNX', KEYS[1], 'startedAt', ARGV[1])
 redis.call('HSET', KEYS[1], 'finishedAt', ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[3])
 redis.call('ZREM', KEYS[3], ARGV[3])
+if redis.call('HGET', KEYS[1], 'callbackUrl') then
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[1], 'cb.first', t[1])
+  redis.call('ZADD', KEYS[5], t[1], ARGV[3])
+end
 local idem = redis.call('HGET', KEYS[1], 'idempotencyKey')
 if idem then redis.call('EXPIRE', idem, ARGV[2]) end
-for i = 5, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+-- The tenant's index lives as long as its newest finished job could be listed.
+redis.call('EXPIRE', KEYS[6], 2 * tonumber(ARGV[2]))
+for i = 7, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+return 1
+"""
+
+
+_CALLBACK_LATER = """
+-- KEYS: callbacks, job. ARGV: job id, attempts made, delay s.
+local t = redis.call('TIME')
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HSET', KEYS[2], 'cb.attempts', ARGV[2]) end
+redis.call('ZADD', KEYS[1], 'XX', tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[3]), ARGV[1])
 return 1
 """
 
@@ -250,6 +270,7 @@ class JobStore:
         self._defer = client.register_script(_DEFER)
         self._cancel = client.register_script(_CANCEL)
         self._end = client.register_script(_END)
+        self._callback_later = client.register_script(_CALLBACK_LATER)
 
     @classmethod
     def from_url(cls, url: str, *, ttl_seconds: int = 604800, max_connections: int = 64) -> JobStore:
@@ -335,12 +356,28 @@ class JobStore:
     def end(self, job_id: str) -> bool:
         """Set the final state and start the TTL of every key of the job; True only for the one call
         that did it."""
-        total = int(self.redis.hget(keys.job(job_id), "totalCount") or 0)
+        total_raw, tenant = self.redis.hmget(keys.job(job_id), "totalCount", "tenant")
+        total = int(total_raw or 0)
         return self._end(
-            keys=[keys.job(job_id), keys.SCHED_JOBS, keys.SCHED_DUE, keys.METRICS, *keys.job_keys(job_id, total)],
+            keys=[keys.job(job_id), keys.SCHED_JOBS, keys.SCHED_DUE, keys.METRICS, keys.CALLBACKS,
+                  keys.tenant_jobs(tenant or ""), *keys.job_keys(job_id, total)],
             args=[now_iso(), self.ttl, job_id, metrics.field(metrics.JOBS_FINISHED, COMPLETED),
                   metrics.field(metrics.JOBS_FINISHED, CANCELLED)],
         ) == 1
+
+    # -- callbacks -------------------------------------------------------------------------------
+
+    def callback_later(self, job_id: str, attempt: int, delay: float) -> None:
+        """Try again ``delay`` seconds from now, on Redis's clock."""
+        self._callback_later(keys=[keys.CALLBACKS, keys.job(job_id)], args=[job_id, attempt, delay])
+
+    def callback_done(self, job_id: str, attempt: int, outcome: str) -> None:
+        """Delivered, refused for good, or given up: the callback is no longer due."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zrem(keys.CALLBACKS, job_id)
+        if self.redis.exists(keys.job(job_id)):
+            pipe.hset(keys.job(job_id), mapping={"cb.attempts": attempt, "cb.outcome": outcome})
+        pipe.execute()
 
     # -- idempotency keys ------------------------------------------------------------------------
 
@@ -356,13 +393,15 @@ class JobStore:
         raw = self.redis.get(name)
         return json.loads(raw) if raw else {"digest": digest, "jobId": None}
 
+    @staticmethod
+    def idempotency_key_name(tenant: str, key: str) -> str:
+        return keys.idempotency(tenant, key)
+
     def bind_idempotency_key(self, tenant: str, key: str, digest: str, job_id: str) -> None:
-        """The key now names the job; it expires with the job (see the end script), not before."""
-        name = keys.idempotency(tenant, key)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.set(name, json.dumps({"digest": digest, "jobId": job_id}))
-        pipe.hset(keys.job(job_id), "idempotencyKey", name)
-        pipe.execute()
+        """The key now names the job. The job's end sets it to expire with the job (the job hash names
+        it from its commit on); until then it lives ``JOB_TTL_SECONDS``, so that no key outlives
+        everything even if the job never ends."""
+        self.redis.set(keys.idempotency(tenant, key), json.dumps({"digest": digest, "jobId": job_id}), ex=self.ttl)
 
     def release_idempotency_key(self, tenant: str, key: str) -> None:
         self.redis.delete(keys.idempotency(tenant, key))
@@ -576,8 +615,14 @@ class NewJob:
             self._flush()
 
     def _flush(self) -> None:
+        """Store the chunk being filled, with an expiry: should this process die before the commit,
+        nothing of the submission outlives :data:`UNCOMMITTED_SECONDS` (the commit lifts it)."""
         if self._chunk:
-            self.store.redis.hset(keys.inputs(self.job_id, self.count - 1), mapping=self._chunk)
+            pipe = self.store.redis.pipeline(transaction=False)
+            key = keys.inputs(self.job_id, self.count - 1)
+            pipe.hset(key, mapping=self._chunk)
+            pipe.expire(key, UNCOMMITTED_SECONDS)
+            pipe.execute()
             self._chunk = {}
 
     def commit(self, *, skip_change_identifier: bool, next_index: dict[int, int],
@@ -595,6 +640,7 @@ class NewJob:
             fields = {keys.META_FIELD: meta}
             fields.update({f"n:{prev}": str(nxt) for prev, nxt in next_index.items() if keys.chunk_number(prev) == n})
             pipe.hset(f"{keys.job(job_id)}:in:{n}", mapping=fields)
+            pipe.persist(f"{keys.job(job_id)}:in:{n}")
         if next_index:
             pipe.sadd(keys.waits(job_id), *next_index.values())
         doc = {
@@ -612,7 +658,12 @@ class NewJob:
         # The job hash, and its place in the scheduler, go last: a job is visible only once its
         # inputs are all stored.
         pipe.hset(keys.job(job_id), mapping={k: str(v) for k, v in doc.items()})
-        pipe.zadd(keys.tenant_jobs(self.tenant), {job_id: now})
+        index = keys.tenant_jobs(self.tenant)
+        pipe.zadd(index, {job_id: now})
+        # The index keeps no job that has surely expired, and dies when the tenant has been quiet
+        # that long; listings also drop the jobs they find gone.
+        pipe.zremrangebyscore(index, "-inf", now - 2 * self.store.ttl)
+        pipe.expire(index, 2 * self.store.ttl)
         pipe.zadd(keys.SCHED_JOBS, {job_id: now})
         pipe.execute()
         return job_id

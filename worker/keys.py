@@ -2,8 +2,10 @@
 
 A job's keys live as long as the job runs and expire ``JOB_TTL_SECONDS`` after it finishes
 (:func:`job_keys` lists them for the end script); nothing of a running job expires, however
-long it runs. Keys of the scheduler and the fleet are few and small; they live as long as the
-service does, or expire on their own (leader lock, fleet heartbeat, identifier locks).
+long it runs. Inputs stored before the job is committed expire within the hour unless the commit
+comes (an intake that died half way leaves nothing behind). Keys of the scheduler and the fleet
+are few and small; they live as long as the service does, or expire on their own (leader lock,
+fleet heartbeat, identifier locks).
 
 Job keys (``{j}`` is the job id, ``{n}`` the chunk number, ``index // CHUNK``)::
 
@@ -31,12 +33,16 @@ Scheduler and fleet::
     cu:sched:leader         string the dispatching worker process, with a short expiry
     cu:fleet                zset   worker process -> last heartbeat
     cu:fleet:slots          hash   worker process -> concurrency
+    cu:callbacks            zset   finished jobs whose callback is due (score = next attempt), until it is
+                                   delivered or given up; an attempt under way holds it a minute ahead
     cu:metrics              hash   the fleet's Prometheus counters: field = JSON array of the metric's
                                    name and label values, value = its count (worker/metrics.py); kept
                                    for the service's life, as Prometheus expects of a counter
 
-Elsewhere: ``cu:tenant:{t}:jobs`` (zset of a tenant's job ids by creation time, trimmed of
-expired jobs when listed), ``cu:idem:{t}:{sha256}`` (Idempotency-Key claims, ``JOB_TTL_SECONDS``),
+Elsewhere: ``cu:tenant:{t}:jobs`` (zset of a tenant's job ids by creation time; trimmed of jobs
+older than twice ``JOB_TTL_SECONDS`` at each commit and of expired jobs when listed, and expiring
+twice ``JOB_TTL_SECONDS`` after the tenant's last commit or job end), ``cu:idem:{t}:{sha256}``
+(Idempotency-Key claims: a minute unbound, then ``JOB_TTL_SECONDS``, restarted when the job ends),
 ``cu:lock:{digest}`` (identifier locks, twice the item lease, renewed while held) and
 ``cu:ratelimit:{t}:...`` (token buckets, an hour).
 """
@@ -56,6 +62,7 @@ LEADER = f"{PREFIX}:sched:leader"
 FLEET = f"{PREFIX}:fleet"
 FLEET_SLOTS = f"{PREFIX}:fleet:slots"
 METRICS = f"{PREFIX}:metrics"
+CALLBACKS = f"{PREFIX}:callbacks"
 
 #: Fields of an input chunk that are not items.
 META_FIELD = "meta"

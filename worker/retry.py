@@ -16,8 +16,9 @@ no rate-limit token for a while                         the item goes back until
 identifiers held by another job's item                  the item goes back for 0.2 to 1 s     no
 a worker dying under the item                           its lease lapses; handed out again    yes: after 4
                                                        (worker/scheduler.py)                 lapses, 9004
-the completion callback: 5xx, 408, 429, no answer       the callback task tries again         8 attempts
-                                                       (:func:`callback_delay`)
+the completion callback: 5xx, 408, 429, no answer       tried again, due in Redis             for 24 h
+                                                       (:func:`callback_delay`), by any
+                                                       worker alive
 the job store unreachable                               the task waits for it                 120 s
                                                        (:func:`store_outage_pauses`)
 =====================================================  ====================================  ==================
@@ -47,8 +48,9 @@ LOCK_WAIT_SECONDS = (0.2, 1.0)
 #: the time to be dispatched again and redo its lookups. It then waits out the rest in place.
 REQUEUE_LEAD_SECONDS = 0.3
 
-CALLBACK_MAX_ATTEMPTS = 8
-CALLBACK_MAX_SECONDS = 60.0
+#: A callback is tried until it is delivered, refused for good, or this long after the job ended.
+CALLBACK_PATIENCE_SECONDS = 24 * 3600.0
+CALLBACK_MAX_SECONDS = 300.0
 
 STORE_PATIENCE_SECONDS = 120.0
 

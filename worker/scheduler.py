@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 MAX_LAPSES = 4
 #: A job with nothing queued, running or due whose outcomes fall short this long is rescued.
 STUCK_SECONDS = 5.0
+#: A callback attempt under way holds its due entry this long; lost with its worker, it is due again after.
+CALLBACK_HOLD_SECONDS = 60.0
 #: How often the leader looks for lapsed leases, the ends of ended jobs and the size of the fleet.
 SLOW_ROUND_SECONDS = 1.0
 #: The leader's lock lives this long unless renewed (every slow round): far above any pause a
@@ -274,8 +276,9 @@ return {members, cursors}
 
 _REAP = """
 -- KEYS: inflight, leader lock. ARGV: lease s, max lapses, leader token, then fresh tokens (at most
--- this many leases are looked at); nothing unless the caller holds the leader's lock. Answers {'again', member} for an item handed out again, {'end', member, state}
--- for one to record now (its job was cancelled, or it lapsed too often), {'gone', member}.
+-- this many leases are looked at); nothing unless the caller holds the leader's lock. Answers
+-- {'again', member} for an item handed out again, {'end', member, state} for one to record now
+-- (its job was cancelled, or it lapsed too often), {'gone', member}.
 -- Only a lease that lapsed while its item ran (the claim marked it started, 's:i' = its token)
 -- counts towards giving the item up ('l:i'); one whose message waited, or was lost on the way,
 -- is handed out again for free: waiting is never the item's fault.
@@ -316,6 +319,17 @@ return out
 # The job keys the two scripts above find by a job's id, named as worker/keys.py names them.
 _TAKE, _REAP = (script.replace("JOB_PREFIX", repr(keys.job(""))).replace("CHUNK", str(keys.CHUNK))
                 for script in (_TAKE, _REAP))
+
+_DUE_CALLBACKS = """
+-- KEYS: callbacks, leader lock. ARGV: hold s, limit, leader token. Answers the jobs whose callback
+-- is due, each held ahead while it is tried; nothing unless the caller leads.
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then return {} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+for _, job in ipairs(due) do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), job) end
+return due
+"""
 
 _FLEET = """
 -- KEYS: fleet, fleet slots. ARGV: seconds a heartbeat stays valid. Forgets silent workers and
@@ -359,18 +373,21 @@ class Dispatcher:
 
     def __init__(self, client: redis.Redis, settings: Settings, tenants: dict[str, Tenant], *,
                  publish: Callable[[list[Delivery]], None], end_lapsed: Callable[[Lapsed], None],
-                 end_job: Callable[[str, str], None], worker: str | None = None) -> None:
+                 end_job: Callable[[str, str], None], send_callback: Callable[[str], None] | None = None,
+                 worker: str | None = None) -> None:
         self.redis = client
         self.settings = settings
         self.tenants = tenants
         self.publish = publish
         self.end_lapsed = end_lapsed
         self.end_job = end_job
+        self.send_callback = send_callback
         self.worker = worker or worker_id()
         self.lease = settings.item_lease_seconds
         self._take = client.register_script(_TAKE)
         self._reap = client.register_script(_REAP)
         self._fleet = client.register_script(_FLEET)
+        self._due_callbacks = client.register_script(_DUE_CALLBACKS)
         # redis-py's Lock: a token of our own, released and extended atomically by it. The token
         # starts with the worker's id, so an operator (and a test) can tell which process leads.
         self._leader_lock = client.lock(keys.LEADER, timeout=LEADER_SECONDS, blocking=False, thread_local=False)
@@ -436,6 +453,16 @@ class Dispatcher:
         self._slots = int(self._fleet(keys=[keys.FLEET, keys.FLEET_SLOTS], args=[self.lease]))
         self.recover_lapsed()
         self.refresh()
+        self.queue_due_callbacks()
+
+    def queue_due_callbacks(self) -> None:
+        """Queue an attempt for every callback that is due (worker/jobs.py: ``send_callback``). Each
+        is held a minute ahead meanwhile: an attempt lost with its worker is queued again then."""
+        if self.send_callback is None:
+            return
+        for job_id in self._due_callbacks(keys=[keys.CALLBACKS, keys.LEADER],
+                                          args=[CALLBACK_HOLD_SECONDS, 50, self._leader_token]):
+            self.send_callback(job_id)
 
     def target(self, items_per_message: float = 1.0) -> int:
         """Messages in flight the fleet can take: its threads, plus enough queued that no thread

@@ -145,7 +145,7 @@ class Settings:
             item_max_attempts=int(number("ITEM_MAX_ATTEMPTS", 8, int, 1)),
             retry_base_seconds=number("RETRY_BASE_SECONDS", 1.0),
             retry_max_seconds=number("RETRY_MAX_SECONDS", 60.0),
-            job_ttl_seconds=int(number("JOB_TTL_SECONDS", 604800, int, 60)),
+            job_ttl_seconds=int(number("JOB_TTL_SECONDS", 604800, int, 1)),
             max_items_per_job=int(number("MAX_ITEMS_PER_JOB", 100_000, int, 1)),
             max_body_bytes=int(number("MAX_BODY_BYTES", 268_435_456, int, 1)),
             identifier_priority=tuple(p.strip() for p in priority.split(",") if p.strip())

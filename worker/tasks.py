@@ -22,7 +22,7 @@ from celery.signals import celeryd_init, setup_logging, task_received, worker_re
 from worker import retry
 from worker.context import context_of
 from worker.items import end_lapsed, message_members, run_item, run_items
-from worker.jobs import end_job, has_callback, send_callback
+from worker.jobs import end_job, send_callback
 from worker.logs import configure_logging
 from worker.publishing import publish
 from worker.queues import TaskNames
@@ -70,15 +70,14 @@ def hold_received_items(sender=None, request=None, **kwargs) -> None:
 def end(self, job_id: str, tenant: str = "") -> None:
     """Set a job's final state once (the aggregator), then queue its callback."""
     store = context_of(self.app).store
-    if while_store_recovers(lambda: end_job(store, job_id)) and has_callback(store, job_id):
-        callback.delay(job_id, tenant=tenant)
+    while_store_recovers(lambda: end_job(store, job_id))
 
 
-@shared_task(bind=True, name=TaskNames.SEND_CALLBACK, max_retries=None)
-def callback(self, job_id: str, attempt: int = 1, tenant: str = "") -> None:
-    delay = send_callback(context_of(self.app), job_id, attempt)
-    if delay is not None:
-        raise self.retry(args=(job_id,), kwargs={"attempt": attempt + 1, "tenant": tenant}, countdown=delay)
+@shared_task(bind=True, name=TaskNames.SEND_CALLBACK)
+def callback(self, job_id: str, attempt: int = 0, tenant: str = "") -> str:
+    """One attempt at a job's callback, queued by the leader when it is due (``attempt`` is left
+    from messages of an earlier version: the store counts the attempts now)."""
+    return send_callback(context_of(self.app), job_id)
 
 
 def while_store_recovers(work: Callable[[], T]) -> T:
@@ -125,7 +124,8 @@ def start_scheduling(sender, **kwargs) -> None:
     dispatcher = Dispatcher(ctx.store.redis, ctx.settings, ctx.tenants, worker=ctx.worker,
                             publish=lambda deliveries: publish(app, deliveries),
                             end_lapsed=lambda entry: end_lapsed(ctx, entry),
-                            end_job=lambda job_id, tenant: end.delay(job_id, tenant=tenant))
+                            end_job=lambda job_id, tenant: end.delay(job_id, tenant=tenant),
+                            send_callback=lambda job_id: callback.delay(job_id))
     for name, target, stop in (("lease-keeper", ctx.keeper.run, ctx.keeper.leave),
                                ("dispatcher", dispatcher.run, dispatcher.stop),
                                ("metrics-flusher", ctx.metrics_flusher.run, ctx.metrics_flusher.stop)):
