@@ -54,6 +54,14 @@ class SimulatorState:
             self._config = dataclasses.replace(self._config, lost_answers=lost)
             return True
 
+    def take_throttle(self) -> float | None:
+        """The Retry-After to answer this call with, if it is one of ``throttle_next``; takes one off."""
+        with self._config_lock:
+            if self._config.throttle_next <= 0:
+                return None
+            self._config = dataclasses.replace(self._config, throttle_next=self._config.throttle_next - 1)
+            return self._config.throttle_retry_after
+
     def reset(self) -> None:
         self.store.reset()
         self.calls.clear()

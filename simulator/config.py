@@ -36,6 +36,10 @@ class SimulatorConfig:
     ``lost_answers`` counts, per endpoint, the next calls that are handled in full (the write happens) and whose
     answer is then held back for ``hang_seconds``, as when a connection drops after the server acted. Each such
     call takes one off its count, so ``{"add": 1}`` loses exactly the next add's answer.
+
+    ``throttle_next`` answers the next that many v2 calls 429 with ``Retry-After:
+    throttle_retry_after`` (whole seconds, as HTTP has them), whatever the rate limits say: a
+    downstream that tells the client to back off, once, at a moment a test chooses.
     """
 
     host: str = "127.0.0.1"
@@ -53,6 +57,8 @@ class SimulatorConfig:
     not_found_status: int = 400
     primary_identifier: str | None = None
     lost_answers: dict[str, int] = field(default_factory=dict)
+    throttle_next: int = 0
+    throttle_retry_after: float = 1.0
     till: str | None = None
     password: str | None = None
     oauth_key: str | None = None
@@ -70,7 +76,9 @@ class SimulatorConfig:
 
     def validate(self) -> SimulatorConfig:
         """Raise ``ValueError`` naming the first bad field; return self so calls can be chained."""
-        for name in ("latency_ms", "hang_seconds", "rate_limit_rps", "token_ttl_seconds"):
+        if isinstance(self.throttle_next, bool) or not isinstance(self.throttle_next, int) or self.throttle_next < 0:
+            raise ValueError("throttle_next must be a non-negative integer")
+        for name in ("latency_ms", "hang_seconds", "rate_limit_rps", "token_ttl_seconds", "throttle_retry_after"):
             _non_negative(name, getattr(self, name))
         if self.latency_jitter_ms is not None:
             _non_negative("latency_jitter_ms", self.latency_jitter_ms)
@@ -136,6 +144,8 @@ PATCHABLE = {
     "notFoundStatus": "not_found_status",
     "primaryIdentifier": "primary_identifier",
     "lostAnswers": "lost_answers",
+    "throttleNext": "throttle_next",
+    "throttleRetryAfter": "throttle_retry_after",
     "tokenTtlSeconds": "token_ttl_seconds",
     "till": "till",
     "password": "password",
@@ -181,6 +191,8 @@ def to_json(config: SimulatorConfig) -> dict[str, Any]:
         "notFoundStatus": config.not_found_status,
         "primaryIdentifier": config.primary_identifier,
         "lostAnswers": dict(config.lost_answers),
+        "throttleNext": config.throttle_next,
+        "throttleRetryAfter": config.throttle_retry_after,
         "tokenTtlSeconds": config.token_ttl_seconds,
         "till": config.till,
         "passwordSet": config.password is not None,

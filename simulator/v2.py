@@ -7,6 +7,7 @@ of ``None`` is sent blank.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -48,6 +49,9 @@ def v2_call(endpoint: str) -> Callable[[Handler], Callable[..., Any]]:
 
 def _answer(sim, config: SimulatorConfig, endpoint: str, handler: Handler, kwargs: dict[str, Any]):
     """``(status, body, headers, whether the answer is lost)`` for one v2 request."""
+    retry_after = sim.take_throttle()
+    if retry_after is not None:
+        return 429, error_body(429, "Rate limit exceeded"), {"Retry-After": str(math.ceil(retry_after))}, False
     fault = sim.faults.before_request(config, endpoint)
     if fault is not None:
         return fault.status, fault.body, fault.headers, False

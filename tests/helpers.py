@@ -117,7 +117,7 @@ class Simulator:
         self.admin("POST", "reset")
         defaults = {"notFoundStatus": 400, "latencyMs": 0, "errorRate": 0, "error521Rate": 0, "hangRate": 0,
                     "hangSeconds": 30, "outage": False, "rateLimitRps": 0, "rateLimits": {},
-                    "primaryIdentifier": None, "lostAnswers": {}}
+                    "primaryIdentifier": None, "lostAnswers": {}, "throttleNext": 0}
         self.admin("PATCH", "config", json=defaults | config)
 
     def configure(self, **config) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 import uuid
 
@@ -166,3 +167,91 @@ def test_a_frozen_worker_calls_nothing_for_the_items_handed_to_another(make_stac
     assert calls_since(sim, woke) == []
     assert len(sim.customers()) == 100
     assert other.process.poll() is None and frozen.process.poll() is None
+
+
+def test_max_rps_holds_for_a_fleet_of_four_and_a_429_pauses_all_of_it(make_stack, sim):
+    """CAPILLARY_MAX_RPS=20 across 4 workers of 16 threads: no second at the simulator sees more than 20
+    calls. A 429 with Retry-After 5 mid-job: no call lands for those 5 seconds, from any worker."""
+    stack = make_stack(capillary_max_rps=20.0, worker_concurrency=16)
+    for _ in range(4):
+        stack.worker()
+    start = time.time()
+    job_id = stack.api.submit(customers(70, tag("FLEET"))).get_json()["jobId"]
+    wait_for(lambda: progress(stack.api, job_id)["processedCount"] >= 15, timeout=60, what="15 items done")
+    sim.configure(throttleNext=1, throttleRetryAfter=5)
+
+    job = stack.api.wait(job_id, timeout=120)
+
+    assert_exact(job, 70)
+    assert len(sim.customers()) == 70
+    calls = [c for c in calls_since(sim, start) if c["endpoint"] != "token"]
+    (throttled,) = [c["t"] for c in calls if c["status"] == 429]
+    times = sorted(c["t"] for c in calls)
+    during = [t - throttled for t in times if throttled + 0.3 < t < throttled + 5]
+    print(f"fleet of 4: {len(times)} calls, busiest second {busiest_second(times)}, "
+          f"{len([t for t in times if throttled < t <= throttled + 0.3])} in flight at the 429, {during} during it")
+    assert busiest_second(times) <= 20
+    assert during == []
+    assert [t for t in times if t > throttled + 5], "the calls came back after the pause"
+
+
+def busiest_second(times: list[float]) -> int:
+    return max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_a_broker_outage_mid_job_delays_items_and_fails_none(make_stack, sim, request, tmp_path, broker):
+    """The broker stopped for two leases mid-job (a Redis broker apart from the job store, without
+    persistence, so the messages it held are lost too; or RabbitMQ): the dispatcher's publishes fail,
+    its leases go back at once and are handed out again for free, the workers reconnect (or their
+    supervisor restarts them, as here), and the job completes with no failure and no duplicate."""
+    from tests.helpers import RedisServer
+
+    if broker == "redis":
+        (tmp_path / "broker").mkdir()
+        broker_redis = RedisServer(tmp_path / "broker").start()
+        url = broker_redis.url
+
+        def stop() -> None:
+            broker_redis.stop()
+
+        def start() -> None:
+            broker_redis.start()
+    else:
+        url = request.getfixturevalue("rabbitmq_vhost")
+
+        def stop() -> None:
+            subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True)
+
+        def start() -> None:
+            subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True)
+            subprocess.run(["rabbitmqctl", "await_startup"], check=True, capture_output=True)
+    stack = make_stack(broker_url=url, item_lease_seconds=4)
+    sim.configure(latencyMs=10)
+    stack.worker()
+    job_id = stack.api.submit(customers(400, tag("BRK"))).get_json()["jobId"]
+    wait_for(lambda: progress(stack.api, job_id)["processedCount"] >= 50, timeout=60, what="50 items done")
+
+    stop()
+    try:
+        down_since = time.monotonic()
+        wait_for(lambda: time.monotonic() - down_since >= 2 * stack.settings.item_lease_seconds, timeout=30,
+                 what="two leases of outage", interval=0.5)
+        during = progress(stack.api, job_id)
+        assert during["failureCount"] == 0 and during["processedCount"] < 400
+    finally:
+        start()
+    back_at = time.monotonic()
+
+    def finished_under_a_supervisor():
+        if stack.workers[-1].process.poll() is not None:  # a supervisor restarts a worker that gave up
+            stack.worker()
+        job = progress(stack.api, job_id)
+        return job if job.get("finishedAt") else None
+
+    job = wait_for(finished_under_a_supervisor, timeout=180, what="the job to finish after the outage", interval=0.5)
+    print(f"{broker} down {back_at - down_since:.1f}s; job done {time.monotonic() - back_at:.1f}s after its return")
+    assert_exact(job, 400)
+    assert len(sim.customers()) == 400
+    if broker == "redis":
+        broker_redis.stop()
