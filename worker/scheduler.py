@@ -21,14 +21,20 @@ small job still spreads over the whole fleet; and since each slot runs one item 
 and windows still bound the downstream calls running at once.
 
 **Leases.** Every dispatched item gets a lease: the member ``job:index:token`` of ``cu:inflight``
-with an expiry ``ITEM_LEASE_SECONDS`` ahead. The worker that runs it keeps it alive with
-:class:`LeaseKeeper` (one script per worker process every quarter of a lease, for all its items
-and their identifier locks, plus the worker's heartbeat). A lease that lapses (the worker was
-killed, froze or lost its network) is handed out again under a new token by the leader: on either
-broker, within about a lease. The old delivery is fenced off: its outcome script finds its member
-gone and records nothing, and its keeper tells its threads to stop before their next call.
-An item whose lease lapsed more than ``MAX_LAPSES`` times fails with 9004 instead of killing
-workers forever.
+with an expiry ``ITEM_LEASE_SECONDS`` ahead. The worker that takes the message off the broker keeps
+it alive with :class:`LeaseKeeper` from that moment (one script per worker process every quarter
+of a lease, for all its items and their identifier locks, plus the worker's heartbeat), while the
+message waits for a thread, while the item waits for tokens and while it runs. A lease that
+lapses (the worker was killed, froze or lost its network; the message was lost) is handed out
+again under a new token by the leader: on either broker, within about a lease. The old delivery
+is fenced off: its claim finds its member gone and it does nothing, its outcome script records
+nothing, and its keeper tells its threads to stop before their next call. An item whose lease
+lapsed more than ``MAX_LAPSES`` times *after it started* fails with 9004 instead of killing
+workers forever; a lapse while it waited costs it nothing.
+
+**Leadership** is redis-py's ``Lock`` (``LEADER_SECONDS``), and the scripts that hand out and
+recover items check the leader's token, so a leader frozen past its lock cannot dispatch beside
+the next one.
 """
 
 from __future__ import annotations
