@@ -67,6 +67,9 @@ MAX_LAPSES = 4
 STUCK_SECONDS = 5.0
 #: A callback attempt under way holds its due entry this long; lost with its worker, it is due again after.
 CALLBACK_HOLD_SECONDS = 60.0
+#: A tenant under CAPILLARY_MAX_RPS gets as many tasks in flight as this many seconds of its calls:
+#: enough to keep the allowance busy with calls taking up to that long, no more.
+RATE_CAP_SECONDS = 2.0
 #: How often the leader looks for lapsed leases, the ends of ended jobs and the size of the fleet.
 SLOW_ROUND_SECONDS = 1.0
 #: The leader's lock lives this long unless renewed (every slow round): far above any pause a
@@ -680,9 +683,15 @@ class Dispatcher:
         return dict(allot)
 
     def _cap(self, tenant: str) -> int:
+        """The tenant's tasks in flight at most: its ``max_concurrency`` (or the default), and under an
+        all-endpoints limit no more than that limit can keep busy (:data:`RATE_CAP_SECONDS` of calls):
+        more would only sleep on tokens, holding threads other tenants' items could use."""
         known = self.tenants.get(tenant)
-        cap = known.max_concurrency if known is not None else 0
-        return cap or self.settings.tenant_max_concurrency
+        cap = (known.max_concurrency if known is not None else 0) or self.settings.tenant_max_concurrency
+        if known is not None and known.max_rps > 0:
+            by_rate = max(4, math.ceil(known.max_rps * RATE_CAP_SECONDS))
+            cap = min(cap, by_rate) if cap else by_rate
+        return cap
 
     def _learn(self, job_ids: list[str]) -> None:
         """Cache what the leader needs of each job (its tenant, size and cursor) once."""

@@ -168,3 +168,16 @@ def test_a_cancelled_or_unlocked_item_is_claimed_without_locks(store, r):
 
     assert cancelled.cancelled and not cancelled.locked and r.keys(keys.LOCK_PREFIX + "*") == []
     assert old.locks is None and not old.locked
+
+
+def test_a_stale_delivery_cannot_overwrite_the_items_memo(store, r):
+    """Defect: the memo written before an add was a plain HSET, so a delivery whose lease had been taken
+    away could overwrite what the live delivery wrote (an add in doubt, a created id)."""
+    job_id = new_job(store, n=1)
+    stale, live = lease(store, job_id, 0, "old"), lease(store, job_id, 0, "new")
+    r.zrem(keys.INFLIGHT, stale)  # the leader took the old delivery's lease away
+    assert store.save_memo(live, job_id, 0, {"c": 500000001})
+
+    assert not store.save_memo(stale, job_id, 0, {"d": 1})
+
+    assert store.load_item(job_id, 0).memo == {"c": 500000001}

@@ -137,6 +137,20 @@ def test_a_tenant_cap_holds_and_the_rest_of_the_fleet_serves_others(store, r):
     assert per_job[capped] == 2 and per_job[free] == 10
 
 
+def test_a_tenant_under_a_small_allowance_holds_no_more_threads_than_it_can_keep_busy(store, r):
+    """At CAPILLARY_MAX_RPS=2 a 32-thread fleet used to take 64 messages of one job, every thread asleep on
+    a token 30 s ahead, and the queued messages' leases lapsed behind them. Now such a tenant gets about
+    two seconds of its calls in flight, and the other tenant the rest of the fleet."""
+    slow = new_job(store, n=100, tenant="north")
+    other = new_job(store, n=100, tenant="south")
+    recorder = Recorder()
+    tenants = {"north": Tenant(id="north", token="n", max_rps=2), "south": Tenant(id="south", token="s")}
+    dispatcher(r, recorder, slots=32, tenants=tenants).tick()
+
+    per_job = messages_per_job(recorder.published)
+    assert per_job[slow] == 4 and per_job[other] == 64 - 4
+
+
 def test_items_waiting_for_their_chain_are_skipped_and_come_after_their_predecessor(store, r):
     job_id = new_job(store, n=4, chains={0: 2, 2: 3})
     recorder = Recorder()
@@ -349,3 +363,20 @@ def test_the_sweeper_ends_a_job_that_nothing_would_end(store, r, monkeypatch):
     assert set(recorder.ended_jobs) == {cancelled_id}
     assert store.get_job(cancelled_id)["cancelledCount"] == 2  # counted once, however often it was looked at
     assert sorted(x.index for x in recorder.published[published:] if x.job_id == running_id) == [0, 1]
+
+
+def test_a_lapse_leaves_the_items_memo_as_it_was_empty_lists_included(store, r):
+    """Defect: the recovery script decoded and re-encoded the memo with Lua's cjson, which turns an empty
+    list into {}: an item's reserved tokens ``{"add": []}`` came back as a mapping. Lapses are counted
+    beside the memo now, which no script rewrites."""
+    job_id = new_job(store, n=1)
+    recorder = Recorder()
+    d = dispatcher(r, recorder, slots=1)
+    d.tick()
+    memo = '{"a":2,"r":{"add":[]},"c":500000001}'
+    r.hset(keys.inputs(job_id, 0), "m:0", memo)
+    die_running(store, r, job_id, recorder.published[-1].member)
+
+    d.recover_lapsed()
+
+    assert r.hget(keys.inputs(job_id, 0), "m:0") == memo and r.hget(keys.inputs(job_id, 0), "l:0") == "1"
