@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -37,6 +38,26 @@ _HTTP_CODES = {
 }
 
 
+#: Retry-After (seconds) for the store's refusals: a restart or failover takes seconds; memory is
+#: freed as accepted jobs end, which takes longer.
+STORE_UNAVAILABLE_RETRY_SECONDS = 5
+STORE_FULL_RETRY_SECONDS = 30
+
+
+def store_refusal(exc: redis.RedisError) -> ApiError | None:
+    """The 503 for a store that cannot take the request now; None for a Redis error that is a bug."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return ApiError(503, "store_full", "the job store is out of memory; accepted jobs go on, try again later",
+                        headers={"Retry-After": str(STORE_FULL_RETRY_SECONDS)})
+    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                        redis.exceptions.ReadOnlyError, redis.exceptions.MasterDownError,
+                        redis.exceptions.TryAgainError)):
+        return ApiError(503, "store_unavailable",
+                        f"the job store is unreachable or read-only ({type(exc).__name__}); try again shortly",
+                        headers={"Retry-After": str(STORE_UNAVAILABLE_RETRY_SECONDS)})
+    return None
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
@@ -49,6 +70,15 @@ def register_error_handlers(app: Flask) -> None:
         if status == 413:
             message = "the request body is larger than this service accepts (MAX_BODY_BYTES)"
         return jsonify(error_body(_HTTP_CODES.get(status, exc.name.lower().replace(" ", "_")), message)), status
+
+    @app.errorhandler(redis.RedisError)
+    def _store_error(exc: redis.RedisError):
+        refusal = store_refusal(exc)
+        if refusal is None:
+            log.exception("unhandled job store error")
+            return jsonify(error_body("internal_error", "an internal error occurred; it has been logged")), 500
+        log.warning("job store refused a request: %s (%s)", refusal.code, type(exc).__name__)
+        return _api_error(refusal)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

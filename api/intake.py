@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from api.errors import ApiError
 from worker.jobstore import JobStore, NewJob
+from worker.keys import CHUNK
 from worker.planning import ChainPlanner
 from worker.validation import json_kind
 
@@ -128,7 +129,8 @@ def parse_batch(raw: bytes, max_items: int) -> list[Any]:
 
 
 def accept(store: JobStore, elements: Iterable[Any], *, tenant: str, skip_change_identifier: bool,
-           callback_url: str | None = None, idempotency_key: str | None = None) -> str:
+           callback_url: str | None = None, idempotency_key: str | None = None,
+           admit: Callable[[int], None] | None = None) -> str:
     """Store the submission as it is read, then hand the job to the scheduler; answer the job id.
 
     Each element is checked, planned and written to Redis as it comes, so only one chunk of
@@ -140,11 +142,14 @@ def accept(store: JobStore, elements: Iterable[Any], *, tenant: str, skip_change
     one. The same key with a different submission (body, skipChangeIdentifier or callbackUrl;
     JSON compared by content, so NDJSON and a JSON array of the same customers are the same) is a
     409. The key is claimed once the whole body is read, because only then is its digest known.
+
+    ``admit`` is called with the items stored so far every chunk of them (api/admission.py): it
+    raises to refuse the rest, and then nothing of the submission is left.
     """
     new = store.new_job(tenant)
     try:
         next_index, digest = _store_inputs(new, elements, [skip_change_identifier, callback_url],
-                                           hashing=idempotency_key is not None)
+                                           hashing=idempotency_key is not None, admit=admit)
         if idempotency_key is not None:
             earlier = _earlier_job(store, tenant, idempotency_key, digest)
             if earlier is not None:
@@ -168,7 +173,7 @@ def accept(store: JobStore, elements: Iterable[Any], *, tenant: str, skip_change
 
 
 def _store_inputs(new: NewJob, elements: Iterable[Any], options: list[Any], *,
-                  hashing: bool) -> tuple[dict[int, int], str]:
+                  hashing: bool, admit: Callable[[int], None] | None = None) -> tuple[dict[int, int], str]:
     """Check, plan and store every element; answer the chains and the submission's digest ('' unless hashing)."""
     planner = ChainPlanner()
     digest = hashlib.sha256(_canonical(options)) if hashing else None
@@ -176,6 +181,8 @@ def _store_inputs(new: NewJob, elements: Iterable[Any], options: list[Any], *,
         check_shape(element, new.count)
         planner.add(element)
         new.add(element)
+        if admit is not None and new.count % CHUNK == 0:
+            admit(new.count)
         if digest is not None:
             digest.update(b"\n" + _canonical(element))
     return planner.chains(), digest.hexdigest() if digest is not None else ""

@@ -9,6 +9,7 @@ from celery import Celery
 from flask import current_app
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
+from api.admission import Admission
 from worker.celery_app import create_celery
 from worker.jobstore import JobStore
 from worker.metrics import Collector
@@ -23,6 +24,7 @@ class Services:
     #: The app's own registry, not prometheus_client's global one: two apps in one process (the
     #: tests make many) must not register the same collector twice.
     registry: CollectorRegistry
+    admission: Admission
     tenants: dict[str, Tenant] = field(default_factory=dict)
     openapi: dict | None = None
 
@@ -39,6 +41,7 @@ class Services:
             store=store,
             celery=create_celery(settings),
             registry=registry,
+            admission=Admission(store, watermark=settings.store_admit_watermark, max_bytes=settings.store_max_bytes),
             tenants=settings.tenants(),
         )
 

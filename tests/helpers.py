@@ -67,11 +67,12 @@ def redis_server_binary() -> str:
 
 class RedisServer:
     def __init__(self, tmp: Path, *, appendonly: bool = False, port: int | None = None,
-                 bind: str = "127.0.0.1") -> None:
+                 bind: str = "127.0.0.1", extra: tuple[str, ...] = ()) -> None:
         self.port = port or free_port()
         self.dir = tmp
         self.appendonly = appendonly
         self.bind = bind
+        self.extra = extra  # more redis-server options, e.g. ("--maxmemory", "16mb")
         self.process: subprocess.Popen | None = None
 
     @property
@@ -82,7 +83,7 @@ class RedisServer:
         server = redis_server_binary()
         self.process = subprocess.Popen(
             [server, "--port", str(self.port), "--bind", self.bind, "--protected-mode", "no", "--save", "",
-             "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.dir)],
+             "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.dir), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_for(lambda: redis.Redis(port=self.port).ping(), timeout=20, what="redis-server")
@@ -253,9 +254,10 @@ RABBITMQ = "amqp://guest:guest@127.0.0.1:5672/"
 class Stack:
     """A private Redis, an API on it, and workers started on demand."""
 
-    def __init__(self, tmp_path: Path, simulator: Simulator, *, appendonly: bool = False, **overrides) -> None:
+    def __init__(self, tmp_path: Path, simulator: Simulator, *, appendonly: bool = False,
+                 redis_args: tuple[str, ...] = (), **overrides) -> None:
         self.tmp_path = tmp_path
-        self.redis = RedisServer(tmp_path, appendonly=appendonly).start()
+        self.redis = RedisServer(tmp_path, appendonly=appendonly, extra=redis_args).start()
         self.settings = make_settings(self.redis.url, simulator.url, **overrides)
         self.api = ApiClient(create_app(self.settings))
         self.workers: list[Worker] = []

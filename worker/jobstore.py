@@ -531,6 +531,15 @@ class JobStore:
                 found.append((state, int(total or 0) - sum(int(n or 0) for n in counters)))
         return found
 
+    def memory(self) -> tuple[int, int]:
+        """(bytes Redis uses, its maxmemory; 0 when it has none)."""
+        info = self.redis.info("memory")
+        return int(info["used_memory"]), int(info.get("maxmemory") or 0)
+
+    def pending_items(self) -> int:
+        """Items of unfinished jobs without an outcome yet."""
+        return sum(left for _state, left in self.progress(self.redis.zrange(keys.SCHED_JOBS, 0, -1)))
+
     def ping(self) -> bool:
         try:
             return bool(self.redis.ping())

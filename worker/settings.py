@@ -87,6 +87,11 @@ class Settings:
     job_ttl_seconds: int = 604800
     max_items_per_job: int = 100_000
     max_body_bytes: int = 268_435_456
+    #: Share of Redis's maxmemory (or of store_max_bytes) past which new submissions get 503
+    #: store_full: the rest is kept for the jobs already accepted (api/admission.py).
+    store_admit_watermark: float = 0.8
+    #: The store's byte budget when Redis has no maxmemory; 0: no admission limit then.
+    store_max_bytes: int = 0
     #: Lookup order of identifier types; types not listed follow in the order the profile gives them.
     identifier_priority: tuple[str, ...] = ("externalId", "mobile", "email", "cardnumber")
     #: The environment variables that were set (non-empty) when these settings were read, so that
@@ -148,6 +153,8 @@ class Settings:
             job_ttl_seconds=int(number("JOB_TTL_SECONDS", 604800, int, 1)),
             max_items_per_job=int(number("MAX_ITEMS_PER_JOB", 100_000, int, 1)),
             max_body_bytes=int(number("MAX_BODY_BYTES", 268_435_456, int, 1)),
+            store_admit_watermark=number("STORE_ADMIT_WATERMARK", 0.8, minimum=0.05),
+            store_max_bytes=int(number("STORE_MAX_BYTES", 0, int)),
             identifier_priority=tuple(p.strip() for p in priority.split(",") if p.strip())
             or defaults.identifier_priority,
             env_names=frozenset(name for name, value in env.items() if value.strip()),

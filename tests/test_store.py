@@ -1,0 +1,96 @@
+"""A full or missing store is an answer, not an outage: 503 with Retry-After, nothing of a refused
+submission left behind, and every accepted job finishes.
+
+Each test runs real Redis processes of its own, filled or killed for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import uuid
+
+import pytest
+import redis
+
+from tests.helpers import assert_exact, customers, ndjson_file, post_ndjson, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_full_store_refuses_new_submissions_with_503_and_every_accepted_job_finishes(make_stack, sim, tmp_path):
+    """Defect: Redis at maxmemory (noeviction) answered the intake's writes with an OutOfMemoryError, a 500,
+    and the jobs already accepted stalled for good, as no outcome could be written any more."""
+    stack = make_stack(redis_args=("--maxmemory", "8mb", "--maxmemory-policy", "noeviction"))
+    store = redis.Redis.from_url(stack.redis.url, decode_responses=True)
+    sim.configure(latencyMs=5)
+    stack.worker()
+    path = ndjson_file(tmp_path / "batch.ndjson", 1000)
+
+    accepted: list[str] = []
+    refusal = None
+    for _ in range(40):
+        response = post_ndjson(stack.api.client.application, path, stack.settings.upsert_api_token)
+        if response.status_code != 202:
+            refusal = response
+            break
+        accepted.append(response.get_json()["jobId"])
+    peak = 0
+
+    def all_finished() -> bool:
+        nonlocal peak
+        peak = max(peak, int(store.info("memory")["used_memory"]))
+        return all(stack.api.get(f"/jobs/{j}").get_json()["finishedAt"] for j in accepted)
+
+    assert refusal is not None, "the store never filled up"
+    assert refusal.status_code == 503 and refusal.headers["Retry-After"].isdigit()
+    (error,) = refusal.get_json()["errors"]
+    assert error["code"] == "store_full" and "try again later" in error["message"]
+    # Nothing of the refused submission remains: the only jobs are the accepted ones.
+    jobs = {name.split(":")[2] for name in store.scan_iter("cu:job:*")}
+    assert jobs == set(accepted)
+    assert accepted, "not even one job was accepted"
+
+    wait_for(all_finished, timeout=180, what="every accepted job to finish", interval=0.5)
+    for job_id in accepted:
+        assert_exact(stack.api.get(f"/jobs/{job_id}").get_json(), 1000)
+    maxmemory = int(store.config_get("maxmemory")["maxmemory"])
+    print(f"full store: {len(accepted)} jobs of 1,000 accepted, the next refused; peak {peak / maxmemory:.0%} "
+          f"of maxmemory while they ran")
+    assert peak < maxmemory
+
+
+def test_submissions_while_redis_restarts_get_202_or_503_and_every_accepted_job_completes(make_stack, sim):
+    """Defect: a submission that arrived while Redis was down answered 500, where a client needs 503 and
+    Retry-After to know it may try again."""
+    stack = make_stack(appendonly=True)
+    sim.configure(latencyMs=2)
+    tag = "RST-" + uuid.uuid4().hex[:6]
+    answers: list[tuple[int, dict, dict]] = []
+
+    def submit(n: int) -> None:
+        response = stack.api.submit(customers(20, f"{tag}-{n}", first_mobile=20 * n))
+        answers.append((response.status_code, dict(response.headers), response.get_json()))
+
+    for n in range(3):
+        submit(n)
+    os.kill(stack.redis.process.pid, signal.SIGKILL)
+    stack.redis.process.wait(10)
+    for n in range(3, 6):
+        submit(n)
+    stack.redis.start()
+    for n in range(6, 9):
+        submit(n)
+    stack.worker()
+
+    refused = [a for a in answers if a[0] != 202]
+    assert [a[0] for a in answers] == [202] * 3 + [503] * 3 + [202] * 3, [(a[0], a[2]) for a in answers]
+    for _status, headers, body in refused:
+        assert headers["Retry-After"].isdigit() and body["errors"][0]["code"] == "store_unavailable"
+    ids = [body["jobId"] for status, _h, body in answers if status == 202]
+    for job_id in ids:
+        assert_exact(stack.api.wait(job_id, timeout=60), 20)
+    stored = sim.customers()
+    assert len(stored) == 20 * len(ids)
+    assert len({json.dumps(c["profiles"][0]["identifiers"], sort_keys=True) for c in stored}) == len(stored)
