@@ -45,11 +45,14 @@ def submit_bulk():
         if problem:
             raise ApiError(400, "invalid_callback", problem, field="callbackUrl")
     svc = services()
-    svc.admission.check(body_bytes=request.content_length or 0)
+    # Admission (api/admission.py): a body of known length is estimated whole before it is read; one
+    # streamed without a length is checked again every chunk of items as they are stored.
+    length = request.content_length
+    svc.admission.check(body_bytes=length or 0)
     elements = request_elements(request, svc.settings.max_items_per_job)
     job_id = accept(svc.store, elements, tenant=g.tenant.id, skip_change_identifier=skip,
                     callback_url=callback, idempotency_key=key,
-                    admit=lambda stored: svc.admission.check(stored_items=stored))
+                    admit=None if length else (lambda stored: svc.admission.check(stored_items=stored)))
     location = url_for("jobs.get_job", job_id=job_id)
     if wait:
         job = _wait_for(job_id, wait)
