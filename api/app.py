@@ -38,4 +38,19 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health)
     app.register_blueprint(pages)
     register_error_handlers(app)
+    warn_about_the_store(app.extensions["upsert"].store.redis)
     return app
+
+
+def warn_about_the_store(client) -> None:
+    """Say loudly, once at start, what is unsafe about this Redis (worker/store_health.py)."""
+    import redis
+
+    from worker.store_health import store_findings
+
+    try:
+        for finding in store_findings(client):
+            log.warning("job store: %s", finding.message)
+    except redis.RedisError as exc:
+        log.warning("job store unreachable at start (%s); requests that need it get 503 until it answers",
+                    type(exc).__name__)

@@ -87,7 +87,9 @@ class JobList(Schema):
 def _errors(*statuses: int) -> dict:
     text = {400: "the request names what is wrong", 401: "no or wrong bearer token", 404: "no such job for this token",
             409: "Idempotency-Key reused with another body", 413: "body or item count too large",
-            415: "not JSON or NDJSON"}
+            415: "not JSON or NDJSON",
+            503: "the job store cannot take it now: store_unavailable (unreachable, read-only, loading) or "
+                 "store_full (past the admission watermark, or out of memory); Retry-After says when to try again"}
     return {str(s): {"description": text[s], "content": {"application/json": {"schema": "ErrorBody"}}}
             for s in statuses}
 
@@ -126,7 +128,7 @@ def build_spec() -> dict:
         "responses": {"202": {"description": "accepted; Location names the job", **job},
                       "200": {"description": "finished within wait=",
                               "content": {"application/json": {"schema": "SyncResponse"}}},
-                      **_errors(400, 401, 409, 413, 415)},
+                      **_errors(400, 401, 409, 413, 415, 503)},
     }})
     spec.path(path=f"{JOBS}/jobs", operations={"get": {
         "summary": "The caller's recent jobs", "security": [{"bearer": []}],
@@ -137,7 +139,7 @@ def build_spec() -> dict:
     }})
     spec.path(path=f"{JOBS}/jobs/{{jobId}}", operations={
         "get": {"summary": "The job document", "security": [{"bearer": []}], "parameters": [JOB_ID],
-                "responses": {"200": {"description": "the job", **job}, **_errors(401, 404)}},
+                "responses": {"200": {"description": "the job", **job}, **_errors(401, 404, 503)}},
         "delete": {"summary": "Cancel: items not yet started end CANCELLED", "security": [{"bearer": []}],
                    "parameters": [JOB_ID],
                    "responses": {"200": {"description": "the job after the cancel", **job}, **_errors(401, 404)}},
@@ -155,8 +157,13 @@ def build_spec() -> dict:
     }})
     plain = {"200": {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}}
     spec.path(path="/healthz", operations={"get": {"summary": "The process is up", "responses": plain}})
-    spec.path(path="/readyz", operations={"get": {"summary": "Redis is reachable", "responses": {
-        **plain, "503": {"description": "not ready", "content": {"application/json": {"schema": "ErrorBody"}}}}}})
+    spec.path(path="/readyz", operations={"get": {
+        "summary": "Redis is reachable",
+        "description": "``store`` reports Redis's version, memory in use and maxmemory, whether the append-only "
+                       "file is on, its replicas, and ``warnings`` (reason and message) for what is unsafe for "
+                       "accepted jobs: an eviction policy, no persistence, no maxmemory, a version older than 6.2.",
+        "responses": {**plain, "503": {"description": "not ready",
+                                       "content": {"application/json": {"schema": "ErrorBody"}}}}}})
     spec.path(path="/metrics", operations={"get": {
         "summary": "Prometheus metrics of the whole fleet",
         "description": "What every worker process did, read from Redis at each scrape: items by tenant and "

@@ -20,6 +20,7 @@ from api.services import services
 from worker.callbacks import callback_problem
 from worker.estimate import with_estimate
 from worker.jobs import cancel_job as cancel
+from worker.store_health import store_summary
 
 jobs = Blueprint("jobs", __name__, url_prefix=JOBS_PREFIX)
 
@@ -154,9 +155,13 @@ def healthz():
 
 @health.get("/readyz")
 def readyz():
-    if not services().store.ping():
-        raise ApiError(503, "not_ready", "Redis is not reachable")
-    return jsonify({"status": "ready"})
+    """Ready while the store answers; ``store`` says what it is and what is unsafe about it
+    (worker/store_health.py): warnings, not a refusal, so a cautious operator's Redis still serves."""
+    try:
+        store = store_summary(services().store.redis)
+    except redis.RedisError:
+        raise ApiError(503, "not_ready", "Redis is not reachable", headers={"Retry-After": "5"})
+    return jsonify({"status": "ready", "store": store})
 
 
 @health.get("/openapi.json")

@@ -26,7 +26,7 @@ EXIT_OK, EXIT_FAILURES, EXIT_PROBLEM, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_CODES = """\
 exit codes:
   0    done; for `submit --wait`: every item succeeded
-  1    `submit --wait`: the job had failed or cancelled items
+  1    `submit --wait`: the job had failed or cancelled items; `doctor`: the store is unsafe
   2    usage, file or connection problem, or an error answer from the API
   130  interrupted by Ctrl-C (a submitted job keeps running)
 
@@ -456,11 +456,27 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--failed", action="store_true", help="only the failed (and cancelled) items, to resubmit")
     results.add_argument("-o", "--output", type=Path, metavar="FILE")
 
+    client_command("doctor", "check the job store the API uses: eviction policy, persistence, version, memory")
+
     sub.add_parser("simulator", help="run the local stand-in for the v2 customer API", add_help=False)
     return parser
 
 
-COMMANDS = {"submit": cmd_submit, "cancel": cmd_cancel, "jobs": cmd_jobs, "results": cmd_results,
+def cmd_doctor(client: ApiClient, args: argparse.Namespace) -> int:
+    """The store as the API sees it (``/readyz``): exit 0 when it is fit, 1 with warnings."""
+    store = client.request("GET", "/readyz").json()["store"]
+    memory = (f"{store['usedMemory'] / 2**20:,.1f} MiB of {store['maxMemory'] / 2**20:,.0f} MiB"
+              if store["maxMemory"] else f"{store['usedMemory'] / 2**20:,.1f} MiB, no maxmemory")
+    print(f"Redis {store['version']}: {memory}; append-only file {'on' if store['appendOnly'] else 'off'}, "
+          f"{store['replicas']} replicas")
+    for warning in store["warnings"]:
+        print(f"warning: {warning['message']}")
+    if not store["warnings"]:
+        print("the store is fit for accepted jobs")
+    return EXIT_FAILURES if store["warnings"] else EXIT_OK
+
+
+COMMANDS = {"submit": cmd_submit, "doctor": cmd_doctor, "cancel": cmd_cancel, "jobs": cmd_jobs, "results": cmd_results,
             "status": lambda client, args: _print_json(client.job(args.job))}
 
 
@@ -481,7 +497,9 @@ def main(argv: list[str] | None = None) -> int:
             return run_dev(settings, submit=args.submit, exit_after_submit=args.exit_after_submit)
         if args.command == "submit":
             args.batch = open_batch(args.file)  # a file problem is told before anything else
-        client = ApiClient(settings.upsert_url, settings.upsert_api_token)
+        # /readyz needs no token: doctor works without one
+        token = settings.upsert_api_token or ("-" if args.command == "doctor" else "")
+        client = ApiClient(settings.upsert_url, token)
         return COMMANDS[args.command](client, args)
     except (CliError, SettingsError) as exc:
         print(f"customer-upsert: {exc}", file=sys.stderr)

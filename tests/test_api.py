@@ -137,7 +137,10 @@ def test_health_and_readiness(app):
     client = app.test_client()
 
     assert client.get("/healthz").get_json() == {"status": "ok"}
-    assert client.get("/readyz").get_json() == {"status": "ready"}
+    ready = client.get("/readyz").get_json()
+    assert ready["status"] == "ready" and ready["store"]["version"]
+    # The suite's Redis keeps nothing on disk and has no maxmemory: it is told so.
+    assert {w["reason"] for w in ready["store"]["warnings"]} == {"no_persistence", "no_maxmemory"}
     assert client.get("/metrics").status_code == 200
 
 

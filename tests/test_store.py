@@ -94,3 +94,57 @@ def test_submissions_while_redis_restarts_get_202_or_503_and_every_accepted_job_
     stored = sim.customers()
     assert len(stored) == 20 * len(ids)
     assert len({json.dumps(c["profiles"][0]["identifiers"], sort_keys=True) for c in stored}) == len(stored)
+
+
+def test_an_unsafe_store_is_warned_about_at_start_in_readyz_in_metrics_and_by_doctor(tmp_path, simulator, caplog):
+    """Redis with an eviction policy and no persistence serves, but everyone who looks is told: the web's
+    log at start, /readyz, /metrics and `customer-upsert doctor` (exit 1); a fit Redis passes (exit 0)."""
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    from werkzeug.serving import make_server
+
+    from api.app import create_app
+    from cli import procfile
+    from tests.helpers import RedisServer, free_port, make_settings
+
+    def served(server: RedisServer):
+        app = create_app(make_settings(server.url, simulator.url))
+        web = make_server("127.0.0.1", free_port(), app, threaded=True)
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        return app, web
+
+    def doctor(url: str) -> subprocess.CompletedProcess:
+        cli = str(Path(sys.executable).parent / "customer-upsert")
+        return subprocess.run([cli, "doctor"], env=procfile.process_env({"UPSERT_URL": url, "UPSERT_API_TOKEN": ""}),
+                              capture_output=True, text=True, timeout=60)
+
+    (tmp_path / "lru").mkdir()
+    (tmp_path / "fit").mkdir()
+    unsafe = RedisServer(tmp_path / "lru", extra=("--maxmemory-policy", "allkeys-lru")).start()
+    fit = RedisServer(tmp_path / "fit", appendonly=True,
+                      extra=("--maxmemory", "64mb", "--maxmemory-policy", "noeviction")).start()
+    try:
+        with caplog.at_level("WARNING", logger="api.app"):
+            app, web = served(unsafe)
+        started = " ".join(r.getMessage() for r in caplog.records)
+        assert "maxmemory-policy is allkeys-lru" in started and "neither the append-only file" in started
+        base = f"http://127.0.0.1:{web.server_port}"
+        ready = app.test_client().get("/readyz").get_json()
+        assert {w["reason"] for w in ready["store"]["warnings"]} == {"eviction", "no_persistence", "no_maxmemory"}
+        scraped = app.test_client().get("/metrics").get_data(as_text=True)
+        assert 'upsert_store_unsafe{reason="eviction"} 1.0' in scraped
+        told = doctor(base)
+        assert told.returncode == 1, told.stdout + told.stderr
+        assert "warning: maxmemory-policy is allkeys-lru" in told.stdout and "append-only file off" in told.stdout
+        web.shutdown()
+
+        _app, web = served(fit)
+        passed = doctor(f"http://127.0.0.1:{web.server_port}")
+        assert passed.returncode == 0 and "the store is fit for accepted jobs" in passed.stdout, passed.stdout
+        web.shutdown()
+    finally:
+        unsafe.stop()
+        fit.stop()

@@ -32,6 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from worker import keys
+from worker.store_health import store_findings
 
 if TYPE_CHECKING:  # the job store imports this module for the names its scripts count under
     from worker.jobstore import JobStore
@@ -215,6 +216,12 @@ class Collector:
                                 value=len(alive))
         yield GaugeMetricFamily("upsert_worker_slots", "Items the live worker processes run at once, together",
                                 value=sum(int(slots.get(worker) or 0) for worker in alive))
+        unsafe = GaugeMetricFamily("upsert_store_unsafe", "1 for each way the job store is unfit for accepted jobs "
+                                   "(eviction, no_persistence, no_maxmemory, old_version, policy_unknown)",
+                                   labels=["reason"])
+        for finding in store_findings(self.store.redis):
+            unsafe.add_metric([finding.reason], 1)
+        yield unsafe
 
 
 def _families(raw: dict[str, str]) -> Iterator[Metric]:

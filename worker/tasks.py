@@ -27,6 +27,7 @@ from worker.logs import configure_logging
 from worker.publishing import publish
 from worker.queues import TaskNames
 from worker.scheduler import Dispatcher
+from worker.store_health import store_findings
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,11 @@ _running: list[tuple[threading.Thread, Callable[[], None]]] = []
 def start_scheduling(sender, **kwargs) -> None:
     app = sender.app
     ctx = context_of(app)
+    try:
+        for finding in store_findings(ctx.store.redis):
+            log.warning("job store: %s", finding.message)
+    except redis.RedisError as exc:
+        log.warning("job store unreachable at start (%s); waiting for it", type(exc).__name__)
 
     dispatcher = Dispatcher(ctx.store.redis, ctx.settings, ctx.tenants, worker=ctx.worker,
                             publish=lambda deliveries: publish(app, deliveries),
