@@ -14,16 +14,20 @@ log = logging.getLogger(__name__)
 class ApiError(Exception):
     """A failure the client can act on; ``field`` names the query parameter or body path at fault."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None, headers=None):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None, headers=None,
+                 extra: dict | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
         self.headers = headers or {}
+        #: more about the error, for programs: a quota's name, use and limit
+        self.extra = extra or {}
 
 
-def error_body(code: str, message: str, field: str | None = None) -> dict:
+def error_body(code: str, message: str, field: str | None = None, extra: dict | None = None) -> dict:
     entry = {"code": code, "message": message}
     if field is not None:
         entry["field"] = field
+    entry.update(extra or {})
     return {"errors": [entry]}
 
 
@@ -35,6 +39,7 @@ _HTTP_CODES = {
     409: "conflict",
     413: "too_large",
     415: "unsupported_media_type",
+    429: "quota_exceeded",
 }
 
 
@@ -61,7 +66,7 @@ def store_refusal(exc: redis.RedisError) -> ApiError | None:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
-        return jsonify(error_body(exc.code, exc.message, exc.field)), exc.status, exc.headers
+        return jsonify(error_body(exc.code, exc.message, exc.field, exc.extra)), exc.status, exc.headers
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

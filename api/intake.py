@@ -130,7 +130,8 @@ def parse_batch(raw: bytes, max_items: int) -> list[Any]:
 
 def accept(store: JobStore, elements: Iterable[Any], *, tenant: str, skip_change_identifier: bool,
            callback_url: str | None = None, idempotency_key: str | None = None,
-           admit: Callable[[int], None] | None = None) -> str:
+           admit: Callable[[int], None] | None = None,
+           before_commit: Callable[[int], None] | None = None) -> str:
     """Store the submission as it is read, then hand the job to the scheduler; answer the job id.
 
     Each element is checked, planned and written to Redis as it comes, so only one chunk of
@@ -144,7 +145,8 @@ def accept(store: JobStore, elements: Iterable[Any], *, tenant: str, skip_change
     409. The key is claimed once the whole body is read, because only then is its digest known.
 
     ``admit`` is called with the items stored so far every chunk of them (api/admission.py): it
-    raises to refuse the rest, and then nothing of the submission is left.
+    raises to refuse the rest, and then nothing of the submission is left; ``before_commit`` is
+    called with the number of items once they are all stored (api/quotas.py), and may refuse too.
     """
     new = store.new_job(tenant)
     try:
@@ -156,6 +158,8 @@ def accept(store: JobStore, elements: Iterable[Any], *, tenant: str, skip_change
                 new.abort()
                 return earlier
         try:
+            if before_commit is not None:
+                before_commit(new.count)
             extra = {"callbackUrl": callback_url} if callback_url else {}
             if idempotency_key is not None:  # so the job's end expires the key, however soon it comes
                 extra["idempotencyKey"] = store.idempotency_key_name(tenant, idempotency_key)

@@ -32,7 +32,8 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         store = JobStore.from_url(settings.redis_url, ttl_seconds=settings.job_ttl_seconds)
         registry = CollectorRegistry()
-        registry.register(Collector(store, lease_seconds=settings.item_lease_seconds))
+        tenants = settings.tenants()
+        registry.register(Collector(store, lease_seconds=settings.item_lease_seconds, tenants=tenants))
         # This web process's own CPU, memory and Python version, as the default registry would show them.
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
@@ -42,7 +43,7 @@ class Services:
             celery=create_celery(settings),
             registry=registry,
             admission=Admission(store, watermark=settings.store_admit_watermark, max_bytes=settings.store_max_bytes),
-            tenants=settings.tenants(),
+            tenants=tenants,
         )
 
 

@@ -16,6 +16,7 @@ from api.errors import ApiError
 from api.intake import accept, request_elements
 from api.openapi import build_spec
 from api.paths import JOBS_PREFIX
+from api.quotas import check_quotas
 from api.services import services
 from worker.callbacks import callback_problem
 from worker.estimate import with_estimate
@@ -49,11 +50,13 @@ def submit_bulk():
     # Admission (api/admission.py): a body of known length is estimated whole before it is read; one
     # streamed without a length is checked again every chunk of items as they are stored.
     length = request.content_length
+    check_quotas(svc.store, g.tenant)
     svc.admission.check(body_bytes=length or 0)
     elements = request_elements(request, svc.settings.max_items_per_job)
     job_id = accept(svc.store, elements, tenant=g.tenant.id, skip_change_identifier=skip,
                     callback_url=callback, idempotency_key=key,
-                    admit=None if length else (lambda stored: svc.admission.check(stored_items=stored)))
+                    admit=None if length else (lambda stored: svc.admission.check(stored_items=stored)),
+                    before_commit=lambda count: check_quotas(svc.store, g.tenant, items=count))
     location = url_for("jobs.get_job", job_id=job_id)
     if wait:
         job = _wait_for(job_id, wait)

@@ -317,11 +317,12 @@ def post_ndjson(app, path: Path, token: str, **headers):
         )
 
 
-def tenants_file(path: Path, **tenants: dict[str, str]) -> Path:
+def tenants_file(path: Path, **tenants: dict[str, str | int]) -> Path:
     """An ``UPSERT_TENANTS_FILE`` (TOML) with one table per tenant."""
     lines: list[str] = []
     for name, fields in tenants.items():
-        lines += [f"[tenants.{name}]", *(f'{key} = "{value}"' for key, value in fields.items()), ""]
+        lines += [f"[tenants.{name}]", *(f"{key} = {value}" if isinstance(value, int) else f'{key} = "{value}"'
+                                         for key, value in fields.items()), ""]
     path.write_text("\n".join(lines))
     return path
 

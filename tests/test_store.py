@@ -148,3 +148,54 @@ def test_an_unsafe_store_is_warned_about_at_start_in_readyz_in_metrics_and_by_do
     finally:
         unsafe.stop()
         fit.stop()
+
+
+def test_a_tenant_over_each_quota_gets_429_naming_it_and_the_others_go_on(make_stack, sim, tmp_path):
+    """Quotas per tenant: jobs not yet ended, items pending, items in a rolling day. Over one: 429 with
+    the quota, its use, its limit and Retry-After, nothing queued; another tenant is served at once; once
+    the first tenant's job ends, it is served again."""
+    from tests.helpers import JOBS, simulator_tenant, tenants_file
+
+    quotas = {"north": {"max_concurrent_jobs": 1}, "east": {"max_pending_items": 10},
+              "west": {"max_items_per_day": 10}, "south": {}}
+    path = tenants_file(tmp_path / "tenants.toml", **{
+        name: simulator_tenant(f"token-{name}", sim.url) | extra for name, extra in quotas.items()})
+    stack = make_stack(tenants_file=str(path), upsert_api_token="")
+    client = stack.api.client
+
+    def submit(tenant: str, n: int):
+        tag = f"{tenant}-{uuid.uuid4().hex[:6]}"
+        return client.post(f"{JOBS}/bulk", json=customers(n, tag), headers={"Authorization": f"Bearer token-{tenant}"})
+
+    def refused(response, quota: str, used: int, limit: int) -> None:
+        assert response.status_code == 429, response.get_json()
+        (error,) = response.get_json()["errors"]
+        assert (error["code"], error["quota"], error["used"], error["limit"]) == ("quota_exceeded", quota, used, limit)
+        assert int(response.headers["Retry-After"]) == error["retryAfterSeconds"] > 0
+
+    first = submit("north", 3)  # no worker yet: it stays unfinished
+    refused(submit("north", 3), "max_concurrent_jobs", 1, 1)
+    assert submit("south", 3).status_code == 202  # another tenant, at once
+    assert submit("east", 8).status_code == 202
+    refused(submit("east", 5), "max_pending_items", 8, 10)
+    day = submit("west", 6)
+    refused(submit("west", 6), "max_items_per_day", 6, 10)
+    jobs = {name.split(":")[2] for name in redis.Redis.from_url(stack.redis.url, decode_responses=True)
+            .scan_iter("cu:job:*") if name.count(":") == 2}
+    assert len(jobs) == 4  # the refused submissions left nothing
+
+    def wait(tenant: str, response) -> dict:
+        path, auth = f"{JOBS}/jobs/{response.get_json()['jobId']}", {"Authorization": f"Bearer token-{tenant}"}
+        return wait_for(lambda: (lambda j: j if j.get("finishedAt") else None)(client.get(path, headers=auth)
+                                                                                .get_json()),
+                        timeout=60, what=f"{tenant}'s job to finish")
+
+    stack.worker()
+    assert_exact(wait("north", first), 3)
+    assert_exact(wait("west", day), 6)
+    scraped = client.get("/metrics").get_data(as_text=True)
+    assert 'upsert_tenant_quota_used{quota="max_items_per_day",tenant="west"} 6.0' in scraped
+    assert 'upsert_tenant_quota_limit{quota="max_items_per_day",tenant="west"} 10.0' in scraped
+    assert submit("north", 3).status_code == 202  # its job ended: served again
+    refused(submit("west", 6), "max_items_per_day", 6, 10)  # the day's window has not moved on
+    wait_for(lambda: submit("east", 2).status_code == 202, timeout=60, what="east's pending items to end")

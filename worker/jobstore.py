@@ -157,8 +157,8 @@ return {state, 0}
 """
 
 _END = _PROCESSED + """
--- KEYS: job, sched jobs, sched due, metrics, callbacks, the tenant's job index, then every key of
--- the job (to expire).
+-- KEYS: job, sched jobs, sched due, metrics, callbacks, the tenant's job index, the tenant's active
+-- jobs, then every key of the job (to expire).
 -- ARGV: now (ISO), ttl, job id, the metrics fields of a job COMPLETED and CANCELLED.
 -- Sets the final state once, and counts it, and schedules its callback (in the same step, so no
 -- crash between the two can lose it); answers 1 the first time only.
@@ -184,7 +184,8 @@ local idem = redis.call('HGET', KEYS[1], 'idempotencyKey')
 if idem then redis.call('EXPIRE', idem, ARGV[2]) end
 -- The tenant's index lives as long as its newest finished job could be listed.
 redis.call('EXPIRE', KEYS[6], 2 * tonumber(ARGV[2]))
-for i = 7, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+redis.call('ZREM', KEYS[7], ARGV[3])
+for i = 8, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
 return 1
 """
 
@@ -250,6 +251,18 @@ def _item_work(raw: str | None, meta: str | None, cancelled: str | None, memo: s
         successor=int(successor) if successor is not None else None,
         **locking,
     )
+
+
+@dataclass(frozen=True)
+class TenantUsage:
+    """A tenant's use of its quotas: jobs not yet ended, their items without an outcome, items
+    accepted in the last day (``accepted``: when and how many, oldest first)."""
+
+    jobs: int
+    pending_items: int
+    items_today: int
+    accepted: list[tuple[float, int]]
+    now: float
 
 
 @dataclass(frozen=True)
@@ -360,7 +373,7 @@ class JobStore:
         total = int(total_raw or 0)
         return self._end(
             keys=[keys.job(job_id), keys.SCHED_JOBS, keys.SCHED_DUE, keys.METRICS, keys.CALLBACKS,
-                  keys.tenant_jobs(tenant or ""), *keys.job_keys(job_id, total)],
+                  keys.tenant_jobs(tenant or ""), keys.tenant_active(tenant or ""), *keys.job_keys(job_id, total)],
             args=[now_iso(), self.ttl, job_id, metrics.field(metrics.JOBS_FINISHED, COMPLETED),
                   metrics.field(metrics.JOBS_FINISHED, CANCELLED)],
         ) == 1
@@ -540,6 +553,19 @@ class JobStore:
         """Items of unfinished jobs without an outcome yet."""
         return sum(left for _state, left in self.progress(self.redis.zrange(keys.SCHED_JOBS, 0, -1)))
 
+    def tenant_usage(self, tenant: str) -> TenantUsage:
+        """What the tenant uses of its quotas now (api/quotas.py)."""
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrange(keys.tenant_active(tenant), 0, -1)
+        pipe.zremrangebyscore(keys.tenant_accepted(tenant), "-inf", now - keys.DAY_SECONDS)
+        pipe.zrange(keys.tenant_accepted(tenant), 0, -1, withscores=True)
+        active, _trimmed, accepted = pipe.execute()
+        found = self.progress(active)
+        day = [(float(at), int(member.rpartition(":")[2])) for member, at in accepted]
+        return TenantUsage(jobs=len(found), pending_items=sum(left for _state, left in found),
+                           items_today=sum(n for _at, n in day), accepted=day, now=now)
+
     def ping(self) -> bool:
         try:
             return bool(self.redis.ping())
@@ -673,6 +699,9 @@ class NewJob:
         # that long; listings also drop the jobs they find gone.
         pipe.zremrangebyscore(index, "-inf", now - 2 * self.store.ttl)
         pipe.expire(index, 2 * self.store.ttl)
+        pipe.zadd(keys.tenant_active(self.tenant), {job_id: now})
+        pipe.zadd(keys.tenant_accepted(self.tenant), {f"{job_id}:{self.count}": now})
+        pipe.expire(keys.tenant_accepted(self.tenant), keys.DAY_SECONDS)
         pipe.zadd(keys.SCHED_JOBS, {job_id: now})
         pipe.execute()
         return job_id
@@ -683,5 +712,7 @@ class NewJob:
         pipe = self.store.redis.pipeline(transaction=False)
         pipe.delete(*keys.job_keys(self.job_id, max(self.count, 1)))
         pipe.zrem(keys.tenant_jobs(self.tenant), self.job_id)
+        pipe.zrem(keys.tenant_active(self.tenant), self.job_id)
+        pipe.zrem(keys.tenant_accepted(self.tenant), f"{self.job_id}:{self.count}")
         pipe.zrem(keys.SCHED_JOBS, self.job_id)
         pipe.execute()

@@ -43,6 +43,8 @@ Elsewhere: ``cu:tenant:{t}:jobs`` (zset of a tenant's job ids by creation time; 
 older than twice ``JOB_TTL_SECONDS`` at each commit and of expired jobs when listed, and expiring
 twice ``JOB_TTL_SECONDS`` after the tenant's last commit or job end), ``cu:idem:{t}:{sha256}``
 (Idempotency-Key claims: a minute unbound, then ``JOB_TTL_SECONDS``, restarted when the job ends),
+``cu:tenant:{t}:active`` (its jobs not yet ended, left by the end script) and ``cu:tenant:{t}:accepted``
+(its jobs of the last day with their sizes, trimmed as read, expiring a day after the last),
 ``cu:lock:{digest}`` (identifier locks, twice the item lease, renewed while held) and
 ``cu:ratelimit:{t}:...`` (token buckets, an hour).
 """
@@ -114,6 +116,21 @@ def job_keys(job_id: str, total: int) -> list[str]:
 
 def tenant_jobs(tenant: str) -> str:
     return f"{PREFIX}:tenant:{tenant}:jobs"
+
+
+def tenant_active(tenant: str) -> str:
+    """The tenant's jobs not yet ended (zset, score = creation): its concurrent-jobs quota."""
+    return f"{PREFIX}:tenant:{tenant}:active"
+
+
+def tenant_accepted(tenant: str) -> str:
+    """The tenant's accepted jobs of the last day (zset of ``job:items``, score = acceptance): its
+    items-per-day quota."""
+    return f"{PREFIX}:tenant:{tenant}:accepted"
+
+
+#: The window of the items-per-day quota.
+DAY_SECONDS = 86_400
 
 
 def idempotency(tenant: str, key: str) -> str:

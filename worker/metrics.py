@@ -36,6 +36,7 @@ from worker.store_health import store_findings
 
 if TYPE_CHECKING:  # the job store imports this module for the names its scripts count under
     from worker.jobstore import JobStore
+    from worker.settings import Tenant
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +181,9 @@ class Collector:
     It has no ``describe``: registering it reads nothing from Redis.
     """
 
-    def __init__(self, store: JobStore, *, lease_seconds: float) -> None:
+    def __init__(self, store: JobStore, *, lease_seconds: float, tenants: dict[str, Tenant] | None = None) -> None:
         self.store = store
+        self.tenants = tenants or {}
         #: A worker whose heartbeat is older than a lease counts as gone, as the dispatcher counts it.
         self.lease = lease_seconds
 
@@ -222,6 +224,23 @@ class Collector:
         for finding in store_findings(self.store.redis):
             unsafe.add_metric([finding.reason], 1)
         yield unsafe
+        yield from self._quotas()
+
+    def _quotas(self) -> Iterator[Metric]:
+        """Each tenant's quotas (api/quotas.py) and what it uses of them."""
+        used = GaugeMetricFamily("upsert_tenant_quota_used", "What a tenant uses of each quota: jobs not yet ended, "
+                                 "their items without an outcome, items accepted in the last 24 h",
+                                 labels=["tenant", "quota"])
+        limit = GaugeMetricFamily("upsert_tenant_quota_limit", "Each tenant's quotas (0: none)",
+                                  labels=["tenant", "quota"])
+        for tenant in sorted(self.tenants.values(), key=lambda t: t.id):
+            usage = self.store.tenant_usage(tenant.id)
+            for quota, value in (("max_concurrent_jobs", usage.jobs), ("max_pending_items", usage.pending_items),
+                                 ("max_items_per_day", usage.items_today)):
+                used.add_metric([tenant.id, quota], value)
+                limit.add_metric([tenant.id, quota], getattr(tenant, quota))
+        yield used
+        yield limit
 
 
 def _families(raw: dict[str, str]) -> Iterator[Metric]:

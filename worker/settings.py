@@ -46,6 +46,11 @@ class Tenant:
     #: time, so this bounds its downstream calls at once); 0: no cap beyond its fair share (see
     #: worker/scheduler.py).
     max_concurrency: int = 0
+    #: Quotas (api/quotas.py): items accepted and not yet ended, jobs not yet ended, items accepted
+    #: in the last 24 hours; 0: no limit.
+    max_pending_items: int = 0
+    max_concurrent_jobs: int = 0
+    max_items_per_day: int = 0
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,10 @@ class Settings:
     #: Tasks of one tenant queued or running at once, for tenants that set no max_concurrency;
     #: 0: no cap beyond the fair share.
     tenant_max_concurrency: int = 0
+    #: Quotas for tenants that set none (0: no limit).
+    tenant_max_pending_items: int = 1_000_000
+    tenant_max_concurrent_jobs: int = 50
+    tenant_max_items_per_day: int = 20_000_000
     capillary_base_url: str = "http://127.0.0.1:8100"
     capillary_till: str = ""
     capillary_password: str = field(default="", repr=False)
@@ -129,6 +138,9 @@ class Settings:
             item_lease_seconds=number("ITEM_LEASE_SECONDS", 20.0, minimum=2),
             job_window=int(number("JOB_WINDOW", 0, int)),
             tenant_max_concurrency=int(number("TENANT_MAX_CONCURRENCY", 0, int)),
+            tenant_max_pending_items=int(number("TENANT_MAX_PENDING_ITEMS", 1_000_000, int)),
+            tenant_max_concurrent_jobs=int(number("TENANT_MAX_CONCURRENT_JOBS", 50, int)),
+            tenant_max_items_per_day=int(number("TENANT_MAX_ITEMS_PER_DAY", 20_000_000, int)),
             capillary_base_url=text("CAPILLARY_BASE_URL", defaults.capillary_base_url).rstrip("/"),
             capillary_till=text("CAPILLARY_TILL", ""),
             capillary_password=env.get("CAPILLARY_PASSWORD", ""),
@@ -177,6 +189,9 @@ class Settings:
             webhook_secret=self.upsert_webhook_secret,
             callback_hosts=self.upsert_callback_hosts,
             max_concurrency=self.tenant_max_concurrency,
+            max_pending_items=self.tenant_max_pending_items,
+            max_concurrent_jobs=self.tenant_max_concurrent_jobs,
+            max_items_per_day=self.tenant_max_items_per_day,
         )
 
     def tenants(self) -> dict[str, Tenant]:
@@ -196,6 +211,7 @@ class Settings:
 _TENANT_FIELDS = {
     "token": str, "capillary_base_url": str, "till": str, "password": str, "oauth_key": str, "oauth_secret": str,
     "max_rps": float, "rate_limits": object, "webhook_secret": str, "callback_hosts": list, "max_concurrency": int,
+    "max_pending_items": int, "max_concurrent_jobs": int, "max_items_per_day": int,
 }
 
 
@@ -242,8 +258,14 @@ def load_tenants_file(path: str, defaults: Settings) -> dict[str, Tenant]:
             webhook_secret=str(entry.get("webhook_secret") or ""),
             callback_hosts=tuple(str(h).lower() for h in entry.get("callback_hosts") or ()),
             max_concurrency=_whole(entry.get("max_concurrency") or 0, f"{where}: max_concurrency"),
+            **{quota: _whole(entry.get(quota) or 0, f"{where}: {quota}") or getattr(defaults, f"tenant_{quota}")
+               for quota in QUOTAS},
         )
     return tenants
+
+
+#: The tenant quotas, by their names in the tenants file (and, with ``tenant_``, in Settings).
+QUOTAS = ("max_pending_items", "max_concurrent_jobs", "max_items_per_day")
 
 
 def _whole(value: object, what: str) -> int:
