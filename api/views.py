@@ -56,7 +56,8 @@ def submit_bulk():
     job_id = accept(svc.store, elements, tenant=g.tenant.id, skip_change_identifier=skip,
                     callback_url=callback, idempotency_key=key,
                     admit=None if length else (lambda stored: svc.admission.check(stored_items=stored)),
-                    before_commit=lambda count: check_quotas(svc.store, g.tenant, items=count))
+                    before_commit=lambda count: (check_quotas(svc.store, g.tenant, items=count),
+                                                 svc.admission.check(stored_items=count)))
     location = url_for("jobs.get_job", job_id=job_id)
     if wait:
         job = _wait_for(job_id, wait)

@@ -26,7 +26,7 @@ def test_a_full_store_refuses_new_submissions_with_503_and_every_accepted_job_fi
     store = redis.Redis.from_url(stack.redis.url, decode_responses=True)
     sim.configure(latencyMs=5)
     stack.worker()
-    path = ndjson_file(tmp_path / "batch.ndjson", 1000)
+    path = ndjson_file(tmp_path / "batch.ndjson", 400)
 
     accepted: list[str] = []
     refusal = None
@@ -54,9 +54,9 @@ def test_a_full_store_refuses_new_submissions_with_503_and_every_accepted_job_fi
 
     wait_for(all_finished, timeout=180, what="every accepted job to finish", interval=0.5)
     for job_id in accepted:
-        assert_exact(stack.api.get(f"/jobs/{job_id}").get_json(), 1000)
+        assert_exact(stack.api.get(f"/jobs/{job_id}").get_json(), 400)
     maxmemory = int(store.config_get("maxmemory")["maxmemory"])
-    print(f"full store: {len(accepted)} jobs of 1,000 accepted, the next refused; peak {peak / maxmemory:.0%} "
+    print(f"full store: {len(accepted)} jobs of 400 accepted, the next refused; peak {peak / maxmemory:.0%} "
           f"of maxmemory while they ran")
     assert peak < maxmemory
 
