@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -222,8 +221,7 @@ def test_an_ndjson_file_is_streamed_as_ndjson_and_export_lines_become_their_inpu
     export.write_text("".join(json.dumps({"index": i, "action": "FAILED", "errors": [], "input": element}) + "\n"
                               for i, element in enumerate(inputs)))
 
-    started = time.monotonic()
-    with RecordingApi() as api:
+    with RecordingApi() as api:  # a hung stream ends in run's timeout, not in a timing assert
         big = run("submit", str(path), url=api.url, timeout=60)
         exported = run("submit", str(export), url=api.url, timeout=60)
     sent, resent = api.requests
@@ -233,4 +231,3 @@ def test_an_ndjson_file_is_streamed_as_ndjson_and_export_lines_become_their_inpu
     assert sent["headers"].get("Transfer-Encoding") == "chunked"  # streamed from the file, not built whole
     assert sent["body"] == path.read_bytes()
     assert [json.loads(line) for line in resent["body"].splitlines()] == inputs
-    assert time.monotonic() - started < 30
