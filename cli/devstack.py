@@ -108,8 +108,10 @@ class RedisForDev:
         server = shutil.which("redis-server")
         if server:
             self.process = subprocess.Popen(
-                [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--dir", self.tmp],
+                # Run as production needs it (README: Redis in production), so the stack shows no
+                # store warnings and admission keeps room as it would there.
+                [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+                 "--maxmemory", DEV_MAXMEMORY, "--maxmemory-policy", "noeviction", "--dir", self.tmp],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             )
             self.source = "a private redis-server from PATH"
@@ -129,6 +131,10 @@ class RedisForDev:
             self.embedded.shutdown()
         if self.tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+#: The private dev Redis's memory: room for a few 100,000-profile jobs with their results.
+DEV_MAXMEMORY = "1gb"
 
 
 def _answers(url: str) -> bool:

@@ -52,7 +52,7 @@ def test_a_cancelled_job_with_chained_items_ends(make_stack, sim):
     stayed CANCELLED without finishedAt for good."""
     stack = make_stack()
     stack.worker()
-    sim.configure(latencyMs=10)
+    sim.configure(latencyMs=40)  # slow enough that many chain items are running when the cancel comes
     elements = [{"profiles": [{"firstName": f"N{i}", "source": "INSTORE", "identifiers": [
         {"type": "mobile", "value": f"9177{uuid.uuid4().int % 10**4:04d}{i // 3:05d}"}]}]} for i in range(600)]
     job_id = stack.api.submit(elements).get_json()["jobId"]
