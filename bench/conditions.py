@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.helpers import RedisServer, Simulator, Stack, calls_since, customers, progress, wait_for
+from tests.helpers import RedisServer, Simulator, Stack, busiest_second, calls_since, customers, progress, wait_for
 
 
 def tag(prefix: str) -> str:
@@ -44,16 +44,6 @@ def cancelled_chains(stack: Stack, items: int) -> tuple[float, dict]:
     cancelled = time.monotonic()
     job = stack.api.wait(job_id, timeout=120)
     return time.monotonic() - cancelled, job
-
-
-def busiest_second(times: list[float]) -> int:
-    times = sorted(times)
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - 1.0:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 def fleet(stack: Stack, sim: Simulator, items: int, rps: float) -> tuple[int, float]:

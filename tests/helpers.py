@@ -289,6 +289,17 @@ def calls_since(sim: Simulator, since: float) -> list[dict]:
     return sim.admin("GET", "calls/log", params={"since": since})["calls"]
 
 
+def busiest_second(times: list[float]) -> int:
+    """The most calls in any one-second window of ``times``."""
+    times = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while times[lo] <= t - 1.0:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
 def assert_exact(job: dict, total: int, failures: int = 0) -> None:
     assert job["state"] == "COMPLETED"
     assert (job["totalCount"], job["processedCount"], job["failureCount"]) == (total, total, failures)

@@ -17,7 +17,7 @@ import uuid
 import pytest
 import redis
 
-from tests.helpers import ApiClient, assert_exact, calls_since, customers, progress, wait_for
+from tests.helpers import JOBS, ApiClient, assert_exact, busiest_second, calls_since, customers, progress, wait_for
 from worker.scheduler import LEADER_SECONDS
 
 pytestmark = pytest.mark.slow
@@ -107,16 +107,19 @@ def test_the_leader_killed_mid_job_hands_over_and_no_key_outlives_its_job(make_s
     ids.append(api.wait(cancelled)["jobId"])
     key = {"Idempotency-Key": "retry-" + uuid.uuid4().hex}
     batch = customers(3, tag("IDEM"))
-    first = api.client.post(f"{api_jobs()}/bulk", json=batch, headers=api.headers | key)
-    again = api.client.post(f"{api_jobs()}/bulk", json=batch, headers=api.headers | key)
+    first = api.client.post(f"{JOBS}/bulk", json=batch, headers=api.headers | key)
+    again = api.client.post(f"{JOBS}/bulk", json=batch, headers=api.headers | key)
     assert first.status_code == 202 and again.get_json()["jobId"] == first.get_json()["jobId"]
     ids.append(api.wait(first.get_json()["jobId"])["jobId"])
-    refused = api.client.post(f"{api_jobs()}/bulk", data=b'{"profiles": []}\n{oops\n',
+    refused = api.client.post(f"{JOBS}/bulk", data=b'{"profiles": []}\n{oops\n',
                               content_type="application/x-ndjson", headers=api.headers)
     assert refused.status_code == 400
 
     def leftover(name: str) -> bool:
-        """Of one of these jobs, or of no one: kept for ever and not one of the service's own keys."""
+        """Of one of these jobs, or of no one: kept for ever and not one of the service's own keys. The
+        tenant's record of what it was accepted in the last day (its quota) is its own, and expires."""
+        if name.endswith(":accepted") and name.startswith("cu:tenant:"):
+            return not 0 < r.ttl(name) <= 86_400
         if any(j in name for j in ids) or name.startswith(("cu:idem:", "cu:tenant:", "cu:lock:")):
             return True
         return r.ttl(name) == -1 and name not in SERVICE_KEYS and not name.startswith("_kombu.")  # the broker's own
@@ -133,12 +136,6 @@ def test_the_leader_killed_mid_job_hands_over_and_no_key_outlives_its_job(make_s
 #: The service's own keys, that live as long as it does (worker/keys.py); each is small.
 SERVICE_KEYS = {"cu:metrics", "cu:fleet", "cu:fleet:slots", "cu:sched:jobs", "cu:sched:due", "cu:inflight",
                 "cu:callbacks"}
-
-
-def api_jobs() -> str:
-    from tests.helpers import JOBS
-
-    return JOBS
 
 
 def test_a_frozen_worker_calls_nothing_for_the_items_handed_to_another(make_stack, sim):
@@ -193,10 +190,6 @@ def test_max_rps_holds_for_a_fleet_of_four_and_a_429_pauses_all_of_it(make_stack
     assert busiest_second(times) <= 20
     assert during == []
     assert [t for t in times if t > throttled + 5], "the calls came back after the pause"
-
-
-def busiest_second(times: list[float]) -> int:
-    return max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
 
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])

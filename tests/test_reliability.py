@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from tests.helpers import assert_exact, calls_since, customers, make_settings, progress, wait_for
+from tests.helpers import assert_exact, busiest_second, calls_since, customers, make_settings, progress, wait_for
 from worker.client import CapillaryClient
 
 # -- workers killed -------------------------------------------------------------------------------
@@ -183,16 +183,6 @@ def test_two_jobs_at_once_with_the_same_new_customers_create_each_only_once(api,
 
 
 # -- rate limits ------------------------------------------------------------------------------------
-
-
-def busiest_second(times: list[float]) -> int:
-    times = sorted(times)
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - 1.0:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 @pytest.mark.slow
