@@ -30,7 +30,8 @@ lint: install ## ruff and mypy (api/, worker/, cli/)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: install ## print throughput, scheduling and intake-memory figures (see README's Performance)
+bench: install ## print throughput, scheduling, intake-memory and operating-condition figures (README's Performance)
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/scheduling.py
 	$(BIN)/python bench/intake_memory.py
+	$(BIN)/python bench/conditions.py
