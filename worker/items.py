@@ -124,8 +124,7 @@ def run_item(ctx: WorkerContext, job_id: str, index: int, token: str) -> ItemRun
 
 def _run_item(ctx: WorkerContext, job_id: str, index: int, member: str) -> ItemRun:
     """Gate, upsert under the item's locks, record: each a function of its own below."""
-    work = ctx.store.claim_item(job_id, index, member, lock_ttl_ms=ctx.locks.ttl_ms,
-                                lease_seconds=ctx.settings.item_lease_seconds)
+    work = ctx.store.claim_item(job_id, index, member, lock_ttl_ms=ctx.locks.ttl_ms)
     if work.stale:
         log.warning("job %s item %s: lease lost to another worker before the item started here; leaving it "
                     "to that worker", job_id, index)

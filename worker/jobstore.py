@@ -44,18 +44,14 @@ CANCELLED_MESSAGE = "the job was cancelled before this item ran"
 
 _CLAIM_ITEM = TAKE_ALL_LUA + """
 -- KEYS: inflight, the item's input chunk. ARGV: index, owner 'job:index:token', the item's prefix
--- 'job:index:', lock ttl ms, lock key prefix, lease s, token. Answers the item's fields (input, meta,
--- cancelled, memo, successor, lock digests), then 1 when it took the locks, then 0, or 1 when the
--- delivery is stale (its lease is gone: the item was handed out again) and must do nothing at all.
--- A live delivery starts its lease here, as the item starts running, and marks the item started by
--- this token ('s:i'), so that a lease lapsing from now on counts against the item (the poison guard),
--- where one that lapsed while its message waited does not. The lock keys are built here from the
--- digests stored at intake, and taken as IdentifierLocks takes them: take_all.
+-- 'job:index:', lock ttl ms, lock key prefix. Answers the item's fields (input, meta, cancelled, memo,
+-- successor, lock digests), then 1 when it took the locks, then 0, or 1 when the delivery is stale
+-- (its lease is gone: the item was handed out again) and must do nothing at all. The lease itself is
+-- kept alive by the worker's keeper from the moment the message was received. The lock keys are
+-- built here from the digests stored at intake, and taken as IdentifierLocks takes them: take_all;
+-- a lock holding this delivery is also how the leader tells that the item started (see _REAP).
 local i = ARGV[1]
 if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return {false, false, false, false, false, false, 0, 1} end
-local t = redis.call('TIME')
-redis.call('ZADD', KEYS[1], 'XX', tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[6]), ARGV[2])
-redis.call('HSET', KEYS[2], 's:' .. i, ARGV[7])
 local f = redis.call('HMGET', KEYS[2], i, 'meta', 'cancelled', 'm:' .. i, 'n:' .. i, 'k:' .. i)
 local taken = 0
 if f[2] and not f[3] and f[6] then
@@ -309,9 +305,8 @@ class JobStore:
             keys.inputs(job_id, index), i, keys.META_FIELD, keys.CANCELLED_FIELD, f"m:{i}", f"n:{i}")
         return _item_work(raw, meta, cancelled, memo, successor)
 
-    def claim_item(self, job_id: str, index: int, member: str, *, lock_ttl_ms: int,
-                   lease_seconds: float = 20.0) -> ItemWork:
-        """Read an item, as :meth:`load_item`, start its lease and take its identifier locks for
+    def claim_item(self, job_id: str, index: int, member: str, *, lock_ttl_ms: int) -> ItemWork:
+        """Read an item, as :meth:`load_item`, check its lease and take its identifier locks for
         ``member`` (``job:index:token``), all or none, in the same round trip. A delivery whose lease
         is gone is answered ``stale`` and nothing else: it must not call or record anything. No lock
         is taken for a cancelled item or a job that is gone. ``locks`` is None for an item stored
@@ -320,8 +315,7 @@ class JobStore:
         i = str(index)
         raw, meta, cancelled, memo, successor, digests, taken, stale = self._claim(
             keys=[keys.INFLIGHT, keys.inputs(job_id, index)],
-            args=[i, member, keys.item_of(member), lock_ttl_ms, keys.LOCK_PREFIX, lease_seconds,
-                  keys.parse_member(member)[2]])
+            args=[i, member, keys.item_of(member), lock_ttl_ms, keys.LOCK_PREFIX])
         if stale == 1:
             return ItemWork(meta=None, element=None, cancelled=False, stale=True)
         return _item_work(raw, meta, cancelled, memo, successor, locked=taken == 1,

@@ -11,9 +11,10 @@ Job keys (``{j}`` is the job id, ``{n}`` the chunk number, ``index // CHUNK``)::
 
     cu:job:{j}              hash   the job document's fields, its counters, and the dispatch cursor
     cu:job:{j}:in:{n}       hash   per item of the chunk: "i" -> input JSON, "m:i" -> the item's memo
-                                   across runs (attempt, reserved tokens, add in doubt, lapses),
+                                   across runs (attempt, reserved tokens, add in doubt),
                                    "n:i" -> the next item of its chain, "k:i" -> the digests of
-                                   its identifier locks; and "meta" -> the job's tenant, total and
+                                   its identifier locks, "l:i" -> the leases that lapsed while it
+                                   ran (the poison guard); and "meta" -> the job's tenant, total and
                                    options, "cancelled" -> "1" once cancelled, so an item reads
                                    everything it needs, and takes its locks, in one script
     cu:job:{j}:res:{n}      hash   "i" -> the item's result JSON, written once (HSETNX)

@@ -288,16 +288,18 @@ _REAP = """
 -- this many leases are looked at); nothing unless the caller holds the leader's lock. Answers
 -- {'again', member} for an item handed out again, {'end', member, state} for one to record now
 -- (its job was cancelled, or it lapsed too often), {'gone', member}.
--- Only a lease that lapsed while its item ran (the claim marked it started, 's:i' = its token)
--- counts towards giving the item up ('l:i'); one whose message waited, or was lost on the way,
--- is handed out again for free: waiting is never the item's fault.
+-- Only a lease that lapsed while its item ran counts towards giving the item up ('l:i'); one whose
+-- message waited, or was lost on the way, is handed out again for free: waiting is never the item's
+-- fault. An item has started when its claim took its identifier locks: its first lock holds this
+-- very delivery (the locks outlive the lease by a lease, so they still do). An item without locks
+-- is taken as started: its lapses count, as they always did.
 if redis.call('GET', KEYS[2]) ~= ARGV[3] then return {} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, #ARGV - 3)
 local out = {}
 for n, member in ipairs(lapsed) do
-  local job, index, token = string.match(member, '^([^:]+):(%d+):(.*)$')
+  local job, index = string.match(member, '^([^:]+):(%d+):')
   local jk = JOB_PREFIX .. job
   local state = redis.call('HGET', jk, 'state')
   if not state or state == 'COMPLETED' then
@@ -306,7 +308,9 @@ for n, member in ipairs(lapsed) do
   else
     local ck = jk .. ':in:' .. math.floor(tonumber(index) / CHUNK)
     local lapses = 0
-    if redis.call('HGET', ck, 's:' .. index) == token then
+    local digests = redis.call('HGET', ck, 'k:' .. index)
+    local first = digests and string.match(digests, '%S+')
+    if not first or redis.call('GET', LOCK_PREFIX .. first) == member then
       lapses = redis.call('HINCRBY', ck, 'l:' .. index, 1)
     else
       lapses = tonumber(redis.call('HGET', ck, 'l:' .. index) or '0')
@@ -327,7 +331,7 @@ return out
 
 # The job keys the two scripts above find by a job's id, named as worker/keys.py names them.
 _TAKE, _REAP = (script.replace("JOB_PREFIX", repr(keys.job(""))).replace("CHUNK", str(keys.CHUNK))
-                for script in (_TAKE, _REAP))
+                .replace("LOCK_PREFIX", repr(keys.LOCK_PREFIX)) for script in (_TAKE, _REAP))
 
 _DUE_CALLBACKS = """
 -- KEYS: callbacks, leader lock. ARGV: hold s, limit, leader token. Answers the jobs whose callback

@@ -88,13 +88,17 @@ def test_due_times_come_from_redis_not_from_the_workers_clock(r, monkeypatch):
     assert reserved == {"add": []} and time.monotonic() - began < 1.5
 
 
-def test_a_late_bucket_token_is_used_not_dropped(r):
-    """A per-minute bucket is measured over a minute: a token two seconds late is still a call the
-    allowance paid for."""
+def test_a_bucket_token_a_little_late_is_used_and_one_much_later_is_dropped(r):
+    """A token a little late is still a call the allowance paid for; one seconds late would land in a burst
+    with the on-time ones (measured: 43 answers 429 and 0.63 of the add limit when tokens were used up to
+    5 s late), so a fresh one is taken instead."""
     limiter = RateLimiter(r, "t", per_minute={"update": 600})
-    before = r.hgetall(f"{limiter.log_key[:-4]}:update")
-    reserved = {"update": [limiter.redis_now() - 2]}
+    bucket = f"{limiter.log_key[:-4]}:update"
+    reserved = {"update": [limiter.redis_now() - 0.2]}
 
     limiter.acquire("update", reserved)
+    assert reserved == {"update": []} and not r.exists(bucket)  # used: the bucket was not asked
 
-    assert reserved == {"update": []} and r.hgetall(f"{limiter.log_key[:-4]}:update") == before
+    reserved = {"update": [limiter.redis_now() - 2]}
+    limiter.acquire("update", reserved)
+    assert reserved == {"update": []} and r.exists(bucket)  # dropped: a fresh token was taken
