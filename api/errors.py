@@ -8,6 +8,8 @@ import redis
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from worker.jobstore import NotReplicated
+
 log = logging.getLogger(__name__)
 
 
@@ -54,6 +56,11 @@ def store_refusal(exc: redis.RedisError) -> ApiError | None:
     if isinstance(exc, redis.exceptions.OutOfMemoryError):
         return ApiError(503, "store_full", "the job store is out of memory; accepted jobs go on, try again later",
                         headers={"Retry-After": str(STORE_FULL_RETRY_SECONDS)})
+    if isinstance(exc, NotReplicated):
+        return ApiError(503, "store_unavailable",
+                        "no replica of the job store confirmed the job in time (STORE_REPLICA_WAIT_SECONDS), so it "
+                        "was not accepted; try again shortly",
+                        headers={"Retry-After": str(STORE_UNAVAILABLE_RETRY_SECONDS)})
     if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                         redis.exceptions.ReadOnlyError, redis.exceptions.MasterDownError,
                         redis.exceptions.TryAgainError)):

@@ -30,7 +30,9 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        store = JobStore.from_url(settings.redis_url, ttl_seconds=settings.job_ttl_seconds)
+        store = JobStore.from_url(settings.redis_url, ttl_seconds=settings.job_ttl_seconds,
+                                  sentinel_master=settings.redis_sentinel_master,
+                                  replica_wait_seconds=settings.store_replica_wait_seconds)
         registry = CollectorRegistry()
         tenants = settings.tenants()
         registry.register(Collector(store, lease_seconds=settings.item_lease_seconds, tenants=tenants))

@@ -95,6 +95,49 @@ class RedisServer:
             self.process.wait(10)
 
 
+class RedisSentinel:
+    """One Redis Sentinel watching ``primary`` as ``name`` (quorum 1), quick to call it down."""
+
+    def __init__(self, tmp: Path, primary: RedisServer, name: str = "mymaster") -> None:
+        self.port = free_port()
+        self.name = name
+        self.config = tmp / f"sentinel-{self.port}.conf"
+        # Sentinel rewrites its file as it learns replicas and failovers: it must be its own, writable.
+        self.config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\nprotected-mode no\ndir {tmp}\n"
+            f"sentinel monitor {name} 127.0.0.1 {primary.port} 1\n"
+            f"sentinel down-after-milliseconds {name} 1000\n"
+            f"sentinel failover-timeout {name} 5000\n")
+        self.process = subprocess.Popen([redis_server_binary(), str(self.config), "--sentinel"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: redis.Redis(port=self.port).ping(), timeout=20, what="redis-sentinel")
+
+    @property
+    def url(self) -> str:
+        return f"sentinel://127.0.0.1:{self.port}/0"
+
+    def primary_port(self) -> int:
+        host_port = redis.Redis(port=self.port, decode_responses=True).execute_command(
+            "SENTINEL", "get-master-addr-by-name", self.name)
+        return int(host_port[1])
+
+    def replicas(self) -> int:
+        return len(redis.Redis(port=self.port).execute_command("SENTINEL", "replicas", self.name))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+def start_replica(tmp: Path, primary: RedisServer, **options) -> RedisServer:
+    """A replica of ``primary``, answered once it has caught up (its link to the primary is up)."""
+    replica = RedisServer(tmp, extra=("--replicaof", "127.0.0.1", str(primary.port)), **options).start()
+    wait_for(lambda: redis.Redis(port=replica.port).info("replication").get("master_link_status") == "up",
+             timeout=30, what="the replica to sync")
+    return replica
+
+
 class Simulator:
     """The simulator process and its admin routes."""
 
@@ -177,6 +220,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
     if settings.broker_url:
         env["BROKER_URL"] = settings.broker_url
+    if settings.redis_sentinel_master:
+        env["REDIS_SENTINEL_MASTER"] = settings.redis_sentinel_master
     if settings.tenants_file:
         env["UPSERT_TENANTS_FILE"] = settings.tenants_file
     if settings.upsert_webhook_secret:

@@ -199,3 +199,95 @@ def test_a_tenant_over_each_quota_gets_429_naming_it_and_the_others_go_on(make_s
     assert submit("north", 3).status_code == 202  # its job ended: served again
     refused(submit("west", 6), "max_items_per_day", 6, 10)  # the day's window has not moved on
     wait_for(lambda: submit("east", 2).status_code == 202, timeout=60, what="east's pending items to end")
+
+
+def test_with_a_replica_a_202_means_the_replica_has_the_job_and_503_when_none_confirms(tmp_path, simulator):
+    """With replicas, the intake answers 202 only once one of them has the job (WAIT, bounded); a
+    replica that cannot confirm (frozen here) makes the submission a 503 store_unavailable with
+    Retry-After, and nothing of it is left on the primary."""
+    from api.app import create_app
+    from tests.helpers import ApiClient, RedisServer, make_settings, start_replica
+
+    (tmp_path / "primary").mkdir()
+    (tmp_path / "replica").mkdir()
+    primary = RedisServer(tmp_path / "primary", appendonly=True).start()
+    replica = start_replica(tmp_path / "replica", primary)
+    try:
+        api = ApiClient(create_app(make_settings(primary.url, simulator.url, store_replica_wait_seconds=0.5)))
+        accepted = api.submit(customers(30, "REPL-" + uuid.uuid4().hex[:6]))
+        assert accepted.status_code == 202, accepted.get_json()
+        job_id = accepted.get_json()["jobId"]
+        on_replica = redis.Redis(port=replica.port, decode_responses=True)
+        # Checked at once: WAIT returned only after the replica had it.
+        assert on_replica.hget(f"cu:job:{job_id}", "totalCount") == "30"
+
+        os.kill(replica.process.pid, signal.SIGSTOP)
+        try:
+            refused = api.submit(customers(30, "REPL-" + uuid.uuid4().hex[:6]))
+            assert refused.status_code == 503, refused.get_json()
+            assert refused.headers["Retry-After"].isdigit()
+            (error,) = refused.get_json()["errors"]
+            assert error["code"] == "store_unavailable" and "replica" in error["message"], error
+            on_primary = redis.Redis(port=primary.port, decode_responses=True)
+            jobs = {name.split(":")[2] for name in on_primary.scan_iter("cu:job:*")}
+            assert jobs == {job_id}, "the refused submission left keys behind"
+            assert on_primary.zrange("cu:sched:jobs", 0, -1) == [job_id]
+        finally:
+            os.kill(replica.process.pid, signal.SIGCONT)
+        assert api.submit(customers(5, "REPL-" + uuid.uuid4().hex[:6])).status_code == 202
+    finally:
+        replica.stop()
+        primary.stop()
+
+
+def test_sentinel_failover_mid_job_loses_no_accepted_job(tmp_path, sim):
+    """Broker and job store through Redis Sentinel: the primary SIGKILLed mid-job, Sentinel promotes the
+    replica, the worker and the intake find it; every job answered 202 before the kill exists after it
+    and completes exactly, with no customer created twice."""
+    from api.app import create_app
+    from tests.helpers import ApiClient, RedisSentinel, RedisServer, Worker, make_settings, start_replica
+
+    for name in ("primary", "replica", "sentinel"):
+        (tmp_path / name).mkdir()
+    primary = RedisServer(tmp_path / "primary", appendonly=True).start()
+    replica = start_replica(tmp_path / "replica", primary, appendonly=True)
+    sentinel = RedisSentinel(tmp_path / "sentinel", primary)
+    worker = None
+    try:
+        wait_for(lambda: sentinel.replicas() == 1, timeout=30, what="the sentinel to find the replica")
+        settings = make_settings(sentinel.url, sim.url, redis_sentinel_master=sentinel.name)
+        api = ApiClient(create_app(settings))
+        sim.configure(latencyMs=15)
+        tag = "SNT-" + uuid.uuid4().hex[:6]
+        sizes = [300, 40, 40]
+        ids = []
+        for n, size in enumerate(sizes):
+            response = api.submit(customers(size, f"{tag}-{n}", first_mobile=1000 * n))
+            assert response.status_code == 202, response.get_json()
+            ids.append(response.get_json()["jobId"])
+        worker = Worker(settings, tmp_path / "worker.log")
+        wait_for(lambda: api.get(f"/jobs/{ids[0]}").get_json()["processedCount"] >= 60, timeout=60,
+                 what="the first job to be under way")
+        before = api.get(f"/jobs/{ids[0]}").get_json()["processedCount"]
+        os.kill(primary.process.pid, signal.SIGKILL)
+        primary.process.wait(10)
+        wait_for(lambda: sentinel.primary_port() == replica.port, timeout=60, what="Sentinel to promote the replica")
+
+        # The intake finds the new primary by itself: a submission is accepted again.
+        late = wait_for(lambda: (lambda r: r if r.status_code == 202 else None)(
+            api.submit(customers(20, f"{tag}-late", first_mobile=9000))), timeout=60, what="a 202 after failover")
+        ids.append(late.get_json()["jobId"])
+        sizes.append(20)
+        for job_id, size in zip(ids, sizes, strict=True):
+            assert_exact(api.wait(job_id, timeout=180, interval=0.5), size)
+        stored = sim.customers()
+        assert len(stored) == sum(sizes)
+        assert len({json.dumps(c["profiles"][0]["identifiers"], sort_keys=True) for c in stored}) == len(stored)
+        print(f"sentinel failover: the primary killed at {before} of 300 items; {len(ids)} jobs, "
+              f"{sum(sizes)} customers, 0 duplicates")
+    finally:
+        if worker is not None:
+            worker.stop()
+        sentinel.stop()
+        replica.stop()
+        primary.stop()

@@ -5,11 +5,16 @@ from __future__ import annotations
 from celery import Celery
 
 from worker.queues import Queues, TaskNames
+from worker.redis_connection import is_sentinel_url
 from worker.settings import Settings
 
 
 def create_celery(settings: Settings) -> Celery:
     app = Celery("customer_upsert", broker=settings.effective_broker_url, include=["worker.tasks"])
+    transport_options: dict = {"ack_emulation": False}
+    if is_sentinel_url(settings.effective_broker_url):
+        # kombu's Sentinel transport asks these Sentinels for the primary on every (re)connection.
+        transport_options["master_name"] = settings.redis_sentinel_master
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -29,7 +34,7 @@ def create_celery(settings: Settings) -> Celery:
         # Redis broker: no emulated acknowledgements. They cost eight commands a message (a MULTI
         # block to remember it, another to forget it) and bring a dead worker's messages back only
         # after the visibility timeout; the lease does both jobs better.
-        broker_transport_options={"ack_emulation": False},
+        broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         task_default_queue=Queues.ITEMS,
         task_routes={

@@ -24,7 +24,7 @@ class WorkerContext:
         self.tenants: dict[str, Tenant] = settings.tenants()
         self.store = store or JobStore.from_url(
             settings.redis_url, ttl_seconds=settings.job_ttl_seconds,
-            max_connections=settings.worker_concurrency + 16,
+            max_connections=settings.worker_concurrency + 16, sentinel_master=settings.redis_sentinel_master,
         )
         self.worker = worker_id()
         self.keeper = LeaseKeeper(self.store.redis, worker=self.worker, slots=settings.worker_concurrency,

@@ -30,6 +30,7 @@ from worker import keys, metrics
 from worker.clock import now_iso
 from worker.locks import TAKE_ALL_LUA
 from worker.planning import identifier_keys
+from worker.redis_connection import connect
 
 QUEUED, RUNNING, COMPLETED, CANCELLED = "QUEUED", "RUNNING", "COMPLETED", "CANCELLED"
 
@@ -269,10 +270,18 @@ class Recorded:
     lease_lost: bool
 
 
+class NotReplicated(redis.exceptions.ConnectionError):
+    """The primary has replicas, and none confirmed a new job in time: the job was withdrawn. A
+    connection error to its callers, as the store cannot keep the promise of a 202 now (the API's
+    503 ``store_unavailable``)."""
+
+
 class JobStore:
-    def __init__(self, client: redis.Redis, *, ttl_seconds: int = 604800) -> None:
+    def __init__(self, client: redis.Redis, *, ttl_seconds: int = 604800, replica_wait_seconds: float = 2.0) -> None:
         self.redis = client
         self.ttl = ttl_seconds
+        #: How long a new job waits for a replica to confirm it (``WAIT``); 0: it does not wait.
+        self.replica_wait = replica_wait_seconds
         self._claim = client.register_script(_CLAIM_ITEM)
         self._save_memo = client.register_script(_SAVE_MEMO)
         self._record = client.register_script(_RECORD_OUTCOME)
@@ -282,14 +291,14 @@ class JobStore:
         self._callback_later = client.register_script(_CALLBACK_LATER)
 
     @classmethod
-    def from_url(cls, url: str, *, ttl_seconds: int = 604800, max_connections: int = 64) -> JobStore:
+    def from_url(cls, url: str, *, ttl_seconds: int = 604800, max_connections: int = 64,
+                 sentinel_master: str = "", replica_wait_seconds: float = 2.0) -> JobStore:
+        """The store at ``url``: a server, or the primary that Sentinel names (worker/redis_connection.py)."""
         # Socket timeouts: a host cut off from Redis must fail its commands (and so stop, presume its
         # leases lost) within seconds, not after TCP's retransmissions give up many minutes later.
-        pool = redis.BlockingConnectionPool.from_url(
-            url, decode_responses=True, max_connections=max_connections, timeout=30,
-            health_check_interval=30, socket_keepalive=True, socket_timeout=10, socket_connect_timeout=5,
-        )
-        return cls(redis.Redis(connection_pool=pool), ttl_seconds=ttl_seconds)
+        client = connect(url, sentinel_master=sentinel_master, max_connections=max_connections,
+                         health_check_interval=30, socket_keepalive=True, socket_timeout=10, socket_connect_timeout=5)
+        return cls(client, ttl_seconds=ttl_seconds, replica_wait_seconds=replica_wait_seconds)
 
     # -- intake ------------------------------------------------------------------------------
 
@@ -560,6 +569,15 @@ class JobStore:
         return TenantUsage(jobs=len(found), pending_items=sum(left for _state, left in found),
                            items_today=sum(n for _at, n in day), accepted=day, now=now)
 
+    def replica_wait_ms(self) -> int:
+        """How long a new job's commit waits for a replica to confirm it (``WAIT``): 0 when the
+        primary has no replica, or waiting is off."""
+        if self.replica_wait <= 0:
+            return 0
+        if not int(self.redis.info("replication").get("connected_slaves", 0)):
+            return 0  # the append-only file is then the primary's only protection
+        return max(1, int(self.replica_wait * 1000))
+
     def ping(self) -> bool:
         try:
             return bool(self.redis.ping())
@@ -696,8 +714,17 @@ class NewJob:
         pipe.zadd(keys.tenant_active(self.tenant), {job_id: now})
         pipe.zadd(keys.tenant_accepted(self.tenant), {f"{job_id}:{self.count}": now})
         pipe.expire(keys.tenant_accepted(self.tenant), keys.DAY_SECONDS)
-        pipe.zadd(keys.SCHED_JOBS, {job_id: now})
-        pipe.execute()
+        wait_ms = self.store.replica_wait_ms()
+        if wait_ms:
+            # WAIT on the connection that wrote last: a replica that has that write has every
+            # earlier one too (the chunks), as replication keeps the primary's order.
+            pipe.execute_command("WAIT", 1, wait_ms)
+        replies = pipe.execute()
+        if wait_ms and int(replies[-1]) < 1:
+            raise NotReplicated(f"no replica confirmed the job within {wait_ms} ms")
+        # Only now may the scheduler see it. Should this last write be lost in a failover, the
+        # leader finds the job among the tenant's active ones and schedules it (worker/scheduler.py).
+        redis_.zadd(keys.SCHED_JOBS, {job_id: now})
         return job_id
 
     def abort(self) -> None:

@@ -72,6 +72,9 @@ CALLBACK_HOLD_SECONDS = 60.0
 RATE_CAP_SECONDS = 2.0
 #: How often the leader looks for lapsed leases, the ends of ended jobs and the size of the fleet.
 SLOW_ROUND_SECONDS = 1.0
+#: How old an accepted job must be, and how often the leader looks, before a job missing from the
+#: scheduler is scheduled again (:meth:`Dispatcher.schedule_orphans`).
+ORPHAN_SECONDS = 30.0
 #: The leader's lock lives this long unless renewed (every slow round): far above any pause a
 #: healthy process makes, and still a short hand-over when the leader dies. Even a leader frozen past
 #: it cannot dispatch: the scripts that hand out and recover items check its token first.
@@ -409,6 +412,7 @@ class Dispatcher:
         self._turn = 0
         self._slots = 0
         self._next_slow_round = 0.0
+        self._next_orphan_round = 0.0
         self._leading = False
         self._ending: dict[str, float] = {}
         self._stuck: dict[str, float] = {}
@@ -467,6 +471,47 @@ class Dispatcher:
         self.recover_lapsed()
         self.refresh()
         self.queue_due_callbacks()
+        if time.monotonic() >= self._next_orphan_round:
+            self._next_orphan_round = time.monotonic() + ORPHAN_SECONDS
+            self.schedule_orphans()
+
+    def schedule_orphans(self) -> int:
+        """Schedule again every job that was accepted, has not ended and is missing from the scheduler;
+        answer how many.
+
+        A job's acceptance writes its place in the scheduler last, after a replica confirmed the rest
+        (worker/jobstore.py, ``NewJob.commit``): a failover right then can lose that one write, or
+        the web process can die just before it. The job's hash and its place among the tenant's
+        active jobs say it was accepted; a job older than :data:`ORPHAN_SECONDS` that the scheduler
+        does not know is put back, and one whose hash is gone leaves the active set.
+        """
+        tenants = list(self.tenants)
+        if not tenants:
+            return 0
+        before = time.time() - ORPHAN_SECONDS  # the active set's scores are acceptance times
+        pipe = self.redis.pipeline(transaction=False)
+        for tenant in tenants:
+            pipe.zrangebyscore(keys.tenant_active(tenant), "-inf", before, withscores=True)
+        found = [(tenant, job_id, score) for tenant, active in zip(tenants, pipe.execute(), strict=True)
+                 for job_id, score in active]
+        if not found:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for _tenant, job_id, _score in found:
+            pipe.zscore(keys.SCHED_JOBS, job_id)
+            pipe.hmget(keys.job(job_id), "totalCount", "finishedAt")
+        replies = pipe.execute()
+        orphans = 0
+        for (tenant, job_id, score), scheduled, (total, finished) in zip(found, replies[::2], replies[1::2],
+                                                                           strict=True):
+            if total is None:
+                self.redis.zrem(keys.tenant_active(tenant), job_id)  # expired or withdrawn: nothing to run
+            elif scheduled is None and not finished:
+                log.error("job %s: accepted but missing from the scheduler (a failover, or the web process died "
+                          "while accepting it); scheduling it again", job_id)
+                self.redis.zadd(keys.SCHED_JOBS, {job_id: score}, nx=True)
+                orphans += 1
+        return orphans
 
     def queue_due_callbacks(self) -> None:
         """Queue an attempt for every callback that is due (worker/jobs.py: ``send_callback``). Each

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from worker.redis_connection import is_sentinel_url, parse_sentinel_url
+
 DEFAULT_TENANT_ID = "default"
 
 #: The downstream endpoints we call, by the names used in ``CAPILLARY_RATE_LIMITS`` and metrics.
@@ -55,7 +57,10 @@ class Tenant:
 
 @dataclass(frozen=True)
 class Settings:
+    #: A server (``redis://``), or the Sentinels of a primary (``sentinel://h:26379;sentinel://h2:26379``,
+    #: Celery's form) named by ``redis_sentinel_master`` (worker/redis_connection.py).
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_sentinel_master: str = ""
     broker_url: str = ""  # empty: the broker is REDIS_URL
     #: A dispatched item's lease (worker/scheduler.py): its worker renews it every quarter of this;
     #: once it lapses the item is handed out again, so a dead worker's items run again this soon.
@@ -101,6 +106,9 @@ class Settings:
     store_admit_watermark: float = 0.8
     #: The store's byte budget when Redis has no maxmemory; 0: no admission limit then.
     store_max_bytes: int = 0
+    #: When the store's primary has replicas, a new job is answered 202 only once one of them has it
+    #: (``WAIT``), waiting at most this long, else 503; 0: no waiting.
+    store_replica_wait_seconds: float = 2.0
     #: Lookup order of identifier types; types not listed follow in the order the profile gives them.
     identifier_priority: tuple[str, ...] = ("externalId", "mobile", "email", "cardnumber")
     #: The environment variables that were set (non-empty) when these settings were read, so that
@@ -132,9 +140,23 @@ class Settings:
             return value
 
         priority = text("IDENTIFIER_PRIORITY", "")
+        redis_url = text("REDIS_URL", defaults.redis_url)
+        broker_url = text("BROKER_URL", "")
+        sentinel_master = text("REDIS_SENTINEL_MASTER", "")
+        for name, url in (("REDIS_URL", redis_url), ("BROKER_URL", broker_url)):
+            if not is_sentinel_url(url):
+                continue
+            try:
+                parse_sentinel_url(url)
+            except ValueError as exc:
+                raise SettingsError(f"{name}: {exc}") from None
+            if not sentinel_master:
+                raise SettingsError(f"{name} names Sentinels (sentinel://): set REDIS_SENTINEL_MASTER to the name "
+                                    "of the primary they watch")
         return cls(
-            redis_url=text("REDIS_URL", defaults.redis_url),
-            broker_url=text("BROKER_URL", ""),
+            redis_url=redis_url,
+            redis_sentinel_master=sentinel_master,
+            broker_url=broker_url,
             item_lease_seconds=number("ITEM_LEASE_SECONDS", 20.0, minimum=2),
             job_window=int(number("JOB_WINDOW", 0, int)),
             tenant_max_concurrency=int(number("TENANT_MAX_CONCURRENCY", 0, int)),
@@ -167,6 +189,7 @@ class Settings:
             max_body_bytes=int(number("MAX_BODY_BYTES", 268_435_456, int, 1)),
             store_admit_watermark=number("STORE_ADMIT_WATERMARK", 0.8, minimum=0.05),
             store_max_bytes=int(number("STORE_MAX_BYTES", 0, int)),
+            store_replica_wait_seconds=number("STORE_REPLICA_WAIT_SECONDS", 2.0),
             identifier_priority=tuple(p.strip() for p in priority.split(",") if p.strip())
             or defaults.identifier_priority,
             env_names=frozenset(name for name, value in env.items() if value.strip()),

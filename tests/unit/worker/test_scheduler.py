@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -380,3 +381,23 @@ def test_a_lapse_leaves_the_items_memo_as_it_was_empty_lists_included(store, r):
     d.recover_lapsed()
 
     assert r.hget(keys.inputs(job_id, 0), "m:0") == memo and r.hget(keys.inputs(job_id, 0), "l:0") == "1"
+
+
+def test_a_job_that_lost_its_place_in_the_scheduler_is_scheduled_again_and_a_gone_one_forgotten(store, r):
+    """The last write of an acceptance (the job's place in the scheduler) lost in a failover, or never
+    made because the web process died: the leader finds the job among the tenant's active ones and
+    schedules it, so an accepted job still runs. A job whose hash is gone only leaves the active set."""
+    from worker.scheduler import ORPHAN_SECONDS
+
+    tenants = {"t": Tenant(id="t", token="x")}
+    orphan, young, gone = new_job(store, n=5), new_job(store, n=5), new_job(store, n=5)
+    long_ago = time.time() - ORPHAN_SECONDS - 5
+    r.zadd(keys.tenant_active("t"), {orphan: long_ago, gone: long_ago})
+    r.zrem(keys.SCHED_JOBS, orphan, young)
+    r.delete(keys.job(gone))
+    d = dispatcher(r, Recorder(), tenants=tenants)  # its first slow round looks for orphans
+
+    assert r.zscore(keys.SCHED_JOBS, orphan) == pytest.approx(long_ago)
+    assert r.zscore(keys.SCHED_JOBS, young) is None  # still within its acceptance: not touched
+    assert r.zscore(keys.tenant_active("t"), gone) is None
+    assert d.schedule_orphans() == 0
