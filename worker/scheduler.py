@@ -229,6 +229,12 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local expiry = now + tonumber(ARGV[1])
 local members, cursors = {}, {}
+-- Lua's unpack gives at most a few thousand values: a big fleet's tick takes more, so in slices.
+local function call_sliced(command, key, values, step)
+  for from = 1, #values, step do
+    redis.call(command, key, unpack(values, from, math.min(from + step - 1, #values)))
+  end
+end
 local i = 4
 while i <= #ARGV do
   local job, due, k = ARGV[i], ARGV[i + 1] == '1', tonumber(ARGV[i + 2])
@@ -243,7 +249,7 @@ while i <= #ARGV do
       local dk, rk = jk .. ':delayed', jk .. ':ready'
       local retries = redis.call('ZRANGEBYSCORE', dk, '-inf', now, 'LIMIT', 0, k)
       if #retries > 0 then
-        redis.call('ZREM', dk, unpack(retries))
+        call_sliced('ZREM', dk, retries, 1000)
         for _, x in ipairs(retries) do picked[#picked + 1] = x end
       end
       if #picked < k then
@@ -273,7 +279,7 @@ while i <= #ARGV do
       zargs[#zargs + 1] = member
       members[#members + 1] = member
     end
-    if #zargs > 0 then redis.call('ZADD', KEYS[1], unpack(zargs)) end
+    call_sliced('ZADD', KEYS[1], zargs, 2000)
     cursors[#cursors + 1] = job
     cursors[#cursors + 1] = tostring(cursor)
   else

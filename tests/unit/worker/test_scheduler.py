@@ -401,3 +401,14 @@ def test_a_job_that_lost_its_place_in_the_scheduler_is_scheduled_again_and_a_gon
     assert r.zscore(keys.SCHED_JOBS, young) is None  # still within its acceptance: not touched
     assert r.zscore(keys.tenant_active("t"), gone) is None
     assert d.schedule_orphans() == 0
+
+
+def test_a_big_fleets_tick_hands_out_more_items_than_lua_can_unpack_at_once(store, r):
+    """Defect: a fleet of 2,100 threads (4,200 messages of 4 items a tick) made the take script fail
+    with 'too many results to unpack', and the leader dispatched nothing at all."""
+    new_job(store, n=20_000)
+    recorder = Recorder()
+    dispatcher(r, recorder, slots=2100).tick()
+
+    assert len(recorder.published) == 2 * 2100 * ITEMS_PER_MESSAGE
+    assert r.zcard(keys.INFLIGHT) == len(recorder.published)
