@@ -252,3 +252,29 @@ def test_a_broker_outage_mid_job_delays_items_and_fails_none(make_stack, sim, re
     assert len(sim.customers()) == 400
     if broker == "redis":
         broker_redis.stop()
+
+
+def test_a_worker_stopped_with_sigterm_mid_job_finishes_what_it_took_and_nothing_waits_for_a_lease(make_stack, sim):
+    """A rolling deploy: SIGTERM to one of two workers mid-job (Celery's warm shutdown). It stops taking
+    messages, runs to their end the items it had taken (running or waiting for a thread) and exits;
+    no lease is left to lapse, so the job goes on at once on the other worker; nothing fails, nothing
+    is created twice."""
+    stack = make_stack(item_lease_seconds=30)
+    sim.configure(latencyMs=20)
+    stopping, survivor = stack.worker(), stack.worker()
+    job_id = stack.api.submit(customers(600, "TERM-" + uuid.uuid4().hex[:6])).get_json()["jobId"]
+
+    wait_for(lambda: progress(stack.api, job_id)["processedCount"] >= 100, timeout=120, what="100 items done")
+    stopping.stop()  # SIGTERM to its process group; it exits once its running tasks end
+    stopped_at = time.monotonic()
+    assert stopping.process.returncode is not None, "the worker did not exit on SIGTERM"
+    assert progress(stack.api, job_id)["processedCount"] < 600, "the stop came too late to prove anything"
+
+    job = stack.api.wait(job_id, timeout=120)
+    took = time.monotonic() - stopped_at
+    print(f"SIGTERM: job done {took:.1f}s after the worker stopped (lease 30 s)")
+    assert_exact(job, 600)
+    assert job["createdCount"] == 600 and len(sim.customers()) == 600
+    # Handed back, not lapsed: well under the 30 s lease.
+    assert took < stack.settings.item_lease_seconds * 0.66, took
+    assert survivor.process.poll() is None
