@@ -134,6 +134,11 @@ def main() -> int:
             stack.worker()
             sim.reset(latencyMs=0)
             _rate, _commands, cpu0, redis0 = service(stack, customers(args.items, "Z" + uuid.uuid4().hex[:6]))
+            # The same calls from the direct client, its CPU measured in this process (nothing else
+            # runs here meanwhile; the simulator is a process of its own).
+            before = time.process_time()
+            direct(stack, customers(args.items, "C" + uuid.uuid4().hex[:6]), args.concurrency)
+            direct_cpu0 = (time.process_time() - before) / args.items
             for latency in args.latency_ms:
                 # Direct and service alternate, --rounds times, and the best of each is kept: on a small
                 # shared machine a run now and then loses a core to something else.
@@ -156,7 +161,9 @@ def main() -> int:
 
     print(f"{args.items} new customers, concurrency {args.concurrency}, one worker process ({args.pool}), "
           f"{os.cpu_count()} cores")
-    print(f"at 0 ms latency: worker CPU {cpu0 * 1000:.2f} ms per item, Redis CPU {redis0 * 1000:.3f} ms per item")
+    print(f"at 0 ms latency: worker CPU {cpu0 * 1000:.2f} ms per item against the direct client's "
+          f"{direct_cpu0 * 1000:.2f} ms for the same calls ({cpu0 / direct_cpu0:.2f}x), "
+          f"Redis CPU {redis0 * 1000:.3f} ms per item")
     print("latency | direct items/s | service items/s | ratio | Redis cmds/item | worker CPU ms/item "
           f"| today (sync, batches of {VENDOR_BATCH}) items/s | service/today")
     for latency, base, rate, commands, cpu, today in rows:

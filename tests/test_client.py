@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
-import requests
-from requests.adapters import BaseAdapter
 
 from tests.helpers import SIM_PASSWORD, SIM_TILL
 from worker.client import CapillaryClient, PermanentError, RetryableError, basic_auth_header
@@ -147,30 +148,56 @@ def test_a_new_customer_costs_one_lookup_per_identifier_one_add_and_one_read_bac
     assert by_endpoint["update"] == by_endpoint["changeIdentifier"] == {}
 
 
-class CannedAdapter(BaseAdapter):
-    """Answers requests from canned ``(status, body)`` pairs keyed by the start of ``"METHOD /path"`` (the
-    longest key that matches wins), for answers the simulator never gives."""
+class CannedServer(ThreadingHTTPServer):
+    """A real HTTP server on a free port that answers from canned ``(status, body)`` pairs keyed by the
+    start of ``"METHOD /path"`` (the longest key that matches wins), for answers the simulator never
+    gives."""
+
+    daemon_threads = True
 
     def __init__(self, answers: dict[str, tuple[int, bytes | dict]]) -> None:
-        super().__init__()
         self.answers = answers
 
-    def send(self, request, **kwargs):
-        call = f"{request.method} {urlsplit(request.url).path}"
-        status, body = self.answers[max((k for k in self.answers if call.startswith(k)), key=len)]
-        response = requests.Response()
-        response.status_code, response.request, response.url = status, request, request.url
-        response._content = json.dumps(body).encode() if isinstance(body, dict) else body
-        return response
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
 
-    def close(self) -> None:
-        pass
+            def answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                call = f"{self.command} {urlsplit(self.path).path}"
+                status, body = answers[max((k for k in answers if call.startswith(k)), key=len)]
+                raw = json.dumps(body).encode() if isinstance(body, dict) else body
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            do_GET = do_POST = do_PUT = answer
+
+            def log_message(self, *args) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-def canned_client(answers: dict[str, tuple[int, bytes | dict]]) -> CapillaryClient:
-    client = CapillaryClient(Tenant(id="t", token="x", base_url="http://canned"), timeout=1, quick_retries=0)
-    client.session.mount("http://canned", CannedAdapter(answers))
-    return client
+@pytest.fixture
+def canned_client():
+    servers: list[CannedServer] = []
+
+    def make(answers: dict[str, tuple[int, bytes | dict]]) -> CapillaryClient:
+        servers.append(CannedServer(answers))
+        return CapillaryClient(Tenant(id="t", token="x", base_url=servers[-1].url), timeout=2, quick_retries=0)
+
+    yield make
+    for server in servers:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.parametrize(
@@ -186,7 +213,7 @@ def canned_client(answers: dict[str, tuple[int, bytes | dict]]) -> CapillaryClie
         (507, b"", RetryableError, "HTTP 507 with an empty body"),
     ],
 )
-def test_answers_without_a_usable_body_are_errors_that_say_what_came_back(status, body, kind, says):
+def test_answers_without_a_usable_body_are_errors_that_say_what_came_back(canned_client, status, body, kind, says):
     client = canned_client({"GET": (status, body)})
 
     with pytest.raises(kind) as caught:
@@ -197,7 +224,7 @@ def test_answers_without_a_usable_body_are_errors_that_say_what_came_back(status
 
 @pytest.mark.parametrize("status", [200, 400, 404])
 @pytest.mark.parametrize("code", [8015, 8065])
-def test_not_found_is_decided_on_the_code_whatever_the_status_and_the_company(status, code):
+def test_not_found_is_decided_on_the_code_whatever_the_status_and_the_company(canned_client, status, code):
     merged = {"status": False, "code": 8069, "message": "Merged customer found"}
     not_found = {"errors": [merged, {"status": False, "code": code, "message": "not here"}], "warnings": [merged]}
     customer = {"id": 7, "profiles": [{"userId": 7, "source": "INSTORE", "accountId": "", "identifiers": [
@@ -209,3 +236,16 @@ def test_not_found_is_decided_on_the_code_whatever_the_status_and_the_company(st
     outcome = upsert_customer(client, element, skip_change_identifier=False, priority=[])
 
     assert outcome.action == CREATED and outcome.entity_id == 7 and not outcome.errors
+
+
+def test_one_client_serves_many_threads_at_once(sim):
+    """The worker's threads share one client per tenant (and its pool of connections): 32 threads
+    calling at once each get their own answer."""
+    client = CapillaryClient(tenant(sim), timeout=5, pool_size=8)
+    values = [f"T-{uuid.uuid4().hex[:8]}-{n}" for n in range(64)]
+
+    with ThreadPoolExecutor(32) as pool:
+        added = list(pool.map(lambda v: client.add(profile(v)).body["createdId"], values))
+        found = list(pool.map(lambda v: client.lookup(source="INSTORE", account_id=None, identifier_name="externalId",
+                                                       identifier_value=v).body["id"], values))
+    assert found == added and len(set(added)) == 64

@@ -1,12 +1,17 @@
 """The downstream v2 customer API client.
 
-One pooled ``requests.Session`` per tenant and process, a timeout on every call, and every
-transport or HTTP failure turned into our own exception types, so tasks never look at
-``requests``. Business outcomes (8015 not found, 8006 already exists, ...) are not exceptions:
-they come back in :class:`ApiResult` and the upsert logic decides on ``errors[].code``, never on the
-HTTP status alone (the vendor does not document which status goes with which code). Every 5xx is
-retryable, with or without ``errors[]``; a 4xx without a JSON object body (the vendor documents
-"400 Bad Request with Blank response") is a permanent error that quotes what came back.
+One pool of keep-alive connections per tenant and process (urllib3's, safe across threads), a
+timeout on every call, and every transport or HTTP failure turned into our own exception types, so
+tasks never look at the HTTP library. urllib3, the library ``requests`` is built on, and not
+``requests`` itself: a call costs about 250 µs of CPU less without requests' layers (its request
+preparation, hooks, cookie jar and response wrapping), most of a worker's CPU per item being its
+three or four calls (docs/performance.md).
+
+Business outcomes (8015 not found, 8006 already exists, ...) are not exceptions: they come back in
+:class:`ApiResult` and the upsert logic decides on ``errors[].code``, never on the HTTP status alone
+(the vendor does not document which status goes with which code). Every 5xx is retryable, with or
+without ``errors[]``; a 4xx without a JSON object body (the vendor documents "400 Bad Request with
+Blank response") is a permanent error that quotes what came back.
 """
 
 from __future__ import annotations
@@ -14,14 +19,16 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 import requests
-from requests.adapters import HTTPAdapter
+import urllib3
 
 from worker import retry
 from worker.settings import Tenant
@@ -102,7 +109,8 @@ class CapillaryClient:
     """Calls the v2 customer endpoints for one tenant.
 
     Thread-safe: the worker runs items on a thread pool that shares one client (and so one OAuth
-    token) per tenant; each thread has a session of its own.
+    token and one pool of connections) per tenant. ``pool_size`` is how many keep-alive connections
+    the pool keeps: as many as threads call at once, or connections are opened and closed again.
     """
 
     #: Renew an OAuth token this long before the downstream says it expires.
@@ -117,6 +125,7 @@ class CapillaryClient:
         on_throttle: OnThrottle | None = None,
         observer: CallObserver | None = None,
         quick_retries: int = retry.QUICK_RETRIES,
+        pool_size: int = 32,
     ) -> None:
         self.tenant = tenant
         self.base_url = tenant.base_url.rstrip("/")
@@ -127,29 +136,11 @@ class CapillaryClient:
         self.quick_retries = quick_retries
         #: Called with the request prepared, right before it is sent (see :meth:`with_gate`).
         self.fence: Callable[[], None] | None = None
-        self._sessions = threading.local()
         self._token = _Token()
-
-    @property
-    def session(self) -> requests.Session:
-        """This thread's session: requests does not promise that one Session is safe across threads,
-        so each worker thread keeps its own (and its own keep-alive connection)."""
-        session = getattr(self._sessions, "session", None)
-        if session is None:
-            session = self._sessions.session = self._new_session()
-        return session
-
-    def _new_session(self) -> requests.Session:
-        session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=2, max_retries=0)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        session.headers.update({"Accept": "application/json", "Content-Type": "application/json"})
-        # Proxy and CA settings from the environment, read once: with trust_env on, requests reads
-        # them again on every request, a tenth of a worker's CPU.
-        settings = session.merge_environment_settings(self.base_url, {}, None, None, None)
-        session.proxies, session.verify, session.trust_env = settings["proxies"], settings["verify"], False
-        return session
+        self._pool = _connection_pool(self.base_url, pool_size)
+        self._headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        if tenant.till and not tenant.oauth_key:
+            self._headers["Authorization"] = basic_auth_header(tenant.till, tenant.password)
 
     # -- the endpoints ------------------------------------------------------------------------
 
@@ -204,7 +195,8 @@ class CapillaryClient:
                 time.sleep(retry.quick_retry_pause())
 
     def _call_once(self, endpoint: str, method: str, path: str, before_send: Callable[[], None] | None,
-                   **kwargs: Any) -> ApiResult:
+                   params: Mapping[str, str] | None = None, json: Any = None) -> ApiResult:
+        body = None if json is None else _encode(json)  # once, whatever the retries
         renewed = False
         while True:
             if self.before_call is not None:
@@ -214,35 +206,39 @@ class CapillaryClient:
                 before_send()
             started = time.perf_counter()
             try:
-                session = self.session
-                prepared = session.prepare_request(requests.Request(method, self.base_url + path, headers=headers,
-                                                                    **kwargs))
                 if self.fence is not None:
                     self.fence()
-                response = session.send(prepared, timeout=self.timeout)
-            except requests.Timeout as exc:
+                response = self._send(method, path, params, body, headers)
+            except urllib3.exceptions.TimeoutError as exc:
                 self._observe(endpoint, "timeout", started)
                 raise RetryableError(f"{endpoint}: no answer within {self.timeout:g}s", endpoint=endpoint,
                                      timed_out=True) from exc
-            except requests.RequestException as exc:
+            except urllib3.exceptions.HTTPError as exc:
                 self._observe(endpoint, "connection_error", started)
                 raise RetryableError(
                     f"{endpoint}: connection failed ({type(exc).__name__})", endpoint=endpoint
                 ) from exc
-            self._observe(endpoint, str(response.status_code), started)
-            if response.status_code == 401 and self._uses_oauth and not renewed:
+            self._observe(endpoint, str(response.status), started)
+            if response.status == 401 and self._uses_oauth and not renewed:
                 # A token may expire between our check and the call, or be revoked: renew once.
                 self._forget_token(headers[OAUTH_HEADER])
                 renewed = True
                 continue
             return self._interpret(endpoint, response)
 
+    def _send(self, method: str, path: str, params: Mapping[str, str] | None, body: bytes | None,
+              headers: Mapping[str, str]) -> _Answer:
+        url = self.base_url + path + ("?" + urlencode(params) if params else "")
+        response = self._pool.request(method, url, body=body, headers=headers, timeout=self.timeout,
+                                      retries=False, redirect=False)
+        return _Answer(response.status, response.headers, response.data)
+
     def _observe(self, endpoint: str, outcome: str, started: float) -> None:
         if self.observer is not None:
             self.observer(endpoint, outcome, time.perf_counter() - started)
 
-    def _interpret(self, endpoint: str, response: requests.Response) -> ApiResult:
-        status = response.status_code
+    def _interpret(self, endpoint: str, response: _Answer) -> ApiResult:
+        status = response.status
         body = _json_object(response)
         codes = {_as_int(e.get("code")) for e in _items(body, "errors")}
         if status == 429:
@@ -273,12 +269,12 @@ class CapillaryClient:
     def _uses_oauth(self) -> bool:
         return bool(self.tenant.oauth_key)
 
-    def _auth_headers(self, endpoint: str) -> dict[str, str]:
+    def _auth_headers(self, endpoint: str) -> Mapping[str, str]:
+        """The headers of a call: built once (Basic auth's digest included), and a copy with the OAuth
+        token of the moment when OAuth is on."""
         if self._uses_oauth:
-            return {OAUTH_HEADER: self._oauth_token(endpoint)}
-        if self.tenant.till:
-            return {"Authorization": basic_auth_header(self.tenant.till, self.tenant.password)}
-        return {}
+            return {**self._headers, OAUTH_HEADER: self._oauth_token(endpoint)}
+        return self._headers
 
     def _forget_token(self, refused: str) -> None:
         """Drop the token the downstream refused, unless another thread has renewed it already.
@@ -297,28 +293,25 @@ class CapillaryClient:
                 return token.value
             started = time.perf_counter()
             try:
-                response = self.session.post(
-                    self.base_url + "/v3/oauth/token/generate",
-                    json={"key": self.tenant.oauth_key, "secret": self.tenant.oauth_secret},
-                    timeout=self.timeout,
-                )
-            except requests.RequestException as exc:
-                self._observe("token", "timeout" if isinstance(exc, requests.Timeout) else "connection_error",
-                              started)
+                response = self._send("POST", "/v3/oauth/token/generate", None,
+                                      _encode({"key": self.tenant.oauth_key, "secret": self.tenant.oauth_secret}),
+                                      self._headers)
+            except urllib3.exceptions.HTTPError as exc:
+                self._observe("token", "timeout" if isinstance(exc, urllib3.exceptions.TimeoutError)
+                              else "connection_error", started)
                 raise RetryableError(f"{endpoint}: OAuth token request failed ({type(exc).__name__})",
                                      endpoint=endpoint) from exc
-            self._observe("token", str(response.status_code), started)
+            self._observe("token", str(response.status), started)
             body = _json_object(response) or {}
             data = body.get("data") or {}
-            if response.status_code in RETRYABLE_STATUSES or response.status_code >= 500:
-                error = ThrottledError if response.status_code == 429 else RetryableError
-                raise error(f"{endpoint}: OAuth token request answered HTTP {response.status_code}",
-                                     endpoint=endpoint, status=response.status_code,
-                                     retry_after=_retry_after(response))
-            if response.status_code != 200 or not data.get("accessToken"):
+            if response.status in RETRYABLE_STATUSES or response.status >= 500:
+                error = ThrottledError if response.status == 429 else RetryableError
+                raise error(f"{endpoint}: OAuth token request answered HTTP {response.status}",
+                            endpoint=endpoint, status=response.status, retry_after=_retry_after(response))
+            if response.status != 200 or not data.get("accessToken"):
                 raise PermanentError(
-                    f"{endpoint}: OAuth token refused (HTTP {response.status_code})", endpoint=endpoint,
-                    status=response.status_code,
+                    f"{endpoint}: OAuth token refused (HTTP {response.status})", endpoint=endpoint,
+                    status=response.status,
                 )
             ttl = float(data.get("ttlSeconds") or 300)
             token.value = data["accessToken"]
@@ -328,7 +321,7 @@ class CapillaryClient:
     def with_gate(self, gate: BeforeCall, fence: Callable[[], None] | None = None) -> CapillaryClient:
         """This client for one item: the same connections and token, with ``gate`` called before
         each request (the item's lease check and its rate-limit tokens) and ``fence`` once more with
-        the request built, as close to the socket as requests allows (the lease check again: a worker
+        the request built, right before it goes to the socket (the lease check again: a worker
         frozen between the two wakes up to find its lease presumed lost, and sends nothing)."""
         view = copy.copy(self)
         view.before_call = gate
@@ -342,6 +335,40 @@ def basic_auth_header(till: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{till}:{digest}".encode()).decode("ascii")
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """What came back: the status, the headers (case-insensitive) and the raw body."""
+
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
+
+
+def _connection_pool(base_url: str, size: int) -> urllib3.PoolManager:
+    """Keep-alive connections to ``base_url``, through the proxy and with the CA bundle that the
+    standard variables name (``HTTPS_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``, ...), read once as
+    requests reads them. A full pool does not block a thread: it opens one more connection, which
+    is closed after its call."""
+    found = requests.Session().merge_environment_settings(base_url, {}, None, None, None)
+    scheme = base_url.split("://", 1)[0].lower()
+    proxy = found["proxies"].get(scheme) or found["proxies"].get("all")
+    verify = found["verify"]
+    options: dict[str, Any] = {"num_pools": 4, "maxsize": max(1, size), "block": False, "retries": False}
+    if scheme == "https":
+        if verify is False:
+            options["cert_reqs"] = "CERT_NONE"
+        else:
+            options["cert_reqs"] = "CERT_REQUIRED"
+            options["ca_certs"] = verify if isinstance(verify, str) else requests.utils.DEFAULT_CA_BUNDLE_PATH
+    if proxy:
+        return urllib3.ProxyManager(proxy, **options)
+    return urllib3.PoolManager(**options)
+
+
+def _encode(body: Any) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 def _params(source: str, account_id: str | None) -> dict[str, str]:
     params = {"source": source}
     if account_id:
@@ -349,15 +376,15 @@ def _params(source: str, account_id: str | None) -> dict[str, str]:
     return params
 
 
-def _json_object(response: requests.Response) -> dict | None:
+def _json_object(response: _Answer) -> dict | None:
     try:
-        body = response.json()
-    except ValueError:
+        body = json.loads(response.content)
+    except ValueError:  # UnicodeDecodeError too
         return None
     return body if isinstance(body, dict) else None
 
 
-def _retry_after(response: requests.Response) -> float | None:
+def _retry_after(response: _Answer) -> float | None:
     raw = response.headers.get("Retry-After")
     if not raw:
         return None
@@ -367,7 +394,7 @@ def _retry_after(response: requests.Response) -> float | None:
         return None
 
 
-def _what_came_back(body: dict | None, response: requests.Response) -> str:
+def _what_came_back(body: dict | None, response: _Answer) -> str:
     """The first error's message of a JSON answer, else the start of the raw body, for an error message."""
     if body is None:
         raw = response.content

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 
@@ -307,17 +306,6 @@ def test_locks_are_all_or_none_and_a_later_delivery_of_the_same_item_takes_them_
     assert locks.acquire(both, "job:7:z")  # the same item, delivered again
     assert {r.get(k) for k in both} == {"job:7:z"}
     assert all(":" not in k.split("lock:")[1] for k in both)  # no identifier value in a key name
-
-
-def test_each_thread_has_its_own_session():
-    from worker.client import CapillaryClient
-
-    client = CapillaryClient(Tenant(id="t", token="x"))
-    seen: dict[str, object] = {}
-    thread = threading.Thread(target=lambda: seen.update(other=client.session))
-    thread.start()
-    thread.join()
-    assert client.session is client.session and seen["other"] is not client.session
 
 
 def test_a_cancelled_job_whose_running_item_hands_on_its_chain_still_ends(store, r):
