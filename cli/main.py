@@ -432,6 +432,13 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="run Redis, the simulator, the API, a worker and Flower on this machine")
     dev.add_argument("--submit", type=Path, metavar="FILE", help="submit FILE once the stack is up, print the result")
     dev.add_argument("--exit-after-submit", action="store_true", help="stop everything once FILE's job is printed")
+    dev.add_argument("--host", default="127.0.0.1",
+                     help="address the API and Flower listen on (default 127.0.0.1: this machine only)")
+    dev.add_argument("--port", type=int, help="the API's port (default PORT or 8000, a free one if taken)")
+    dev.add_argument("--flower-port", type=int, help="Flower's port (default 5555, a free one if taken)")
+    dev.add_argument("--simulator-port", type=int, help="the simulator's port (default 8100, a free one if taken)")
+    dev.add_argument("--keep-data", action="store_true",
+                     help="keep jobs and metrics from one run to the next (default: each run starts empty)")
 
     def client_command(name: str, text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=text, description=text, epilog=EXIT_CODES,
@@ -492,9 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         if args.command == "dev":
-            from cli.devstack import run_dev
+            from cli.devstack import DevOptions, run_dev
 
-            return run_dev(settings, submit=args.submit, exit_after_submit=args.exit_after_submit)
+            options = DevOptions(host=args.host, port=args.port, flower_port=args.flower_port,
+                                 simulator_port=args.simulator_port, keep_data=args.keep_data)
+            return run_dev(settings, submit=args.submit, exit_after_submit=args.exit_after_submit, options=options)
         if args.command == "submit":
             args.batch = open_batch(args.file)  # a file problem is told before anything else
         # /readyz needs no token: doctor works without one
@@ -510,4 +519,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # `python -m cli.main`: run the module as imported, so cli.devstack raises the CliError caught here.
+    from cli.main import main as imported_main
+
+    raise SystemExit(imported_main())
