@@ -31,6 +31,7 @@ class ErrorBody(Schema):
 
 class Job(Schema):
     jobId = fields.String(required=True)
+    label = fields.String(required=True, allow_none=True, metadata={"description": "the name given at submit"})
     state = fields.String(required=True, validate=v.OneOf(STATES))
     skipChangeIdentifier = fields.Boolean(required=True)
     totalCount = fields.Integer(required=True)
@@ -118,6 +119,8 @@ def build_spec() -> dict:
             _query("wait", {"type": "number", "minimum": 0, "maximum": 60},
                    "seconds to wait; if the job ends in time, 200 with the synchronous shape"),
             _query("callbackUrl", {"type": "string"}, "POSTed the final job document, signed"),
+            _query("label", {"type": "string", "maxLength": 200},
+                   "a name for people, shown with the job (the command line sends the file's name)"),
             {"in": "header", "name": "Idempotency-Key", "schema": {"type": "string", "maxLength": 255}},
         ],
         "requestBody": {"required": True, "content": {
@@ -133,7 +136,9 @@ def build_spec() -> dict:
     spec.path(path=f"{JOBS}/jobs", operations={"get": {
         "summary": "The caller's recent jobs", "security": [{"bearer": []}],
         "parameters": [_query("state", {"type": "string", "enum": STATES}, "only jobs in this state"),
-                       _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "at most this many")],
+                       _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "at most this many"),
+                       _query("offset", {"type": "integer", "minimum": 0, "maximum": 10000},
+                              "skip this many (of the state, if given): the next page")],
         "responses": {"200": {"description": "jobs, newest first",
                               "content": {"application/json": {"schema": "JobList"}}}, **_errors(400, 401)},
     }})

@@ -115,13 +115,33 @@ def test_requests_without_the_token_get_401(app, headers):
 
 @pytest.mark.parametrize(
     ("query", "field"),
-    [({"skipChangeIdentifier": "maybe"}, "skipChangeIdentifier"), ({"wait": "61"}, "wait"), ({"wait": "x"}, "wait")],
+    [({"skipChangeIdentifier": "maybe"}, "skipChangeIdentifier"), ({"wait": "61"}, "wait"), ({"wait": "x"}, "wait"),
+     ({"label": "x" * 201}, "label"), ({"label": "two\nlines"}, "label")],
 )
 def test_bad_query_parameters_name_the_parameter(app, query, field):
     response = ApiClient(app).submit([element(1)], **query)
 
     assert response.status_code == 400
     assert response.get_json()["errors"][0]["field"] == field
+
+
+def test_a_label_given_at_submit_names_the_job_in_its_document_and_the_list_which_pages(idle_app):
+    app, _store = idle_app
+    api = ApiClient(app)
+    named = api.submit([element(1)], label="customers <march>.ndjson").get_json()
+    unnamed = [api.submit([element(i)]).get_json()["jobId"] for i in range(24)]
+    longest = api.submit([element(2)], label="é" * 200)
+
+    first = api.get("/jobs", limit=20).get_json()["jobs"]
+    second = api.get("/jobs", limit=20, offset=20).get_json()["jobs"]
+
+    assert named["label"] == "customers <march>.ndjson"
+    assert api.get(f"/jobs/{named['jobId']}").get_json()["label"] == "customers <march>.ndjson"
+    assert longest.status_code == 202 and longest.get_json()["label"] == "é" * 200
+    listed = [job["jobId"] for job in first + second]
+    assert listed == [longest.get_json()["jobId"], *reversed(unnamed), named["jobId"]]  # newest first, none twice
+    assert [job["label"] for job in second][-1] == "customers <march>.ndjson" and first[1]["label"] is None
+    assert api.get("/jobs", offset=-1).status_code == 400
 
 
 def test_unknown_or_malformed_job_ids_are_404(app):
