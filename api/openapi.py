@@ -81,6 +81,19 @@ class SyncResponse(Schema):
     failureCount = fields.Integer(required=True)
 
 
+class Quota(Schema):
+    quota = fields.String(required=True, validate=v.OneOf(["max_concurrent_jobs", "max_pending_items",
+                                                           "max_items_per_day"]))
+    used = fields.Integer(required=True)
+    limit = fields.Integer(required=True, metadata={"description": "0: no limit"})
+    counts = fields.String(required=True, metadata={"description": "what the use counts"})
+
+
+class TenantView(Schema):
+    tenant = fields.String(required=True)
+    quotas = fields.List(fields.Nested(Quota), required=True)
+
+
 class JobList(Schema):
     jobs = fields.List(fields.Nested(Job), required=True)
 
@@ -108,7 +121,8 @@ def build_spec() -> dict:
                    info={"description": "Asynchronous bulk customer upsert into a Capillary-style v2 API."})
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     for name, schema in (("ErrorBody", ErrorBody), ("Job", Job), ("Item", Item), ("ResultsPage", ResultsPage),
-                         ("SyncResponse", SyncResponse), ("JobList", JobList), ("Customer", CustomerSchema)):
+                         ("SyncResponse", SyncResponse), ("JobList", JobList), ("TenantView", TenantView),
+                         ("Customer", CustomerSchema)):
         spec.components.schema(name, schema=schema)
     job = {"content": {"application/json": {"schema": "Job"}}}
     spec.path(path=f"{JOBS}/bulk", operations={"post": {
@@ -141,6 +155,11 @@ def build_spec() -> dict:
                               "skip this many (of the state, if given): the next page")],
         "responses": {"200": {"description": "jobs, newest first",
                               "content": {"application/json": {"schema": "JobList"}}}, **_errors(400, 401)},
+    }})
+    spec.path(path=f"{JOBS}/tenant", operations={"get": {
+        "summary": "The caller's tenant: its quotas, with use and limit", "security": [{"bearer": []}],
+        "responses": {"200": {"description": "the tenant", "content": {"application/json": {"schema": "TenantView"}}},
+                      **_errors(401)},
     }})
     spec.path(path=f"{JOBS}/jobs/{{jobId}}", operations={
         "get": {"summary": "The job document", "security": [{"bearer": []}], "parameters": [JOB_ID],

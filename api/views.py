@@ -16,7 +16,7 @@ from api.errors import ApiError
 from api.intake import accept, request_elements
 from api.openapi import build_spec
 from api.paths import JOBS_PREFIX
-from api.quotas import check_quotas
+from api.quotas import check_quotas, tenant_view
 from api.services import services
 from worker.callbacks import callback_problem
 from worker.estimate import with_estimate
@@ -93,6 +93,12 @@ def list_jobs():
     offset = params.integer("offset", 0, minimum=0, maximum=MAX_LISTED)
     found = services().store.list_jobs(g.tenant.id, state=state, limit=limit, skip=offset)
     return jsonify({"jobs": [_document(job) for job in found]})
+
+
+@jobs.get("/tenant")
+def get_tenant():
+    """The caller's tenant: its quotas, with use and limit."""
+    return jsonify(tenant_view(services().store, g.tenant))
 
 
 @jobs.get("/jobs/<job_id>")
