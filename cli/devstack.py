@@ -7,8 +7,8 @@ Choices a developer would otherwise trip over, made here:
   job list. Its data lives in a temporary folder and goes with the stack (``--keep-data`` keeps it in
   ``.dev/redis/`` for the next run). Only a ``REDIS_URL`` set explicitly is used instead: shared on
   purpose, in its database 15 (DEV_DATABASE) unless the URL names one; a stack there first claims
-  the database (DEV_STACK_KEY), so a second stack on the same database refuses to start and says
-  how to separate them, and it starts on a fresh job list and metrics unless ``--keep-data``.
+  the database (StackClaim), so a second stack on the same database refuses to start and says how
+  to separate them, and it starts on a fresh job list and metrics unless ``--keep-data``.
   Jobs are kept an hour unless ``JOB_TTL_SECONDS`` is set.
 * The simulator runs unless ``CAPILLARY_BASE_URL`` points somewhere other than its default, in
   which case that downstream is used as it is.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import redis
 import requests
 
 from cli import procfile
@@ -128,9 +129,16 @@ def test_a_second_stack_on_a_shared_redis_database_refuses_and_says_how_to_separ
     shared = RedisServer(tmp_path / "redis").start()
     try:
         url = f"redis://127.0.0.1:{shared.port}/3"
+        database = redis.Redis(port=shared.port, db=3)
+        # What an earlier dev run left: a job in the tenant's list, the fleet's counts.
+        database.zadd("cu:tenant:default:jobs", {"0" * 32: 1})
+        database.hset("cu:metrics", '["upsert_jobs_finished_total","COMPLETED"]', 7)
         first = DevStack(tmp_path / "checkout-a", REDIS_URL=url)
         stacks.append(first)
         first.ready()
+        jobs = requests.get(f"{first.url}{JOBS}/jobs", headers={"Authorization": f"Bearer {first.token}"},
+                            timeout=5).json()["jobs"]
+        metrics = requests.get(f"{first.url}/metrics", timeout=5).text
         second = DevStack(tmp_path / "checkout-b", REDIS_URL=url)
         stacks.append(second)
         second.process.wait(60)
@@ -141,6 +149,9 @@ def test_a_second_stack_on_a_shared_redis_database_refuses_and_says_how_to_separ
         assert "Unset REDIS_URL" in message and f"REDIS_URL=redis://127.0.0.1:{shared.port}/14" in message
         assert "Starting" not in message  # nothing of it was started
         assert first.process.poll() is None
+        # The first started on a fresh job list and fresh metrics, and said so.
+        assert jobs == [] and 'upsert_jobs_finished_total{state="COMPLETED"} 7' not in metrics
+        assert "keys of earlier runs removed" in first.text()
     finally:
         for stack in stacks:
             stack.stop()
