@@ -115,7 +115,7 @@ def test_ctrl_c_leaves_the_job_running_and_says_how_to_follow_or_cancel_it(web_u
 
     assert process.returncode == 130, bar
     assert f"job {job_id} keeps running" in stderr
-    assert f"customer-upsert status {job_id}" in stderr and f"customer-upsert cancel {job_id}" in stderr
+    assert f"customer-upsert watch {job_id}" in stderr and f"customer-upsert cancel {job_id}" in stderr
     assert "Traceback" not in stderr
     assert running["state"] == "RUNNING" and not running["finishedAt"]
     assert cancel.returncode == 0, cancel.stderr
