@@ -76,8 +76,9 @@ class ApiClient:
     def submit_batch(self, batch: Batch, *, skip_change_identifier: bool) -> dict:
         return self.request(
             "POST", f"{JOBS_PREFIX}/bulk",
-            # The file's name labels the job in `jobs` and the dashboard.
-            params={"skipChangeIdentifier": str(skip_change_identifier).lower(), "label": batch.path.name[:200]},
+            # The file's name labels the job in `jobs` and the dashboard (the API takes printable text only).
+            params={"skipChangeIdentifier": str(skip_change_identifier).lower(),
+                    "label": "".join(c for c in batch.path.name if c.isprintable())[:200]},
             data=batch.body() if batch.kind == "ndjson" else b"".join(batch.body()),
             headers={"Content-Type": batch.content_type},
         ).json()
