@@ -38,8 +38,21 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health)
     app.register_blueprint(pages)
     register_error_handlers(app)
+    app.after_request(protective_headers)
     warn_about_the_store(app.extensions["upsert"].store.redis)
     return app
+
+
+#: For answers that are data, not pages (JSON, NDJSON, metrics): nothing in them may load or run,
+#: and no page may frame them. The pages (/ui/, /docs) set their own policy (api/pages.py).
+DATA_CSP = "default-src 'none'; frame-ancestors 'none'"
+
+
+def protective_headers(response):
+    """Every answer: no content sniffing, and a policy that lets data answers load nothing."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers.setdefault("Content-Security-Policy", DATA_CSP)
+    return response
 
 
 def warn_about_the_store(client) -> None:

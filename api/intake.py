@@ -129,7 +129,7 @@ def parse_batch(raw: bytes, max_items: int) -> list[Any]:
 
 
 def accept(store: JobStore, elements: Iterable[Any], *, tenant: str, skip_change_identifier: bool,
-           callback_url: str | None = None, idempotency_key: str | None = None,
+           callback_url: str | None = None, idempotency_key: str | None = None, label: str | None = None,
            admit: Callable[[int], None] | None = None,
            before_commit: Callable[[int], None] | None = None) -> str:
     """Store the submission as it is read, then hand the job to the scheduler; answer the job id.
@@ -161,6 +161,8 @@ def accept(store: JobStore, elements: Iterable[Any], *, tenant: str, skip_change
             if before_commit is not None:
                 before_commit(new.count)
             extra = {"callbackUrl": callback_url} if callback_url else {}
+            if label:
+                extra["label"] = label
             if idempotency_key is not None:  # so the job's end expires the key, however soon it comes
                 extra["idempotencyKey"] = store.idempotency_key_name(tenant, idempotency_key)
             job_id = new.commit(skip_change_identifier=skip_change_identifier, next_index=next_index, extra=extra)

@@ -31,6 +31,7 @@ class ErrorBody(Schema):
 
 class Job(Schema):
     jobId = fields.String(required=True)
+    label = fields.String(required=True, allow_none=True, metadata={"description": "the name given at submit"})
     state = fields.String(required=True, validate=v.OneOf(STATES))
     skipChangeIdentifier = fields.Boolean(required=True)
     totalCount = fields.Integer(required=True)
@@ -80,6 +81,19 @@ class SyncResponse(Schema):
     failureCount = fields.Integer(required=True)
 
 
+class Quota(Schema):
+    quota = fields.String(required=True, validate=v.OneOf(["max_concurrent_jobs", "max_pending_items",
+                                                           "max_items_per_day"]))
+    used = fields.Integer(required=True)
+    limit = fields.Integer(required=True, metadata={"description": "0: no limit"})
+    counts = fields.String(required=True, metadata={"description": "what the use counts"})
+
+
+class TenantView(Schema):
+    tenant = fields.String(required=True)
+    quotas = fields.List(fields.Nested(Quota), required=True)
+
+
 class JobList(Schema):
     jobs = fields.List(fields.Nested(Job), required=True)
 
@@ -107,7 +121,8 @@ def build_spec() -> dict:
                    info={"description": "Asynchronous bulk customer upsert into a Capillary-style v2 API."})
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     for name, schema in (("ErrorBody", ErrorBody), ("Job", Job), ("Item", Item), ("ResultsPage", ResultsPage),
-                         ("SyncResponse", SyncResponse), ("JobList", JobList), ("Customer", CustomerSchema)):
+                         ("SyncResponse", SyncResponse), ("JobList", JobList), ("TenantView", TenantView),
+                         ("Customer", CustomerSchema)):
         spec.components.schema(name, schema=schema)
     job = {"content": {"application/json": {"schema": "Job"}}}
     spec.path(path=f"{JOBS}/bulk", operations={"post": {
@@ -118,6 +133,8 @@ def build_spec() -> dict:
             _query("wait", {"type": "number", "minimum": 0, "maximum": 60},
                    "seconds to wait; if the job ends in time, 200 with the synchronous shape"),
             _query("callbackUrl", {"type": "string"}, "POSTed the final job document, signed"),
+            _query("label", {"type": "string", "maxLength": 200},
+                   "a name for people, shown with the job (the command line sends the file's name)"),
             {"in": "header", "name": "Idempotency-Key", "schema": {"type": "string", "maxLength": 255}},
         ],
         "requestBody": {"required": True, "content": {
@@ -133,9 +150,16 @@ def build_spec() -> dict:
     spec.path(path=f"{JOBS}/jobs", operations={"get": {
         "summary": "The caller's recent jobs", "security": [{"bearer": []}],
         "parameters": [_query("state", {"type": "string", "enum": STATES}, "only jobs in this state"),
-                       _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "at most this many")],
+                       _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "at most this many"),
+                       _query("offset", {"type": "integer", "minimum": 0, "maximum": 10000},
+                              "skip this many (of the state, if given): the next page")],
         "responses": {"200": {"description": "jobs, newest first",
                               "content": {"application/json": {"schema": "JobList"}}}, **_errors(400, 401)},
+    }})
+    spec.path(path=f"{JOBS}/tenant", operations={"get": {
+        "summary": "The caller's tenant: its quotas, with use and limit", "security": [{"bearer": []}],
+        "responses": {"200": {"description": "the tenant", "content": {"application/json": {"schema": "TenantView"}}},
+                      **_errors(401)},
     }})
     spec.path(path=f"{JOBS}/jobs/{{jobId}}", operations={
         "get": {"summary": "The job document", "security": [{"bearer": []}], "parameters": [JOB_ID],

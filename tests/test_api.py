@@ -115,13 +115,67 @@ def test_requests_without_the_token_get_401(app, headers):
 
 @pytest.mark.parametrize(
     ("query", "field"),
-    [({"skipChangeIdentifier": "maybe"}, "skipChangeIdentifier"), ({"wait": "61"}, "wait"), ({"wait": "x"}, "wait")],
+    [({"skipChangeIdentifier": "maybe"}, "skipChangeIdentifier"), ({"wait": "61"}, "wait"), ({"wait": "x"}, "wait"),
+     ({"label": "x" * 201}, "label"), ({"label": "two\nlines"}, "label")],
 )
 def test_bad_query_parameters_name_the_parameter(app, query, field):
     response = ApiClient(app).submit([element(1)], **query)
 
     assert response.status_code == 400
     assert response.get_json()["errors"][0]["field"] == field
+
+
+def test_a_label_given_at_submit_names_the_job_in_its_document_and_the_list_which_pages(idle_app):
+    app, _store = idle_app
+    api = ApiClient(app)
+    named = api.submit([element(1)], label="customers <march>.ndjson").get_json()
+    unnamed = [api.submit([element(i)]).get_json()["jobId"] for i in range(24)]
+    longest = api.submit([element(2)], label="é" * 200)
+
+    first = api.get("/jobs", limit=20).get_json()["jobs"]
+    second = api.get("/jobs", limit=20, offset=20).get_json()["jobs"]
+
+    assert named["label"] == "customers <march>.ndjson"
+    assert api.get(f"/jobs/{named['jobId']}").get_json()["label"] == "customers <march>.ndjson"
+    assert longest.status_code == 202 and longest.get_json()["label"] == "é" * 200
+    listed = [job["jobId"] for job in first + second]
+    assert listed == [longest.get_json()["jobId"], *reversed(unnamed), named["jobId"]]  # newest first, none twice
+    assert [job["label"] for job in second][-1] == "customers <march>.ndjson" and first[1]["label"] is None
+    assert api.get("/jobs", offset=-1).status_code == 400
+
+
+def test_the_tenant_route_shows_each_quota_with_use_and_limit(idle_app):
+    app, _store = idle_app
+    api = ApiClient(app)
+    for size in (1, 3):
+        assert api.submit([element(i) for i in range(size)]).status_code == 202  # no worker: they stay pending
+
+    tenant = api.get("/tenant").get_json()
+    anonymous = app.test_client().get(f"{JOBS}/tenant")
+
+    assert tenant["tenant"] == "default"
+    assert [(q["quota"], q["used"], q["limit"]) for q in tenant["quotas"]] == [
+        ("max_concurrent_jobs", 2, 50), ("max_pending_items", 4, 1_000_000), ("max_items_per_day", 4, 20_000_000)]
+    assert anonymous.status_code == 401
+
+
+def test_the_root_leads_to_the_dashboard_and_every_answer_forbids_sniffing_and_loading(app):
+    api = ApiClient(app)
+    client = app.test_client()
+    root = client.get("/")
+    answers = {"jobs": api.get("/jobs"), "401": client.get(f"{JOBS}/jobs"), "404": client.get("/nowhere"),
+               "400": api.get("/jobs", limit="x"), "metrics": client.get("/metrics"),
+               "openapi": client.get("/openapi.json"), "readyz": client.get("/readyz")}
+    pages = {"ui": client.get("/ui/"), "docs": client.get("/docs")}
+
+    assert root.status_code == 302 and root.headers["Location"] in ("ui/", "http://localhost/ui/")
+    assert client.get("/", follow_redirects=True).status_code == 200
+    for name, response in answers.items():
+        assert response.headers["X-Content-Type-Options"] == "nosniff", name
+        assert response.headers["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'", name
+    for name, response in pages.items():  # the pages keep their own policy, which lets them run their scripts
+        assert response.headers["X-Content-Type-Options"] == "nosniff", name
+        assert "script-src 'self'" in response.headers["Content-Security-Policy"], name
 
 
 def test_unknown_or_malformed_job_ids_are_404(app):

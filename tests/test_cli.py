@@ -53,7 +53,10 @@ def test_submit_wait_prints_the_full_id_first_then_a_summary_and_exits_by_the_ou
     good = run("submit", str(ndjson(tmp_path / "good.ndjson", 3)), "--wait", url=web_url)
 
     assert seed.returncode == 1, seed.stdout + seed.stderr  # 1: an item failed
-    assert f"job {job_id} COMPLETED: total 2, created 1, updated 0, failed 1, cancelled 0" in seed.stdout
+    assert f"job {job_id} COMPLETED: total 2, created 1, updated 0, failed 1, cancelled 0; took " in seed.stdout
+    # the failures, one copy-paste away
+    assert (f"customer-upsert results {job_id} --failed -o {job_id}-failed.ndjson && "
+            f"customer-upsert submit {job_id}-failed.ndjson") in seed.stdout
     assert re.search(r"COMPLETED failed 1 .* 2/2 [\d,]+ items/s done", seed.stdout), seed.stdout  # the bar's end
     assert good.returncode == 0, good.stdout + good.stderr
     assert re.search(rf"job {JOB_ID} COMPLETED: total 3, created 3, updated 0, failed 0, cancelled 0", good.stdout)
@@ -68,7 +71,7 @@ def test_submit_wait_prints_the_full_id_first_then_a_summary_and_exits_by_the_ou
     assert (status["state"], status["failureCount"]) == ("COMPLETED", 1)
     row = next(line for line in listed.stdout.splitlines() if line.startswith(job_id))
     assert listed.returncode == 0 and listed.stdout.startswith("JOB ")
-    assert row.split()[1:5] == ["COMPLETED", "2/2", "1", "0"]
+    assert row.split()[1:5] == ["COMPLETED", "2/2", "1", "0"] and row.endswith("  seed-batch.json")  # its label
     assert exported.returncode == 0 and "wrote 1 items" in exported.stderr
     assert resubmitted.returncode == 0 and json.loads(resubmitted.stdout)["totalCount"] == 1
     assert re.search(rf"job ({JOB_ID}) accepted: 1 customers", resubmitted.stderr)
@@ -112,7 +115,7 @@ def test_ctrl_c_leaves_the_job_running_and_says_how_to_follow_or_cancel_it(web_u
 
     assert process.returncode == 130, bar
     assert f"job {job_id} keeps running" in stderr
-    assert f"customer-upsert status {job_id}" in stderr and f"customer-upsert cancel {job_id}" in stderr
+    assert f"customer-upsert watch {job_id}" in stderr and f"customer-upsert cancel {job_id}" in stderr
     assert "Traceback" not in stderr
     assert running["state"] == "RUNNING" and not running["finishedAt"]
     assert cancel.returncode == 0, cancel.stderr
@@ -120,6 +123,34 @@ def test_ctrl_c_leaves_the_job_running_and_says_how_to_follow_or_cancel_it(web_u
     summary = re.search(r"CANCELLED: total 600, created (\d+), updated 0, failed 0, cancelled (\d+)", cancel.stdout)
     assert summary and int(summary.group(2)) > 0, cancel.stdout
     assert again.stdout.startswith(f"job {job_id} had already finished (CANCELLED); nothing was cancelled")
+
+
+def test_watch_reattaches_to_a_job_submitted_without_waiting_and_results_into_head_ends_quietly(
+        web_url, worker, sim, tmp_path):
+    sim.configure(latencyMs=50)  # 400 customers: a few seconds on the session's worker
+    path = ndjson(tmp_path / "later.ndjson", 399)
+    with path.open("a") as handle:  # one without a source: it fails validation
+        handle.write(json.dumps({"profiles": [{"identifiers": [{"type": "mobile", "value": "919500000001"}]}]}) + "\n")
+    submitted = run("submit", str(path), url=web_url)
+    job_id = json.loads(submitted.stdout)["jobId"]
+
+    env = procfile.process_env({"UPSERT_URL": web_url, "UPSERT_API_TOKEN": TOKEN, "FORCE_COLOR": "1"})
+    watched = subprocess.run([CLI, "watch", job_id], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    shown = ANSI.sub("", watched.stdout)
+    head = subprocess.run(["bash", "-c", f"set -o pipefail; {CLI} results {job_id} | head -1"], env=env,
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    listed = run("jobs", url=web_url)
+
+    assert f"customer-upsert watch {job_id}" in submitted.stderr  # the hint names the command
+    assert re.search(r"RUNNING .*? \d+/400 [\d,]+ items/s ETA", shown), shown  # the bar, live
+    assert re.search(rf"job {job_id} COMPLETED: total 400, created 399, updated 0, failed 1, cancelled 0; "
+                     r"took [\d.:]+( s)?, [\d,]+ items/s$", shown, re.M), shown
+    assert f"customer-upsert results {job_id} --failed -o {job_id}-failed.ndjson" in shown
+    assert watched.returncode == 1  # an item failed
+    assert head.returncode == 0, head.stderr
+    assert head.stderr == "" and json.loads(head.stdout)["index"] == 0
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(job_id))
+    assert row.endswith("  later.ndjson")
 
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

@@ -240,7 +240,7 @@ webhook_secret = "webhook-north-secret"
         item_raws = broker.lrange("items", 0, -1)
 
         assert sorted(_decoded(raw)[0] for raw in item_raws) == [[job_id, 0], [job_id, 1]]  # item 2 waits for 0
-        assert all(set(_decoded(raw)[1]) == {"tenant", "token"} for raw in item_raws)
+        assert all(set(_decoded(raw)[1]) == {"tenant", "lease"} for raw in item_raws)
         assert all(_decoded(raw)[1]["tenant"] == "north" for raw in item_raws)
         for raw in item_raws:
             # Headers and properties, and the body decoded: base64 text may hold "Q1" by chance.

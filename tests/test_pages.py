@@ -213,5 +213,81 @@ def test_dashboard_cancels_a_running_job(page, web_url, sim, worker):
 
     assert job["state"] == "CANCELLED" and job["cancelledCount"] > 0
     assert f"cancelled {job['cancelledCount']}" in text
+    assert "ETA" not in text  # an ended or cancelled job has no completion to estimate
     assert row.locator("button.cancel").is_hidden()
+    page.assert_stayed_on_this_machine()
+
+
+HOSTILE_NAME = '<img src=x onerror="window.pwned=1">'
+HOSTILE_MOBILE = "<script>window.pwned=2</script>"
+
+
+def test_dashboard_shows_a_jobs_failures_as_text_filters_them_by_code_and_retries_them(page, web_url, sim, worker):
+    tag = uuid.uuid4().hex[:3].translate(str.maketrans("abcdef", "123456"))
+    elements = customers(6, tag, without_source=2)  # #0 and #1: no source, 8004
+    elements[0]["profiles"][0]["firstName"] = HOSTILE_NAME
+    elements[5]["profiles"][0]["identifiers"][0]["value"] = HOSTILE_MOBILE  # #5: not a mobile number
+    label = '<b>march</b> "customers".ndjson'
+    response = requests.post(f"{web_url}{JOBS}/bulk", json=elements, params={"label": label}, timeout=30,
+                             headers={"Authorization": f"Bearer {TOKEN}"})
+    job_id = response.json()["jobId"]
+    log_in(page, web_url, TOKEN)
+    row = page.page.locator(f'li[data-job="{job_id}"]')
+    row.wait_for(timeout=10_000)
+    wait_for(lambda: row.get_attribute("data-state") == "COMPLETED", timeout=60, what="the job to complete",
+             interval=0.2)
+    table = row.locator(".failed-items tbody tr")
+    wait_for(lambda: table.count() == 3, timeout=15, what="the failed items' table", interval=0.2)
+    page.page.locator("#tenant .quotas li").first.wait_for(timeout=10_000)
+    page.screenshot("ui-failures.png")
+    cells = [[td.inner_text() for td in tr.locator("td").all()] for tr in table.all()]
+    codes = {cell[2] for cell in cells}
+    invalid_mobile = next(cell[2] for cell in cells if cell[0] == "#5")
+
+    row.locator(".code-filter").select_option(invalid_mobile)
+    shown = [tr.locator("td").first.inner_text() for tr in table.all() if tr.is_visible()]
+    page.screenshot("ui-failures-filtered.png")
+    row.locator(".retry").click()
+    retry = page.page.locator("li.job", has=page.page.locator(".label", has_text=f"retry of {label}"))
+    retry.wait_for(timeout=15_000)
+    wait_for(lambda: retry.get_attribute("data-state") == "COMPLETED", timeout=60, what="the retry to complete",
+             interval=0.2)
+    retried = retry.locator(".id").inner_text()
+    retried_job = requests.get(f"{web_url}{JOBS}/jobs/{retried}", headers={"Authorization": f"Bearer {TOKEN}"},
+                               timeout=5).json()
+    tenant = page.page.inner_text("#tenant")
+    done_text = row.inner_text()
+    page.screenshot("ui-retried.png")
+
+    assert row.locator(".label").inner_text() == label  # beside the id, as text
+    assert [cell[0] for cell in cells] == ["#0", "#1", "#5"]
+    assert cells[0][1] == f"mobile 9197{tag}00000" and cells[2][1] == f"mobile {HOSTILE_MOBILE}"
+    assert cells[0][2] == cells[1][2] == "8004" and invalid_mobile != "8004" and codes == {"8004", invalid_mobile}
+    assert "source" in cells[0][3]
+    assert shown == ["#5"]
+    # Hostile strings stayed text: no element was made of them, no script ran.
+    assert row.locator(".failures img, .failures script, .label b").count() == 0
+    assert page.page.evaluate("window.pwned") is None
+    assert "ETA" not in done_text
+    assert retried_job["totalCount"] == 3 and retried_job["failureCount"] == 3
+    assert "jobs not yet ended" in tenant and "items accepted in the last 24 h" in tenant and " of " in tenant
+    page.assert_stayed_on_this_machine()
+
+
+def test_dashboard_pages_beyond_twenty_jobs(page, web_url, sim, worker):
+    tag = uuid.uuid4().hex[:3].translate(str.maketrans("abcdef", "123456"))
+    ids = [submit(web_url, customers(1, f"{tag}{i:02d}")) for i in range(22)]  # newest last
+    log_in(page, web_url, TOKEN)
+    page.page.locator(f'li[data-job="{ids[-1]}"]').wait_for(timeout=10_000)
+    first_page = page.page.eval_on_selector_all("#list li", "rows => rows.map(r => r.dataset.job)")
+    page.page.click("#older")
+    page.page.locator(f'li[data-job="{ids[1]}"]').wait_for(timeout=10_000)
+    second_page = page.page.eval_on_selector_all("#list li", "rows => rows.map(r => r.dataset.job)")
+    page.screenshot("ui-older.png")
+    page.page.click("#newer")
+    page.page.locator(f'li[data-job="{ids[-1]}"]').wait_for(timeout=10_000)
+
+    assert first_page[:20] == list(reversed(ids))[:20] and len(first_page) == 20
+    assert second_page[:2] == [ids[1], ids[0]]
+    assert not set(first_page) & set(second_page)
     page.assert_stayed_on_this_machine()

@@ -42,9 +42,10 @@ def create_celery(settings: Settings) -> Celery:
             TaskNames.END_JOB: {"queue": Queues.JOBS},
             TaskNames.SEND_CALLBACK: {"queue": Queues.JOBS},
         },
-        # Task events cost a broker command per task each; Flower switches them on while it runs
-        # (it broadcasts enable_events), so nobody pays for them when nobody watches.
-        worker_send_task_events=False,
+        # Task events from the worker's start (`-E`): Flower then sees every task, the first job's
+        # included, not only those after it has broadcast enable_events. They cost a broker command
+        # per task state change (see docs/performance.md).
+        worker_send_task_events=True,
         worker_hijack_root_logger=False,
     )
     app.upsert_settings = settings

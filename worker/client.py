@@ -39,6 +39,11 @@ RETRYABLE_STATUSES = frozenset({429, 502, 503, 504, 521})
 #: How much of a body that is not JSON an error message quotes.
 BODY_EXCERPT_BYTES = 80
 CODE_MULTIPLE_ACTIONS = 521
+#: Read codes that mean "no such customer here": 8015, and 8065 "No customer found in the given
+#: source" (known only in another source or account).
+NOT_FOUND_CODES = frozenset({8015, 8065})
+#: The endpoints that read a customer: their not-found answers are counted as ``not_found``.
+READS = frozenset({"lookup", "get"})
 OAUTH_HEADER = "X-CAP-API-OAUTH-TOKEN"
 
 
@@ -218,13 +223,14 @@ class CapillaryClient:
                 raise RetryableError(
                     f"{endpoint}: connection failed ({type(exc).__name__})", endpoint=endpoint
                 ) from exc
-            self._observe(endpoint, str(response.status), started)
+            body = _json_object(response)
+            self._observe(endpoint, _outcome_label(endpoint, response.status, body), started)
             if response.status == 401 and self._uses_oauth and not renewed:
                 # A token may expire between our check and the call, or be revoked: renew once.
                 self._forget_token(headers[OAUTH_HEADER])
                 renewed = True
                 continue
-            return self._interpret(endpoint, response)
+            return self._interpret(endpoint, response, body)
 
     def _send(self, method: str, path: str, params: Mapping[str, str] | None, body: bytes | None,
               headers: Mapping[str, str]) -> _Answer:
@@ -237,9 +243,8 @@ class CapillaryClient:
         if self.observer is not None:
             self.observer(endpoint, outcome, time.perf_counter() - started)
 
-    def _interpret(self, endpoint: str, response: _Answer) -> ApiResult:
+    def _interpret(self, endpoint: str, response: _Answer, body: dict | None) -> ApiResult:
         status = response.status
-        body = _json_object(response)
         codes = {_as_int(e.get("code")) for e in _items(body, "errors")}
         if status == 429:
             raise ThrottledError(f"{endpoint}: downstream answered HTTP 429 (throttled)", endpoint=endpoint,
@@ -374,6 +379,15 @@ def _params(source: str, account_id: str | None) -> dict[str, str]:
     if account_id:
         params["accountId"] = account_id
     return params
+
+
+def _outcome_label(endpoint: str, status: int, body: dict | None) -> str:
+    """The ``status`` label of a call's metric: the HTTP status, or ``not_found`` for a read that found no
+    customer (whatever status the downstream gave it), which is an answer, not an error."""
+    if (endpoint in READS and status < 500 and body is not None
+            and {_as_int(e.get("code")) for e in _items(body, "errors")} & NOT_FOUND_CODES):
+        return "not_found"
+    return str(status)
 
 
 def _json_object(response: _Answer) -> dict | None:

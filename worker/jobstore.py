@@ -433,8 +433,10 @@ class JobStore:
     def job_fields(self, job_id: str, *names: str) -> list[str | None]:
         return self.redis.hmget(keys.job(job_id), names)
 
-    def list_jobs(self, tenant: str, *, state: str | None = None, limit: int = 20) -> list[dict]:
+    def list_jobs(self, tenant: str, *, state: str | None = None, limit: int = 20, skip: int = 0) -> list[dict]:
+        """The tenant's jobs, newest first: ``limit`` of them after the first ``skip`` (of ``state``, if given)."""
         jobs: list[dict] = []
+        limit += skip
         key = keys.tenant_jobs(tenant)
         offset, page = 0, max(limit, 50)
         while len(jobs) < limit:
@@ -454,7 +456,7 @@ class JobStore:
                     jobs.append(doc)
             if expired:
                 self.redis.zrem(key, *expired)
-        return jobs[:limit]
+        return jobs[skip:limit]
 
     def results(self, job_id: str, *, offset: int, limit: int, outcome: str = "all") -> list[dict]:
         """Items in input order; ``outcome`` is all, failed or succeeded."""
@@ -624,6 +626,7 @@ def job_document(raw: dict[str, str]) -> dict[str, Any] | None:
         return None
     doc: dict[str, Any] = {
         "jobId": raw["jobId"],
+        "label": raw.get("label"),
         "state": raw.get("state", QUEUED),
         "skipChangeIdentifier": raw.get("skipChangeIdentifier") == "1",
     }

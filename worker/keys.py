@@ -47,7 +47,8 @@ twice ``JOB_TTL_SECONDS`` after the tenant's last commit or job end), ``cu:idem:
 ``cu:tenant:{t}:active`` (its jobs not yet ended, left by the end script) and ``cu:tenant:{t}:accepted``
 (its jobs of the last day with their sizes, trimmed as read, expiring a day after the last),
 ``cu:lock:{digest}`` (identifier locks, twice the item lease, renewed while held) and
-``cu:ratelimit:{t}:...`` (token buckets, an hour).
+``cu:ratelimit:{t}:...`` (token buckets, an hour), and ``cu:dev:stack`` (the ``customer-upsert dev``
+stack that holds a shared database, expiring unless renewed; cli/devstack.py).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ FLEET = f"{PREFIX}:fleet"
 FLEET_SLOTS = f"{PREFIX}:fleet:slots"
 METRICS = f"{PREFIX}:metrics"
 CALLBACKS = f"{PREFIX}:callbacks"
+DEV_STACK = f"{PREFIX}:dev:stack"
 
 #: Fields of an input chunk that are not items.
 META_FIELD = "meta"

@@ -34,12 +34,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 @shared_task(bind=True, name=TaskNames.PROCESS_ITEM)
-def process_item(self, job_id: str, index: int | list[int], token: str = "", tenant: str = "") -> str:
+def process_item(self, job_id: str, index: int | list[int], lease: str = "", tenant: str = "", **earlier: str) -> str:
     """One customer element, or several of one job (``index`` a list) run one after another.
-    ``tenant`` is there for people reading Flower; the worker takes the tenant from the stored job.
+    ``lease`` is the delivery's lease token (worker/scheduler.py; ``token`` in messages of earlier
+    versions, still queued across an upgrade). ``tenant`` is there for people reading Flower; the
+    worker takes the tenant from the stored job.
     The answer is the item's outcome as Flower shows it, or ``#index outcome`` per item joined by
     ``; ``. The job's end is queued by the dispatcher, which sees when a job's last item has ended."""
     ctx = context_of(self.app)
+    token = lease or earlier.get("token", "")
     try:
         if isinstance(index, int):
             return while_store_recovers(lambda: run_item(ctx, job_id, index, token)).summary
@@ -59,7 +62,7 @@ def hold_received_items(sender=None, request=None, **kwargs) -> None:
         return
     try:
         job_id, index = request.args[:2]
-        token = request.kwargs.get("token", "")
+        token = request.kwargs.get("lease") or request.kwargs.get("token", "")
     except (TypeError, ValueError, AttributeError):
         return
     keeper = context_of(sender.app).keeper

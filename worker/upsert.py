@@ -18,14 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from worker.client import CapillaryClient
+from worker.client import NOT_FOUND_CODES, CapillaryClient
 from worker.validation import LOOKUP_TYPES, validate_customer
 
 CREATED, UPDATED, FAILED, CANCELLED = "CREATED", "UPDATED", "FAILED", "CANCELLED"
 
-#: Lookup codes that mean "no such customer here": 8015, and 8065 "No customer found in the given
-#: source with the given identifier" (the identifier is known in another source only).
-NOT_FOUND_CODES = frozenset({8015, 8065})
 CODE_ALREADY_EXISTS = 8006
 #: Our code for identifiers that resolve to different customers. Capillary reports the same
 #: situation as warning 8052 "Conflicting Customers found" on add.

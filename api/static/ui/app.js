@@ -71,6 +71,7 @@ function pace(job) {
     const took = job.startedAt ? duration((Date.parse(job.finishedAt) - Date.parse(job.startedAt)) / 1000) : "";
     return [perSecond, took && `took ${took}`].filter(Boolean).join(" · ");
   }
+  if (job.state === "CANCELLED") return [perSecond, "cancelled: items in flight finish"].filter(Boolean).join(" · ");
   if (job.state === "QUEUED") return "waiting for a worker";
   const left = job.estimatedSecondsLeft;
   const eta = left === null || left === undefined ? "ETA unknown"
@@ -103,6 +104,7 @@ function newRow(jobId) {
   $(".copy", row).addEventListener("click", () => copy(row, jobId));
   $(".cancel", row).addEventListener("click", () => cancel(row, jobId));
   $(".download", row).addEventListener("click", () => download(row, jobId));
+  wireFailures(row, jobId);
   return row;
 }
 
@@ -114,6 +116,7 @@ function update(row, job) {
   state.className = `state ${job.state.toLowerCase()}`;
   row.dataset.state = job.state;
   $(".created", row).textContent = `submitted ${clock(job.createdAt)}`;
+  $(".label", row).textContent = job.label || "";
 
   const bar = $(".bar", row);
   bar.setAttribute("aria-valuemax", total);
@@ -141,6 +144,7 @@ function update(row, job) {
   download.hidden = job.failureCount === 0;
   download.textContent = `Download ${cancelled ? "failed and cancelled" : "failed"} items (${number(job.failureCount)})`;
   $(".actions", row).hidden = $(".cancel", row).hidden && download.hidden && !$(".message", row).textContent;
+  updateFailures(row, job);
 }
 
 function say(row, text, isError = false) {
@@ -193,6 +197,172 @@ async function download(row, jobId) {
   }
 }
 
+// -- failures: each job's failed items, a filter by code, retry them as a new job ------------------
+// The table opens by itself when items failed (a cancel's items alone leave it closed); it pages by
+// FAILURES_PAGE; the filter applies to the items shown; the retry submits every failed (and cancelled)
+// item's input again, as a new job labelled "retry of ...".
+// Everything the server sent is shown with textContent: an identifier or a message is text, never HTML.
+
+const FAILURES_PAGE = 50;
+const failures = new WeakMap();  // row -> { loadedFor, items, loading }
+
+function wireFailures(row, jobId) {
+  failures.set(row, { loadedFor: -1, items: [], loading: false });
+  const details = $(".failures", row);
+  details.addEventListener("toggle", () => { if (details.open) loadFailures(row, jobId, false); });
+  $(".code-filter", row).addEventListener("change", () => filterFailures(row));
+  $(".more-failures", row).addEventListener("click", () => loadFailures(row, jobId, true));
+  $(".retry", row).addEventListener("click", () => retryFailed(row, jobId));
+}
+
+function updateFailures(row, job) {
+  const details = $(".failures", row);
+  const kept = failures.get(row);
+  details.hidden = job.failureCount === 0;
+  if (details.hidden) return;
+  const cancelled = job.cancelledCount || 0, failed = job.failureCount - cancelled;
+  $(".failures-title", row).textContent = cancelled ? "Failed and cancelled items" : "Failed items";
+  $(".failures-count", row).textContent = cancelled
+    ? `(${number(failed)} failed, ${number(cancelled)} cancelled)` : `(${number(failed)})`;
+  $(".retry", row).hidden = !job.finishedAt;  // the list to retry is whole once the job has ended
+  if (!row.dataset.failuresOpened && failed > 0) {  // failures first: open once, then as the person leaves it
+    row.dataset.failuresOpened = "1";
+    details.open = true;
+  }
+  row.dataset.failureCount = job.failureCount;
+  if (details.open && kept.loadedFor !== job.failureCount && (job.finishedAt || kept.loadedFor < 0)) {
+    loadFailures(row, job.jobId, false);
+  }
+}
+
+async function loadFailures(row, jobId, more) {
+  const kept = failures.get(row);
+  if (kept.loading || (!more && kept.loadedFor === Number(row.dataset.failureCount))) return;
+  kept.loading = true;
+  const note = $(".failures-note", row);
+  try {
+    const offset = more ? kept.items.length : 0;
+    const query = new URLSearchParams({ outcome: "failed", limit: String(FAILURES_PAGE), offset: String(offset) });
+    const answer = await (await call(`jobs/${jobId}/results?${query}`)).json();
+    kept.items = more ? kept.items.concat(answer.response) : answer.response;
+    kept.loadedFor = answer.failureCount;
+    renderFailures(row, answer.failureCount);
+    note.textContent = "";
+  } catch (error) {
+    if (!(error instanceof Unauthorized)) note.textContent = `cannot load the failed items: ${error.message}`;
+  }
+  kept.loading = false;
+}
+
+function identifierOf(input) {
+  const profile = input && Array.isArray(input.profiles) ? input.profiles[0] : null;
+  const first = profile && Array.isArray(profile.identifiers) ? profile.identifiers[0] : null;
+  if (first && typeof first === "object") return `${first.type} ${first.value}`;
+  return JSON.stringify(input === undefined ? null : input).slice(0, 120);
+}
+
+function renderFailures(row, total) {
+  const { items } = failures.get(row);
+  const body = $(".failed-items tbody", row);
+  const rows = items.map((item) => {
+    const errors = Array.isArray(item.errors) ? item.errors : [];
+    const tr = document.createElement("tr");
+    tr.dataset.codes = errors.map((e) => String(e.code)).join(" ");
+    const cells = [`#${item.index}`, identifierOf(item.input), errors.map((e) => String(e.code)).join(", "),
+                   errors.map((e) => (e.field ? `${e.message} (${e.field})` : String(e.message))).join("; ")];
+    for (const text of cells) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.append(td);
+    }
+    return tr;
+  });
+  body.replaceChildren(...rows);
+  const select = $(".code-filter", row);
+  const chosen = select.value;
+  const codes = [...new Set(items.flatMap((item) => (item.errors || []).map((e) => String(e.code))))].sort();
+  const options = codes.map((code) => {
+    const option = document.createElement("option");
+    option.value = code;
+    option.textContent = `${code} (${number(rows.filter((tr) => tr.dataset.codes.split(" ").includes(code)).length)})`;
+    return option;
+  });
+  const all = document.createElement("option");
+  all.value = "";
+  all.textContent = "all codes";
+  select.replaceChildren(all, ...options);
+  select.value = codes.includes(chosen) ? chosen : "";
+  const more = $(".more-failures", row);
+  more.hidden = items.length >= total;
+  more.textContent = `Show more (${number(items.length)} of ${number(total)} shown)`;
+  filterFailures(row);
+}
+
+function filterFailures(row) {
+  const code = $(".code-filter", row).value;
+  for (const tr of $(".failed-items tbody", row).children) {
+    tr.hidden = code !== "" && !tr.dataset.codes.split(" ").includes(code);
+  }
+}
+
+async function retryFailed(row, jobId) {
+  const note = $(".failures-note", row);
+  note.textContent = "submitting the failed items again…";
+  try {
+    const text = await (await call(`jobs/${jobId}/results?format=ndjson&outcome=failed`)).text();
+    const inputs = text.split("\n").filter((line) => line.trim()).map((line) => JSON.stringify(JSON.parse(line).input));
+    const label = `retry of ${$(".label", row).textContent || jobId}`.slice(0, 200);
+    const job = await (await call(`bulk?${new URLSearchParams({ label })}`, {
+      method: "POST", headers: { "Content-Type": "application/x-ndjson" }, body: inputs.join("\n") + "\n",
+    })).json();
+    note.textContent = `submitted ${number(job.totalCount)} items again as job ${job.jobId}`;
+    page = 0;
+    refresh();
+  } catch (error) {
+    if (!(error instanceof Unauthorized)) note.textContent = `retry failed: ${error.message}`;
+  }
+}
+
+// -- the tenant: quotas with use and limit ---------------------------------------------------------
+
+async function refreshTenant() {
+  try {
+    const tenant = await (await call("tenant")).json();
+    $(".tenant-id", $("#tenant")).textContent = tenant.tenant;
+    $(".quotas", $("#tenant")).replaceChildren(...tenant.quotas.map((quota) => {
+      const li = document.createElement("li");
+      li.dataset.quota = quota.quota;
+      const share = quota.limit ? Math.min(100, (100 * quota.used) / quota.limit) : 0;
+      const meter = document.createElement("meter");
+      meter.min = 0;
+      meter.max = quota.limit || 1;
+      meter.value = quota.limit ? quota.used : 0;
+      meter.high = (quota.limit || 1) * 0.8;
+      const text = document.createElement("span");
+      text.textContent = `${quota.counts}: ${number(quota.used)}` +
+        (quota.limit ? ` of ${number(quota.limit)} (${Math.round(share)}%)` : " (no limit)");
+      li.append(meter, text);
+      return li;
+    }));
+    $("#tenant").hidden = false;
+  } catch (error) {
+    if (error instanceof Unauthorized) throw error;
+    $("#tenant").hidden = true;  // the jobs still show; the list's status line reports a broken API
+  }
+}
+
+// -- paging: 20 jobs a page, older ones a click away ----------------------------------------------
+
+const PAGE = 20;
+let page = 0;
+
+function showPages(older) {
+  $("#pages").hidden = page === 0 && !older;
+  $("#newer").disabled = page === 0;
+  $("#older").disabled = !older;
+  $("#page-text").textContent = `jobs ${number(page * PAGE + 1)} to ${number(page * PAGE + $("#list").children.length)}`;
+}
+
 // -- polling and the token ----------------------------------------------------------------------
 
 let loading = false;     // one request at a time; a refresh asked for meanwhile runs right after
@@ -206,10 +376,13 @@ async function refresh() {
   let wait = SLOW_MS;
   try {
     const state = $("#state").value;
-    const query = new URLSearchParams({ limit: "20", ...(state ? { state } : {}) });
-    const { jobs } = await (await call(`jobs?${query}`)).json();
+    const query = new URLSearchParams({ limit: String(PAGE + 1), offset: String(page * PAGE),
+                                        ...(state ? { state } : {}) });
+    const [{ jobs: found }] = await Promise.all([(await call(`jobs?${query}`)).json(), refreshTenant()]);
     if (mine === generation) {
+      const jobs = found.slice(0, PAGE);
       render(jobs);
+      showPages(found.length > PAGE);
       const active = jobs.some((job) => !job.finishedAt);
       wait = active ? FAST_MS : SLOW_MS;
       $("#status").textContent = `updated ${new Date().toLocaleTimeString()}` +
@@ -232,6 +405,7 @@ function showLogin(message) {
   generation += 1;
   clearTimeout(timer);
   $("#jobs").hidden = true;
+  $("#tenant").hidden = true;
   $("#forget").hidden = true;
   $("#login").hidden = false;
   $("#login-error").hidden = !message;
@@ -241,6 +415,7 @@ function showLogin(message) {
 
 function showJobs() {
   generation += 1;
+  page = 0;
   $("#login").hidden = true;
   $("#jobs").hidden = false;
   $("#forget").hidden = false;
@@ -260,6 +435,8 @@ $("#forget").addEventListener("click", () => {
   sessionStorage.removeItem(TOKEN_KEY);
   showLogin("");
 });
-$("#state").addEventListener("change", refresh);
+$("#state").addEventListener("change", () => { page = 0; refresh(); });
+$("#newer").addEventListener("click", () => { page = Math.max(0, page - 1); refresh(); });
+$("#older").addEventListener("click", () => { page += 1; refresh(); });
 
 if (token()) showJobs(); else showLogin("");
