@@ -201,7 +201,7 @@ class CapillaryClient:
 
     def _call_once(self, endpoint: str, method: str, path: str, before_send: Callable[[], None] | None,
                    params: Mapping[str, str] | None = None, json: Any = None) -> ApiResult:
-        body = None if json is None else _encode(json)  # once, whatever the retries
+        payload = None if json is None else _encode(json)  # once, whatever the retries
         renewed = False
         while True:
             if self.before_call is not None:
@@ -213,7 +213,7 @@ class CapillaryClient:
             try:
                 if self.fence is not None:
                     self.fence()
-                response = self._send(method, path, params, body, headers)
+                response = self._send(method, path, params, payload, headers)
             except urllib3.exceptions.TimeoutError as exc:
                 self._observe(endpoint, "timeout", started)
                 raise RetryableError(f"{endpoint}: no answer within {self.timeout:g}s", endpoint=endpoint,
