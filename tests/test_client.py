@@ -239,9 +239,9 @@ def test_not_found_is_decided_on_the_code_whatever_the_status_and_the_company(ca
 
 
 def test_one_client_serves_many_threads_at_once(sim):
-    """The worker's threads share one client per tenant (and its pool of connections): 32 threads
-    calling at once each get their own answer."""
-    client = CapillaryClient(tenant(sim), timeout=5, pool_size=8)
+    """The worker's threads share one client per tenant (each thread with a connection of its own): 32
+    threads calling at once each get their own answer."""
+    client = CapillaryClient(tenant(sim), timeout=5)
     values = [f"T-{uuid.uuid4().hex[:8]}-{n}" for n in range(64)]
 
     with ThreadPoolExecutor(32) as pool:

@@ -1,11 +1,8 @@
 """The downstream v2 customer API client.
 
-One pool of keep-alive connections per tenant and process (urllib3's, safe across threads), a
-timeout on every call, and every transport or HTTP failure turned into our own exception types, so
-tasks never look at the HTTP library. urllib3, the library ``requests`` is built on, and not
-``requests`` itself: a call costs about 250 µs of CPU less without requests' layers (its request
-preparation, hooks, cookie jar and response wrapping), most of a worker's CPU per item being its
-three or four calls (docs/performance.md).
+Keep-alive connections (worker/transport.py: libcurl, a handle per thread), a timeout on every call,
+and every transport or HTTP failure turned into our own exception types, so tasks never look at the
+HTTP library.
 
 Business outcomes (8015 not found, 8006 already exists, ...) are not exceptions: they come back in
 :class:`ApiResult` and the upsert logic decides on ``errors[].code``, never on the HTTP status alone
@@ -27,11 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-import requests
-import urllib3
-
 from worker import retry
 from worker.settings import Tenant
+from worker.transport import Answer, CurlTransport, TransportError, TransportTimeout
 
 #: HTTP statuses worth another try besides every 5xx: throttling, and Capillary's
 #: 521 "Multiple actions are running for the same customer".
@@ -114,8 +109,7 @@ class CapillaryClient:
     """Calls the v2 customer endpoints for one tenant.
 
     Thread-safe: the worker runs items on a thread pool that shares one client (and so one OAuth
-    token and one pool of connections) per tenant. ``pool_size`` is how many keep-alive connections
-    the pool keeps: as many as threads call at once, or connections are opened and closed again.
+    token) per tenant; each thread keeps its own connection (worker/transport.py).
     """
 
     #: Renew an OAuth token this long before the downstream says it expires.
@@ -130,7 +124,6 @@ class CapillaryClient:
         on_throttle: OnThrottle | None = None,
         observer: CallObserver | None = None,
         quick_retries: int = retry.QUICK_RETRIES,
-        pool_size: int = 32,
     ) -> None:
         self.tenant = tenant
         self.base_url = tenant.base_url.rstrip("/")
@@ -142,7 +135,7 @@ class CapillaryClient:
         #: Called with the request prepared, right before it is sent (see :meth:`with_gate`).
         self.fence: Callable[[], None] | None = None
         self._token = _Token()
-        self._pool = _connection_pool(self.base_url, pool_size)
+        self._transport = CurlTransport(self.base_url, timeout=timeout)
         self._headers = {"Accept": "application/json", "Content-Type": "application/json"}
         if tenant.till and not tenant.oauth_key:
             self._headers["Authorization"] = basic_auth_header(tenant.till, tenant.password)
@@ -214,15 +207,13 @@ class CapillaryClient:
                 if self.fence is not None:
                     self.fence()
                 response = self._send(method, path, params, payload, headers)
-            except urllib3.exceptions.TimeoutError as exc:
+            except TransportTimeout as exc:
                 self._observe(endpoint, "timeout", started)
                 raise RetryableError(f"{endpoint}: no answer within {self.timeout:g}s", endpoint=endpoint,
                                      timed_out=True) from exc
-            except urllib3.exceptions.HTTPError as exc:
+            except TransportError as exc:
                 self._observe(endpoint, "connection_error", started)
-                raise RetryableError(
-                    f"{endpoint}: connection failed ({type(exc).__name__})", endpoint=endpoint
-                ) from exc
+                raise RetryableError(f"{endpoint}: connection failed ({exc})", endpoint=endpoint) from exc
             body = _json_object(response)
             self._observe(endpoint, _outcome_label(endpoint, response.status, body), started)
             if response.status == 401 and self._uses_oauth and not renewed:
@@ -233,17 +224,15 @@ class CapillaryClient:
             return self._interpret(endpoint, response, body)
 
     def _send(self, method: str, path: str, params: Mapping[str, str] | None, body: bytes | None,
-              headers: Mapping[str, str]) -> _Answer:
+              headers: Mapping[str, str]) -> Answer:
         url = self.base_url + path + ("?" + urlencode(params) if params else "")
-        response = self._pool.request(method, url, body=body, headers=headers, timeout=self.timeout,
-                                      retries=False, redirect=False)
-        return _Answer(response.status, response.headers, response.data)
+        return self._transport.request(method, url, body, headers)
 
     def _observe(self, endpoint: str, outcome: str, started: float) -> None:
         if self.observer is not None:
             self.observer(endpoint, outcome, time.perf_counter() - started)
 
-    def _interpret(self, endpoint: str, response: _Answer, body: dict | None) -> ApiResult:
+    def _interpret(self, endpoint: str, response: Answer, body: dict | None) -> ApiResult:
         status = response.status
         codes = {_as_int(e.get("code")) for e in _items(body, "errors")}
         if status == 429:
@@ -301,11 +290,9 @@ class CapillaryClient:
                 response = self._send("POST", "/v3/oauth/token/generate", None,
                                       _encode({"key": self.tenant.oauth_key, "secret": self.tenant.oauth_secret}),
                                       self._headers)
-            except urllib3.exceptions.HTTPError as exc:
-                self._observe("token", "timeout" if isinstance(exc, urllib3.exceptions.TimeoutError)
-                              else "connection_error", started)
-                raise RetryableError(f"{endpoint}: OAuth token request failed ({type(exc).__name__})",
-                                     endpoint=endpoint) from exc
+            except TransportError as exc:
+                self._observe("token", "timeout" if isinstance(exc, TransportTimeout) else "connection_error", started)
+                raise RetryableError(f"{endpoint}: OAuth token request failed ({exc})", endpoint=endpoint) from exc
             self._observe("token", str(response.status), started)
             body = _json_object(response) or {}
             data = body.get("data") or {}
@@ -340,36 +327,6 @@ def basic_auth_header(till: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{till}:{digest}".encode()).decode("ascii")
 
 
-@dataclass(frozen=True)
-class _Answer:
-    """What came back: the status, the headers (case-insensitive) and the raw body."""
-
-    status: int
-    headers: Mapping[str, str]
-    content: bytes
-
-
-def _connection_pool(base_url: str, size: int) -> urllib3.PoolManager:
-    """Keep-alive connections to ``base_url``, through the proxy and with the CA bundle that the
-    standard variables name (``HTTPS_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``, ...), read once as
-    requests reads them. A full pool does not block a thread: it opens one more connection, which
-    is closed after its call."""
-    found = requests.Session().merge_environment_settings(base_url, {}, None, None, None)
-    scheme = base_url.split("://", 1)[0].lower()
-    proxy = found["proxies"].get(scheme) or found["proxies"].get("all")
-    verify = found["verify"]
-    options: dict[str, Any] = {"num_pools": 4, "maxsize": max(1, size), "block": False, "retries": False}
-    if scheme == "https":
-        if verify is False:
-            options["cert_reqs"] = "CERT_NONE"
-        else:
-            options["cert_reqs"] = "CERT_REQUIRED"
-            options["ca_certs"] = verify if isinstance(verify, str) else requests.utils.DEFAULT_CA_BUNDLE_PATH
-    if proxy:
-        return urllib3.ProxyManager(proxy, **options)
-    return urllib3.PoolManager(**options)
-
-
 def _encode(body: Any) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -390,7 +347,7 @@ def _outcome_label(endpoint: str, status: int, body: dict | None) -> str:
     return str(status)
 
 
-def _json_object(response: _Answer) -> dict | None:
+def _json_object(response: Answer) -> dict | None:
     try:
         body = json.loads(response.content)
     except ValueError:  # UnicodeDecodeError too
@@ -398,8 +355,8 @@ def _json_object(response: _Answer) -> dict | None:
     return body if isinstance(body, dict) else None
 
 
-def _retry_after(response: _Answer) -> float | None:
-    raw = response.headers.get("Retry-After")
+def _retry_after(response: Answer) -> float | None:
+    raw = response.headers.get("retry-after")
     if not raw:
         return None
     try:
@@ -408,7 +365,7 @@ def _retry_after(response: _Answer) -> float | None:
         return None
 
 
-def _what_came_back(body: dict | None, response: _Answer) -> str:
+def _what_came_back(body: dict | None, response: Answer) -> str:
     """The first error's message of a JSON answer, else the start of the raw body, for an error message."""
     if body is None:
         raw = response.content

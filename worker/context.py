@@ -48,7 +48,6 @@ class WorkerContext:
                 client = CapillaryClient(
                     tenant,
                     timeout=self.settings.capillary_timeout_seconds,
-                    pool_size=self.settings.worker_concurrency,
                     on_throttle=limiter.pause,
                     observer=self.metrics.downstream_call,
                 )
