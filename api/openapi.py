@@ -85,7 +85,9 @@ class JobList(Schema):
 
 
 def _errors(*statuses: int) -> dict:
-    text = {400: "the request names what is wrong", 401: "no or wrong bearer token", 404: "no such job for this token",
+    text = {400: "the request names what is wrong; an unknown query parameter is refused as unknown_parameter, "
+                 "naming it (names are case-sensitive), so a misspelt option never changes what a job does",
+            401: "no or wrong bearer token", 404: "no such job for this token",
             409: "Idempotency-Key reused with another body", 413: "body or item count too large",
             415: "not JSON or NDJSON",
             503: "the job store cannot take it now: store_unavailable (unreachable, read-only, loading) or "
@@ -115,6 +117,11 @@ def build_spec() -> dict:
         "security": [{"bearer": []}],
         "parameters": [
             _query("skipChangeIdentifier", {"type": "boolean"}, "leave identifiers as they are"),
+            _query("dryRun", {"type": "boolean"},
+                   "validate and look up only, write nothing: each item says WOULD_CREATE, WOULD_UPDATE or "
+                   "FAILED, with the fields (changes) and identifiers (identifierChanges) it would change; "
+                   "POST .../jobs/{jobId}/run applies it"),
+            _query("label", {"type": "string", "maxLength": 200}, "a name for the job, shown with it"),
             _query("wait", {"type": "number", "minimum": 0, "maximum": 60},
                    "seconds to wait; if the job ends in time, 200 with the synchronous shape"),
             _query("callbackUrl", {"type": "string"}, "POSTed the final job document, signed"),
@@ -139,10 +146,11 @@ def build_spec() -> dict:
     }})
     spec.path(path=f"{JOBS}/jobs/{{jobId}}", operations={
         "get": {"summary": "The job document", "security": [{"bearer": []}], "parameters": [JOB_ID],
-                "responses": {"200": {"description": "the job", **job}, **_errors(401, 404, 503)}},
+                "responses": {"200": {"description": "the job", **job}, **_errors(400, 401, 404, 503)}},
         "delete": {"summary": "Cancel: items not yet started end CANCELLED", "security": [{"bearer": []}],
                    "parameters": [JOB_ID],
-                   "responses": {"200": {"description": "the job after the cancel", **job}, **_errors(401, 404)}},
+                   "responses": {"200": {"description": "the job after the cancel", **job},
+                                 **_errors(400, 401, 404)}},
     })
     spec.path(path=f"{JOBS}/jobs/{{jobId}}/results", operations={"get": {
         "summary": "Per-customer results in input order", "security": [{"bearer": []}],
@@ -156,6 +164,7 @@ def build_spec() -> dict:
             **_errors(400, 401, 404)},
     }})
     plain = {"200": {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}}
+    plain = {**plain, **_errors(400)}
     spec.path(path="/healthz", operations={"get": {"summary": "The process is up", "responses": plain}})
     spec.path(path="/readyz", operations={"get": {
         "summary": "Redis is reachable",
@@ -175,6 +184,7 @@ def build_spec() -> dict:
             "200": {"description": "Prometheus text exposition format",
                     "content": {"text/plain": {"schema": {"type": "string"}}}},
             "503": {"description": "Redis is not reachable", "content": {"application/json": {"schema": "ErrorBody"}}},
+            **_errors(400),
         }}})
     return spec.to_dict()
 

@@ -28,6 +28,8 @@ jobs = Blueprint("jobs", __name__, url_prefix=JOBS_PREFIX)
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 MAX_WAIT_SECONDS = 60
 MAX_PAGE = 1000
+#: Every query parameter the submit route takes; ``label`` is the job's name, given at submit.
+SUBMIT_PARAMETERS = ("skipChangeIdentifier", "dryRun", "wait", "callbackUrl", "label")
 
 
 @jobs.before_request
@@ -36,6 +38,7 @@ def _authenticate() -> None:
 
 
 @jobs.post("/bulk")
+@params.accepts(*SUBMIT_PARAMETERS)
 def submit_bulk():
     """Accept a batch; 202 with the job, or with ``wait=`` 200 and the synchronous API's shape."""
     skip = params.boolean("skipChangeIdentifier", False)
@@ -80,6 +83,7 @@ def idempotency_key() -> str | None:
 
 
 @jobs.get("/jobs")
+@params.accepts("state", "limit")
 def list_jobs():
     state = request.args.get("state") or None
     if state is not None:
@@ -103,6 +107,7 @@ def cancel_job(job_id: str):
 
 
 @jobs.get("/jobs/<job_id>/results")
+@params.accepts("outcome", "format", "offset", "limit")
 def job_results(job_id: str):
     job = _own_job(job_id)
     outcome = params.choice("outcome", "all", ("all", "failed", "succeeded"))

@@ -124,6 +124,37 @@ def test_bad_query_parameters_name_the_parameter(app, query, field):
     assert response.get_json()["errors"][0]["field"] == field
 
 
+@pytest.mark.parametrize(("query", "hint"), [({"dryrun": "true"}, "dryRun"),
+                                             ({"skipchangeidentifier": "true"}, "skipChangeIdentifier"),
+                                             ({"skipChangeIdentifier": "true", "callback": "x"}, None)])
+def test_an_unknown_query_parameter_is_a_400_naming_it_and_queues_nothing(idle_app, query, hint):
+    app, r = idle_app
+    unknown = next(name for name in query if name not in ("skipChangeIdentifier",))
+
+    response = ApiClient(app).submit([element(1)], **query)
+
+    assert response.status_code == 400
+    error = response.get_json()["errors"][0]
+    assert (error["code"], error["field"]) == ("unknown_parameter", unknown)
+    assert repr(unknown) in error["message"]
+    if hint:
+        assert f"did you mean {hint!r}" in error["message"]
+    assert not r.keys("cu:job:*") and not r.zcard("cu:sched:jobs")
+
+
+@pytest.mark.parametrize(("path", "query"), [("/jobs", {"limit": "5", "stat": "QUEUED"}),
+                                             ("/jobs/" + "0" * 32, {"verbose": "1"}),
+                                             ("/jobs/" + "0" * 32 + "/results", {"outcomes": "failed"})])
+def test_every_route_refuses_an_unknown_query_parameter(app, path, query):
+    response = ApiClient(app).get(path, **query)
+
+    assert response.status_code == 400
+    assert response.get_json()["errors"][0]["code"] == "unknown_parameter"
+    for route in ("/healthz", "/readyz", "/openapi.json", "/ui/", "/metrics"):
+        assert app.test_client().get(route + "?x=1").status_code == 400, route
+        assert app.test_client().get(route).status_code == 200, route
+
+
 def test_unknown_or_malformed_job_ids_are_404(app):
     api = ApiClient(app)
 
