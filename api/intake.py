@@ -131,7 +131,8 @@ def parse_batch(raw: bytes, max_items: int) -> list[Any]:
 def accept(store: JobStore, elements: Iterable[Any], *, tenant: str, skip_change_identifier: bool,
            callback_url: str | None = None, idempotency_key: str | None = None,
            admit: Callable[[int], None] | None = None,
-           before_commit: Callable[[int], None] | None = None) -> str:
+           before_commit: Callable[[int], None] | None = None,
+           dry_run: bool = False, fields: dict[str, str] | None = None) -> str:
     """Store the submission as it is read, then hand the job to the scheduler; answer the job id.
 
     Each element is checked, planned and written to Redis as it comes, so only one chunk of
@@ -147,10 +148,16 @@ def accept(store: JobStore, elements: Iterable[Any], *, tenant: str, skip_change
     ``admit`` is called with the items stored so far every chunk of them (api/admission.py): it
     raises to refuse the rest, and then nothing of the submission is left; ``before_commit`` is
     called with the number of items once they are all stored (api/quotas.py), and may refuse too.
+
+    ``dry_run``: the job predicts and writes nothing (worker/dryrun.py). ``fields``: more of the job
+    document (a real run names the dry run it came from).
     """
-    new = store.new_job(tenant)
+    new = store.new_job(tenant, dry_run=dry_run)
+    # A dry run and a real run of the same body are different submissions; the options of a real
+    # one stay as they were, so keys given before dry runs existed still match.
+    options: list[Any] = [skip_change_identifier, callback_url, *(["dryRun"] if dry_run else [])]
     try:
-        next_index, digest = _store_inputs(new, elements, [skip_change_identifier, callback_url],
+        next_index, digest = _store_inputs(new, elements, options,
                                            hashing=idempotency_key is not None, admit=admit)
         if idempotency_key is not None:
             earlier = _earlier_job(store, tenant, idempotency_key, digest)
@@ -160,7 +167,9 @@ def accept(store: JobStore, elements: Iterable[Any], *, tenant: str, skip_change
         try:
             if before_commit is not None:
                 before_commit(new.count)
-            extra = {"callbackUrl": callback_url} if callback_url else {}
+            extra = dict(fields or {})
+            if callback_url:
+                extra["callbackUrl"] = callback_url
             if idempotency_key is not None:  # so the job's end expires the key, however soon it comes
                 extra["idempotencyKey"] = store.idempotency_key_name(tenant, idempotency_key)
             job_id = new.commit(skip_change_identifier=skip_change_identifier, next_index=next_index, extra=extra)

@@ -43,6 +43,11 @@ class Job(Schema):
     createdAt = fields.String(required=True)
     startedAt = fields.String(required=True, allow_none=True)
     finishedAt = fields.String(required=True, allow_none=True)
+    dryRun = fields.Boolean(required=True, metadata={"description": "a dry run: predictions, nothing written"})
+    wouldCreateCount = fields.Integer(metadata={"description": "dry runs: items that would create a customer"})
+    wouldUpdateCount = fields.Integer(metadata={"description": "dry runs: items that would update one"})
+    runJobId = fields.String(allow_none=True, metadata={"description": "dry runs: the real job run from it"})
+    dryRunOf = fields.String(metadata={"description": "a job run from a dry run: that dry run"})
     estimatedSecondsLeft = fields.Float(allow_none=True)
     estimatedCompletionAt = fields.String(allow_none=True)
 
@@ -58,12 +63,19 @@ class ItemError(Schema):
 
 class Item(Schema):
     index = fields.Integer(required=True)
-    action = fields.String(required=True, validate=v.OneOf(["CREATED", "UPDATED", "FAILED", "CANCELLED", "PENDING"]))
+    action = fields.String(required=True, validate=v.OneOf(["CREATED", "UPDATED", "FAILED", "CANCELLED", "PENDING",
+                                                             "WOULD_CREATE", "WOULD_UPDATE"]))
     entityId = fields.Integer(required=True, allow_none=True)
     result = fields.Dict(required=True, allow_none=True, metadata={"description": "the customer in lookup shape"})
     errors = fields.List(fields.Nested(ItemError), required=True)
     warnings = fields.List(fields.Dict(), required=True)
     input = fields.Raw(metadata={"description": "failed items only: the element as submitted"})
+    changes = fields.Dict(metadata={"description": "dry runs: by field path, {old, new}: what the add would set or "
+                                                   "the update would change"})
+    identifierChanges = fields.Dict(metadata={"description": "dry runs: {add, remove}: the identifiers "
+                                                             "changeIdentifier would add and remove, values masked"})
+    customerOfItem = fields.Integer(metadata={"description": "dry runs: the update is of the customer this earlier "
+                                                             "item would create"})
 
 
 class ResultsPage(Schema):
@@ -88,7 +100,9 @@ def _errors(*statuses: int) -> dict:
     text = {400: "the request names what is wrong; an unknown query parameter is refused as unknown_parameter, "
                  "naming it (names are case-sensitive), so a misspelt option never changes what a job does",
             401: "no or wrong bearer token", 404: "no such job for this token",
-            409: "Idempotency-Key reused with another body", 413: "body or item count too large",
+            409: "Idempotency-Key reused with another body; for run: the job is not a COMPLETED dry run",
+            429: "a quota of the tenant is used up (quota_exceeded); Retry-After says when to try again",
+            413: "body or item count too large",
             415: "not JSON or NDJSON",
             503: "the job store cannot take it now: store_unavailable (unreachable, read-only, loading) or "
                  "store_full (past the admission watermark, or out of memory); Retry-After says when to try again"}
@@ -136,6 +150,13 @@ def build_spec() -> dict:
                       "200": {"description": "finished within wait=",
                               "content": {"application/json": {"schema": "SyncResponse"}}},
                       **_errors(400, 401, 409, 413, 415, 503)},
+    }})
+    spec.path(path=f"{JOBS}/jobs/{{jobId}}/run", operations={"post": {
+        "summary": "Apply a finished dry run: the real job from its stored inputs, no upload again",
+        "security": [{"bearer": []}], "parameters": [JOB_ID],
+        "responses": {"202": {"description": "the real job, started; Location names it", **job},
+                      "200": {"description": "run before: the job that run started", **job},
+                      **_errors(400, 401, 404, 409, 429, 503)},
     }})
     spec.path(path=f"{JOBS}/jobs", operations={"get": {
         "summary": "The caller's recent jobs", "security": [{"bearer": []}],

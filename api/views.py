@@ -21,6 +21,7 @@ from api.services import services
 from worker.callbacks import callback_problem
 from worker.estimate import with_estimate
 from worker.jobs import cancel_job as cancel
+from worker.jobstore import COMPLETED
 from worker.store_health import store_summary
 
 jobs = Blueprint("jobs", __name__, url_prefix=JOBS_PREFIX)
@@ -42,6 +43,7 @@ def _authenticate() -> None:
 def submit_bulk():
     """Accept a batch; 202 with the job, or with ``wait=`` 200 and the synchronous API's shape."""
     skip = params.boolean("skipChangeIdentifier", False)
+    dry_run = params.boolean("dryRun", False)
     wait = params.number("wait", 0, minimum=0, maximum=MAX_WAIT_SECONDS)
     key = idempotency_key()
     callback = request.args.get("callbackUrl") or None
@@ -56,7 +58,7 @@ def submit_bulk():
     check_quotas(svc.store, g.tenant)
     svc.admission.check(body_bytes=length or 0)
     elements = request_elements(request, svc.settings.max_items_per_job)
-    job_id = accept(svc.store, elements, tenant=g.tenant.id, skip_change_identifier=skip,
+    job_id = accept(svc.store, elements, tenant=g.tenant.id, skip_change_identifier=skip, dry_run=dry_run,
                     callback_url=callback, idempotency_key=key,
                     admit=None if length else (lambda stored: svc.admission.check(stored_items=stored)),
                     before_commit=lambda count: (check_quotas(svc.store, g.tenant, items=count),
@@ -70,6 +72,46 @@ def submit_bulk():
                 {"response": items, "totalCount": job["totalCount"], "failureCount": job["failureCount"]}
             ), 200, {"Location": location}
     return jsonify(_document(svc.store.get_job(job_id))), 202, {"Location": location}
+
+
+@jobs.post("/jobs/<job_id>/run")
+@params.accepts()
+def run_dry_run(job_id: str):
+    """Start the real job from a finished dry run's stored inputs: 202 with the new job. Asked again,
+    the same job (200), so a retried request never applies a batch twice."""
+    dry = _own_job(job_id)
+    if not dry.get("dryRun") or dry["state"] != COMPLETED:
+        what = "a dry run" if dry.get("dryRun") else "not a dry run"
+        raise ApiError(409, "not_a_finished_dry_run",
+                       f"job {job_id} is {what} in state {dry['state']}: only a COMPLETED dry run can be run",
+                       field="jobId")
+    svc = services()
+    earlier = svc.store.claim_run(job_id)
+    if earlier == "pending":
+        raise ApiError(409, "run_in_flight", "this dry run is being started by another request; retry shortly",
+                       field="jobId")
+    if earlier is not None:
+        return jsonify(_document(_own_job(earlier))), 200, {"Location": url_for("jobs.get_job", job_id=earlier)}
+    try:
+        check_quotas(svc.store, g.tenant)
+        svc.admission.check(body_bytes=0)
+        (callback,) = svc.store.job_fields(job_id, "callbackUrl")  # the dry run's, for the job it became
+        run_id = accept(svc.store, svc.store.iter_inputs(job_id), tenant=g.tenant.id,
+                        skip_change_identifier=dry["skipChangeIdentifier"], callback_url=callback,
+                        fields={"dryRunOf": job_id},
+                        admit=lambda stored: svc.admission.check(stored_items=stored),
+                        before_commit=lambda count: _admit_all(svc, count))
+    except BaseException:
+        svc.store.settle_run(job_id, None)
+        raise
+    svc.store.settle_run(job_id, run_id)
+    location = url_for("jobs.get_job", job_id=run_id)
+    return jsonify(_document(_own_job(run_id))), 202, {"Location": location}
+
+
+def _admit_all(svc, count: int) -> None:
+    check_quotas(svc.store, g.tenant, items=count)
+    svc.admission.check(stored_items=count)
 
 
 def idempotency_key() -> str | None:

@@ -56,7 +56,7 @@ def test_generated_requests_get_no_5xx_and_answers_that_keep_to_the_document(wsg
     """Bounded: 40 generated requests per operation, derandomized so a failure repeats."""
     schema = schemathesis.openapi.from_wsgi("/openapi.json", wsgi_app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 8
+    assert len(operations) == 9
 
     for operation in operations:
         @given(case=operation.as_strategy())
