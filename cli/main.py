@@ -70,13 +70,18 @@ class ApiClient:
             raise CliError(f"HTTP {response.status_code}: {detail}")
         return response
 
-    def submit_batch(self, batch: Batch, *, skip_change_identifier: bool) -> dict:
+    def submit_batch(self, batch: Batch, *, skip_change_identifier: bool, dry_run: bool = False) -> dict:
+        params = {"skipChangeIdentifier": str(skip_change_identifier).lower()}
+        if dry_run:
+            params["dryRun"] = "true"
         return self.request(
-            "POST", f"{JOBS_PREFIX}/bulk",
-            params={"skipChangeIdentifier": str(skip_change_identifier).lower()},
+            "POST", f"{JOBS_PREFIX}/bulk", params=params,
             data=batch.body() if batch.kind == "ndjson" else b"".join(batch.body()),
             headers={"Content-Type": batch.content_type},
         ).json()
+
+    def run_dry_run(self, job_id: str) -> dict:
+        return self.request("POST", f"{JOBS_PREFIX}/jobs/{job_id}/run").json()
 
     def job(self, job_id: str) -> dict:
         return self.request("GET", f"{JOBS_PREFIX}/jobs/{job_id}").json()
@@ -315,8 +320,17 @@ def clock_duration(seconds: float) -> str:
 
 
 def summary(job: dict) -> str:
-    """One line; ``failed`` counts the items that failed, ``cancelled`` those a cancel stopped."""
+    """One line; ``failed`` counts the items that failed, ``cancelled`` those a cancel stopped. A dry run
+    says what it would do, and how to do it."""
     cancelled = job.get("cancelledCount", 0)
+    if job.get("dryRun"):
+        line = (f"dry run {job['jobId']} {job['state']}: total {job['totalCount']}, would create "
+                f"{job.get('wouldCreateCount', 0)}, would update {job.get('wouldUpdateCount', 0)}, would fail "
+                f"{job['failureCount'] - cancelled}, cancelled {cancelled}; nothing was written")
+        if job["state"] == "COMPLETED":
+            line += (f"\n  see each change:  customer-upsert results {job['jobId']}"
+                     f"\n  apply it:         customer-upsert run {job['jobId']} --wait")
+        return line
     return (f"job {job['jobId']} {job['state']}: total {job['totalCount']}, created {job['createdCount']}, "
             f"updated {job['updatedCount']}, failed {job['failureCount'] - cancelled}, cancelled {cancelled}")
 
@@ -359,18 +373,31 @@ def _hint(job_id: str, base_url: str) -> str:
 
 def cmd_submit(client: ApiClient, args: argparse.Namespace) -> int:
     try:
-        job = client.submit_batch(args.batch, skip_change_identifier=args.skip_change_identifier)
+        job = client.submit_batch(args.batch, skip_change_identifier=args.skip_change_identifier,
+                                  dry_run=args.dry_run)
     except KeyboardInterrupt:
         print("\ninterrupted while sending; a job accepted meanwhile is listed by `customer-upsert jobs`",
               file=sys.stderr)
         return EXIT_INTERRUPTED
+    return _accepted(client, job, args)
+
+
+def cmd_run(client: ApiClient, args: argparse.Namespace) -> int:
+    """Apply a finished dry run: the real job from its stored inputs."""
+    job = client.run_dry_run(args.job)
+    return _accepted(client, job, args)
+
+
+def _accepted(client: ApiClient, job: dict, args: argparse.Namespace) -> int:
+    """Tell that a job was accepted; with ``--wait``, follow it to its end and summarise it."""
     job_id = job["jobId"]
+    what = "dry run" if job.get("dryRun") else "job"
     if not args.wait:
-        print(f"job {job_id} accepted: {job['totalCount']:,} customers\n{_hint(job_id, client.base_url)}",
+        print(f"{what} {job_id} accepted: {job['totalCount']:,} customers\n{_hint(job_id, client.base_url)}",
               file=sys.stderr)
         _print_json(job)
         return EXIT_OK
-    print(f"job {job_id} accepted: {job['totalCount']:,} customers (Ctrl-C stops watching, not the job)",
+    print(f"{what} {job_id} accepted: {job['totalCount']:,} customers (Ctrl-C stops watching, not the job)",
           flush=True)
     try:
         job = follow(client, job_id, args.timeout)
@@ -440,9 +467,18 @@ def build_parser() -> argparse.ArgumentParser:
     submit = client_command("submit", "submit a JSON array or NDJSON file of customers (NDJSON is streamed)")
     submit.add_argument("file", type=Path)
     submit.add_argument("--skip-change-identifier", action="store_true")
+    submit.add_argument("--dry-run", action="store_true",
+                        help="validate and look up only, write nothing: what each customer would do; "
+                             "`customer-upsert run JOB` applies it")
     submit.add_argument("--wait", action="store_true",
                         help="show a progress bar until the job ends, then a summary; exit 1 if any item failed")
     submit.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait at most (default a day)")
+
+    run = client_command("run", "apply a finished dry run: start the real job from its stored inputs")
+    run.add_argument("job", metavar="JOB_ID")
+    run.add_argument("--wait", action="store_true",
+                     help="show a progress bar until the job ends, then a summary; exit 1 if any item failed")
+    run.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait at most (default a day)")
 
     client_command("status", "print a job's document (JSON)").add_argument("job", metavar="JOB_ID")
     cancel = client_command("cancel", "cancel a job: items not yet started end CANCELLED")
@@ -476,7 +512,8 @@ def cmd_doctor(client: ApiClient, args: argparse.Namespace) -> int:
     return EXIT_FAILURES if store["warnings"] else EXIT_OK
 
 
-COMMANDS = {"submit": cmd_submit, "doctor": cmd_doctor, "cancel": cmd_cancel, "jobs": cmd_jobs, "results": cmd_results,
+COMMANDS = {"submit": cmd_submit, "run": cmd_run, "doctor": cmd_doctor, "cancel": cmd_cancel, "jobs": cmd_jobs,
+            "results": cmd_results,
             "status": lambda client, args: _print_json(client.job(args.job))}
 
 

@@ -76,6 +76,23 @@ def test_submit_wait_prints_the_full_id_first_then_a_summary_and_exits_by_the_ou
     assert cancel.stdout.splitlines()[0] == f"job {job_id} had already finished (COMPLETED); nothing was cancelled"
 
 
+def test_submit_dry_run_says_what_it_would_do_and_run_applies_it(web_url, worker, sim, tmp_path):
+    path = ndjson(tmp_path / "plan.ndjson", 3)
+
+    dry = run("submit", str(path), "--dry-run", "--wait", url=web_url)
+    job_id = re.match(rf"dry run ({JOB_ID}) accepted: 3 customers", dry.stdout).group(1)
+    applied = run("run", job_id, "--wait", url=web_url)
+    again = run("run", "0" * 32, url=web_url)
+
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert (f"dry run {job_id} COMPLETED: total 3, would create 3, would update 0, would fail 0, cancelled 0; "
+            "nothing was written") in dry.stdout
+    assert f"customer-upsert run {job_id} --wait" in dry.stdout
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert re.search(rf"job {JOB_ID} COMPLETED: total 3, created 3, updated 0, failed 0", applied.stdout)
+    assert again.returncode == 2 and "HTTP 404" in again.stderr
+
+
 def test_ctrl_c_leaves_the_job_running_and_says_how_to_follow_or_cancel_it(web_url, worker, sim, tmp_path):
     sim.configure(latencyMs=50)  # 600 customers: several seconds on the session's worker
     process = subprocess.Popen(
