@@ -103,7 +103,7 @@ def _errors(*statuses: int) -> dict:
             409: "Idempotency-Key reused with another body; for run: the job is not a COMPLETED dry run",
             429: "a quota of the tenant is used up (quota_exceeded); Retry-After says when to try again",
             413: "body or item count too large",
-            415: "not JSON or NDJSON",
+            415: "not JSON, NDJSON or CSV",
             503: "the job store cannot take it now: store_unavailable (unreachable, read-only, loading) or "
                  "store_full (past the admission watermark, or out of memory); Retry-After says when to try again"}
     return {str(s): {"description": text[s], "content": {"application/json": {"schema": "ErrorBody"}}}
@@ -145,6 +145,11 @@ def build_spec() -> dict:
             "application/json": {"schema": {"type": "array", "minItems": 1, "items": {"$ref":
                                                                                      "#/components/schemas/Customer"}}},
             "application/x-ndjson": {"schema": {"type": "string"}},
+            "text/csv": {"schema": {"type": "string", "description":
+                         "a header row, then one customer a row; columns named by their JSON path: firstName, "
+                         "lastName, source, accountId, identifiers.<type>, commChannels.<type>, "
+                         "extendedFields.<name>, customFields.<name>; an empty cell is left out; UTF-8, optional "
+                         "BOM, CRLF or LF, RFC 4180 quoting. An unknown column: 400 unknown_column naming it"}},
         }},
         "responses": {"202": {"description": "accepted; Location names the job", **job},
                       "200": {"description": "finished within wait=",

@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from api import params
 from api.auth import authenticate
 from api.errors import ApiError
-from api.intake import accept, request_elements
+from api.intake import accept, is_csv, request_elements
 from api.openapi import build_spec
 from api.paths import JOBS_PREFIX
 from api.quotas import check_quotas
@@ -59,6 +59,7 @@ def submit_bulk():
     svc.admission.check(body_bytes=length or 0)
     elements = request_elements(request, svc.settings.max_items_per_job)
     job_id = accept(svc.store, elements, tenant=g.tenant.id, skip_change_identifier=skip, dry_run=dry_run,
+                    csv=is_csv(request),
                     callback_url=callback, idempotency_key=key,
                     admit=None if length else (lambda stored: svc.admission.check(stored_items=stored)),
                     before_commit=lambda count: (check_quotas(svc.store, g.tenant, items=count),
@@ -95,9 +96,10 @@ def run_dry_run(job_id: str):
     try:
         check_quotas(svc.store, g.tenant)
         svc.admission.check(body_bytes=0)
-        (callback,) = svc.store.job_fields(job_id, "callbackUrl")  # the dry run's, for the job it became
+        # the dry run's callback and the form of its body, for the job it becomes
+        callback, csv = svc.store.job_fields(job_id, "callbackUrl", "csv")
         run_id = accept(svc.store, svc.store.iter_inputs(job_id), tenant=g.tenant.id,
-                        skip_change_identifier=dry["skipChangeIdentifier"], callback_url=callback,
+                        skip_change_identifier=dry["skipChangeIdentifier"], callback_url=callback, csv=csv == "1",
                         fields={"dryRunOf": job_id},
                         admit=lambda stored: svc.admission.check(stored_items=stored),
                         before_commit=lambda count: _admit_all(svc, count))

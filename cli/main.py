@@ -18,6 +18,7 @@ from worker.clock import parse_iso
 from worker.settings import Settings, SettingsError
 
 NDJSON_SUFFIXES = (".ndjson", ".jsonl", ".ldjson")
+CSV_SUFFIXES = (".csv",)
 BOM = b"\xef\xbb\xbf"
 #: NDJSON is sent in chunks of about this many bytes, read from the file as they go.
 CHUNK_BYTES = 1 << 16
@@ -76,7 +77,7 @@ class ApiClient:
             params["dryRun"] = "true"
         return self.request(
             "POST", f"{JOBS_PREFIX}/bulk", params=params,
-            data=batch.body() if batch.kind == "ndjson" else b"".join(batch.body()),
+            data=batch.body() if batch.kind in ("ndjson", "csv") else b"".join(batch.body()),
             headers={"Content-Type": batch.content_type},
         ).json()
 
@@ -126,17 +127,19 @@ class Batch:
     """A file of customers, checked; ``body()`` reads it again to send it (NDJSON a chunk at a time)."""
 
     path: Path
-    kind: str  # "json" (an array) or "ndjson"
+    kind: str  # "json" (an array), "ndjson" or "csv"
     count: int
     body: Callable[[], Iterator[bytes]]
 
     @property
     def content_type(self) -> str:
-        return "application/x-ndjson" if self.kind == "ndjson" else "application/json"
+        return {"ndjson": "application/x-ndjson", "csv": "text/csv"}.get(self.kind, "application/json")
 
 
 def open_batch(path: Path) -> Batch:
-    """Check a file of customers: a JSON array, or NDJSON (one customer per line).
+    """Check a file of customers: a JSON array, NDJSON (one customer per line) or CSV (a header row naming
+    columns by their JSON path, then one customer per row; by its extension, or by a header that names
+    an ``identifiers.`` column). The API checks a CSV's columns and rows; it is sent as it is.
 
     Lines of a results export (``customer-upsert results JOB --failed``) count as their ``input``,
     so a failed export is a batch to resubmit. Every problem is a CliError naming the file.
@@ -157,11 +160,15 @@ def open_batch(path: Path) -> Batch:
     start = head.removeprefix(BOM).lstrip()
     if not start:
         raise CliError(f"{path} is empty: no customers in it")
+    if path.name.lower().endswith(CSV_SUFFIXES) or (
+            not start.startswith((b"[", b"{")) and b"identifiers." in start.split(b"\n", 1)[0]):
+        return _csv(path)
     if start.startswith(b"["):
         return _json_array(path)
     if start.startswith(b"{"):
         return _ndjson(path)
-    raise CliError(f"{path}: expected a JSON array of customers, or NDJSON (one customer per line)")
+    raise CliError(f"{path}: expected a JSON array of customers, NDJSON (one customer per line), or CSV (a header "
+                   f"row naming columns such as identifiers.mobile, then one customer per row)")
 
 
 def read_batch(path: Path) -> list:
@@ -257,6 +264,22 @@ def _ndjson(path: Path) -> Batch:
             yield b"".join(buffer)
 
     return Batch(path, "ndjson", count, body)
+
+
+def _csv(path: Path) -> Batch:
+    """A CSV file, sent as it is, a chunk at a time; ``count`` is its lines after the header (a quoted
+    cell may hold line breaks: the API counts the rows)."""
+    with path.open("rb") as handle:
+        count = max(sum(1 for line in handle if line.strip()) - 1, 0)
+    if not count:
+        raise CliError(f"{path} has a header but no rows: no customers in it")
+
+    def body() -> Iterator[bytes]:
+        with path.open("rb") as handle:
+            while chunk := handle.read(CHUNK_BYTES):
+                yield chunk
+
+    return Batch(path, "csv", count, body)
 
 
 def _whole_file_is_one_object(path: Path) -> None:
@@ -464,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=text, description=text, epilog=EXIT_CODES,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    submit = client_command("submit", "submit a JSON array or NDJSON file of customers (NDJSON is streamed)")
+    submit = client_command("submit", "submit a JSON array, NDJSON or CSV file of customers (NDJSON and CSV are "
+                                      "streamed)")
     submit.add_argument("file", type=Path)
     submit.add_argument("--skip-change-identifier", action="store_true")
     submit.add_argument("--dry-run", action="store_true",

@@ -216,7 +216,7 @@ class RecordingApi:
         @app.post(f"{JOBS}/bulk")
         def bulk():
             body = request.stream.read()
-            self.requests.append({"headers": dict(request.headers), "body": body})
+            self.requests.append({"headers": dict(request.headers), "body": body, "query": dict(request.args)})
             return jsonify({"jobId": "0" * 32, "state": "QUEUED", "totalCount": body.count(b"\n")}), 202
 
         self.server = make_server("127.0.0.1", free_port(), app, threaded=True)
@@ -248,3 +248,22 @@ def test_an_ndjson_file_is_streamed_as_ndjson_and_export_lines_become_their_inpu
     assert sent["headers"].get("Transfer-Encoding") == "chunked"  # streamed from the file, not built whole
     assert sent["body"] == path.read_bytes()
     assert [json.loads(line) for line in resent["body"].splitlines()] == inputs
+
+
+def test_a_csv_file_is_sent_as_csv_by_its_extension_or_its_header(tmp_path):
+    rows = "".join(f"F{i},9195{i:08d},INSTORE\r\n" for i in range(5000))  # about 120 KB: several chunks
+    named = tmp_path / "export.csv"
+    named.write_bytes(("\ufefffirstName,identifiers.mobile,source\r\n" + rows).encode())
+    unnamed = tmp_path / "export.txt"
+    unnamed.write_bytes(("firstName,identifiers.mobile,source\n" + rows).encode())
+
+    with RecordingApi() as api:
+        by_extension = run("submit", str(named), "--dry-run", url=api.url, timeout=60)
+        by_content = run("submit", str(unnamed), url=api.url, timeout=60)
+    sent, resent = api.requests
+
+    assert by_extension.returncode == by_content.returncode == 0, by_extension.stderr + by_content.stderr
+    assert sent["headers"]["Content-Type"] == resent["headers"]["Content-Type"] == "text/csv"
+    assert sent["headers"].get("Transfer-Encoding") == "chunked"
+    assert sent["body"] == named.read_bytes() and resent["body"] == unnamed.read_bytes()
+    assert sent["query"] == {"skipChangeIdentifier": "false", "dryRun": "true"}

@@ -25,6 +25,7 @@ from typing import Any
 from worker import retry
 from worker.client import DownstreamError, PermanentError, RetryableError, ThrottledError
 from worker.context import WorkerContext
+from worker.csvrows import locate, row_problem
 from worker.dryrun import predict_customer
 from worker.jobstore import CANCELLED_MESSAGE, CODE_CANCELLED, ItemWork, JobMeta, JobStore
 from worker.keys import inflight_member
@@ -42,6 +43,8 @@ CODE_RETRIES_EXHAUSTED = 9001
 CODE_DOWNSTREAM_REFUSED = 9003
 CODE_REDELIVERED = 9004
 CODE_UNKNOWN_TENANT = 9005
+#: "Customer details not sent": a CSV row that is no customer at all (worker/csvrows.py)
+CODE_BAD_ROW = 8084
 
 
 
@@ -166,6 +169,9 @@ def _gate(ctx: WorkerContext, work: ItemWork, meta: JobMeta) -> ItemOutcome | No
         return ItemOutcome(FAILED, errors=[error(
             CODE_UNKNOWN_TENANT, f"this worker has no settings for tenant {meta.tenant!r}; "
                                  "check UPSERT_TENANTS_FILE on every worker")])
+    problem = row_problem(work.element) if meta.csv else None
+    if problem:
+        return ItemOutcome(FAILED, errors=[error(CODE_BAD_ROW, problem)])
     problems = validate_customer(work.element)
     if problems:
         return ItemOutcome(FAILED, errors=problems)
@@ -271,6 +277,8 @@ def _record(ctx: WorkerContext, work: ItemWork, job_id: str, index: int, member:
     item = outcome.as_item(index)
     if outcome.failed:
         item["input"] = work.element  # so the failed export can be resubmitted as it is
+        if work.meta is not None and work.meta.csv:
+            item["errors"] = locate(item["errors"], work.element, index)
     done = ctx.store.record_outcome(member, job_id, index, item, failed=outcome.failed,
                                     successor=work.successor, locks=locks)
     if not done.recorded:

@@ -210,18 +210,22 @@ class JobMeta:
     skip_change_identifier: bool
     #: validate and look up only: predict, write nothing downstream
     dry_run: bool = False
+    #: submitted as CSV: errors tell their row and column (worker/csvrows.py)
+    csv: bool = False
 
     def dumps(self) -> str:
         data = {"tenant": self.tenant, "total": self.total, "skip": self.skip_change_identifier}
         if self.dry_run:
             data["dry"] = True
+        if self.csv:
+            data["csv"] = True
         return json.dumps(data)
 
     @classmethod
     def loads(cls, raw: str) -> JobMeta:
         data = json.loads(raw)
         return cls(tenant=data["tenant"], total=int(data["total"]), skip_change_identifier=bool(data["skip"]),
-                   dry_run=bool(data.get("dry")))
+                   dry_run=bool(data.get("dry")), csv=bool(data.get("csv")))
 
 
 @dataclass
@@ -301,9 +305,9 @@ class JobStore:
 
     # -- intake ------------------------------------------------------------------------------
 
-    def new_job(self, tenant: str, *, dry_run: bool = False) -> NewJob:
+    def new_job(self, tenant: str, *, dry_run: bool = False, csv: bool = False) -> NewJob:
         """A job to be stored element by element; see :class:`NewJob`."""
-        return NewJob(self, tenant, dry_run=dry_run)
+        return NewJob(self, tenant, dry_run=dry_run, csv=csv)
 
     def iter_inputs(self, job_id: str) -> Iterator[Any]:
         """A job's stored elements in input order, a chunk at a time (a dry run's, for its real run)."""
@@ -679,10 +683,11 @@ class NewJob:
     inputs are stored; a submission refused half way is undone with :meth:`abort`.
     """
 
-    def __init__(self, store: JobStore, tenant: str, *, dry_run: bool = False) -> None:
+    def __init__(self, store: JobStore, tenant: str, *, dry_run: bool = False, csv: bool = False) -> None:
         self.store = store
         self.tenant = tenant
         self.dry_run = dry_run
+        self.csv = csv
         self.job_id = new_job_id()
         self.count = 0
         self._chunk: dict[str, str] = {}
@@ -721,7 +726,7 @@ class NewJob:
         """
         self._flush()
         job_id, redis_ = self.job_id, self.store.redis
-        meta = JobMeta(self.tenant, self.count, skip_change_identifier, self.dry_run).dumps()
+        meta = JobMeta(self.tenant, self.count, skip_change_identifier, self.dry_run, self.csv).dumps()
         now = time.time()
         pipe = redis_.pipeline(transaction=False)
         for n in keys.chunks(self.count):
@@ -737,6 +742,7 @@ class NewJob:
             "state": QUEUED,
             "skipChangeIdentifier": "1" if skip_change_identifier else "0",
             **({"dryRun": "1"} if self.dry_run else {}),
+            **({"csv": "1"} if self.csv else {}),
             "createdAt": now_iso(),
             **dict.fromkeys(OUTCOME_COUNTERS, 0),
             "totalCount": self.count,
