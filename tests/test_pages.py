@@ -215,3 +215,53 @@ def test_dashboard_cancels_a_running_job(page, web_url, sim, worker):
     assert f"cancelled {job['cancelledCount']}" in text
     assert row.locator("button.cancel").is_hidden()
     page.assert_stayed_on_this_machine()
+
+
+def test_dashboard_shows_a_dry_run_for_what_it_is_and_runs_it(page, web_url, sim, worker):
+    tag = uuid.uuid4().hex[:3].translate(str.maketrans("abcdef", "123456"))
+    known = customers(2, tag)
+    submitted = requests.post(f"{web_url}{JOBS}/bulk", json=known, params={"wait": "30"}, timeout=60,
+                              headers={"Authorization": f"Bearer {TOKEN}"})
+    assert submitted.status_code == 200, submitted.text
+    renamed = [{"profiles": [{**known[0]["profiles"][0], "firstName": "Renamed"}]}]
+    invalid = [{"profiles": [{"identifiers": [{"type": "mobile", "value": "12"}], "source": "INSTORE"}]}]
+    batch = renamed + customers(4, tag + "9") + invalid  # 1 update, 4 creates, 1 failure
+    response = requests.post(f"{web_url}{JOBS}/bulk", json=batch, params={"dryRun": "true"}, timeout=30,
+                             headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["jobId"]
+
+    log_in(page, web_url, TOKEN)
+    row = page.page.locator(f'li[data-job="{job_id}"]')
+    row.wait_for(timeout=10_000)
+    wait_for(lambda: row.get_attribute("data-state") == "COMPLETED", timeout=60, what="the dry run to complete",
+             interval=0.2)
+    row.locator("button.show-plan").click()
+    row.locator(".plan tbody tr").nth(5).wait_for(timeout=10_000)
+    text = row.inner_text()
+    warning = row.locator(".dry-warning")
+    plan = [line.split("\t") for line in row.locator(".plan tbody").inner_text().splitlines() if "\t" in line]
+    page.screenshot("ui-dry-run.png")
+
+    assert "DRY RUN · COMPLETED" in text and "Dry run: nothing was written." in text
+    assert "would create 4" in text and "would update 1" in text and "would fail 1" in text
+    assert warning.is_visible() and "4 of 5 profiles would be created" in warning.inner_text()
+    assert "firstName: " + f"{tag}0 → Renamed" in text
+    assert "8056" in text  # the invalid mobile's error, in the plan
+    assert len(row.locator(".plan tbody tr").all()) == 6 and plan
+
+    page.page.once("dialog", lambda dialog: dialog.accept())
+    row.locator("button.run-dry").click()
+    wait_for(lambda: "applied: job" in row.inner_text() or "started job" in row.inner_text(), timeout=30,
+             what="the run to start", interval=0.2)
+    run_id = requests.get(f"{web_url}{JOBS}/jobs/{job_id}", headers={"Authorization": f"Bearer {TOKEN}"},
+                          timeout=5).json()["runJobId"]
+    real = page.page.locator(f'li[data-job="{run_id}"]')
+    real.wait_for(timeout=10_000)
+    wait_for(lambda: real.get_attribute("data-state") == "COMPLETED", timeout=60, what="the real job", interval=0.2)
+    page.screenshot("ui-dry-run-applied.png")
+
+    assert "created 4" in real.inner_text() and "updated 1" in real.inner_text()
+    assert f"run of dry run {job_id[:8]}" in real.inner_text()
+    assert row.locator("button.run-dry").is_hidden()
+    page.assert_stayed_on_this_machine()
