@@ -242,14 +242,16 @@ def accept(store: JobStore, elements: Iterable[Any], *, tenant: str, skip_change
 def _store_inputs(new: NewJob, elements: Iterable[Any], options: list[Any], *,
                   hashing: bool, admit: Callable[[int], None] | None = None) -> tuple[dict[int, int], str]:
     """Check, plan and store every element; answer the chains and the submission's digest ('' unless hashing)."""
-    planner = ChainPlanner()
+    planner = ChainPlanner(new.seen_identifiers())
     digest = hashlib.sha256(_canonical(options)) if hashing else None
     for element in elements:
         check_shape(element, new.count)
         planner.add(element)
         new.add(element)
-        if admit is not None and new.count % CHUNK == 0:
-            admit(new.count)
+        if new.count % CHUNK == 0:
+            planner.flush()
+            if admit is not None:
+                admit(new.count)
         if digest is not None:
             digest.update(b"\n" + _canonical(element))
     return planner.chains(), digest.hexdigest() if digest is not None else ""

@@ -707,6 +707,10 @@ class NewJob:
         if self.count % keys.CHUNK == 0:
             self._flush()
 
+    def seen_identifiers(self) -> SeenInRedis:
+        """Where the intake's chain planner keeps the identifiers it has seen (worker/planning.py)."""
+        return SeenInRedis(self.store.redis, keys.plan(self.job_id))
+
     def _flush(self) -> None:
         """Store the chunk being filled, with an expiry: should this process die before the commit,
         nothing of the submission outlives :data:`UNCOMMITTED_SECONDS` (the commit lifts it)."""
@@ -736,6 +740,7 @@ class NewJob:
             pipe.persist(f"{keys.job(job_id)}:in:{n}")
         if next_index:
             pipe.sadd(keys.waits(job_id), *next_index.values())
+        pipe.delete(keys.plan(job_id))  # the planner's work is done
         doc = {
             "jobId": job_id,
             "tenant": self.tenant,
@@ -775,4 +780,27 @@ class NewJob:
         pipe.zrem(keys.tenant_active(self.tenant), self.job_id)
         pipe.zrem(keys.tenant_accepted(self.tenant), f"{self.job_id}:{self.count}")
         pipe.zrem(keys.SCHED_JOBS, self.job_id)
+        pipe.execute()
+
+
+class SeenInRedis:
+    """The chain planner's identifiers of one submission, in a hash of its own: the web process
+    holds a chunk of them at a time. Two commands a chunk; the hash expires with the uncommitted
+    inputs should the intake die, and the commit removes it."""
+
+    def __init__(self, client: redis.Redis, key: str) -> None:
+        self.redis, self.key = client, key
+        self._expiring = False
+
+    def first_indexes(self, digests: list[bytes]) -> list[int | None]:
+        return [int(i) if i is not None else None for i in self.redis.hmget(self.key, digests)]
+
+    def remember(self, firsts: dict[bytes, int]) -> None:
+        if not firsts:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.key, mapping=firsts)
+        if not self._expiring:
+            pipe.expire(self.key, UNCOMMITTED_SECONDS)
+            self._expiring = True
         pipe.execute()
