@@ -59,6 +59,8 @@ class ItemError(Schema):
     field = fields.String()
     attempts = fields.Integer()
     lastStatus = fields.Integer(allow_none=True)
+    row = fields.Integer(metadata={"description": "CSV submissions: the row of the file (the header is row 1)"})
+    column = fields.String(metadata={"description": "CSV submissions: the column at fault"})
 
 
 class Item(Schema):

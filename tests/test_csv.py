@@ -6,6 +6,7 @@ import io
 
 import pytest
 
+from api.openapi import Item
 from tests.helpers import JOBS, TOKEN
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -36,6 +37,7 @@ def test_a_thousand_row_csv_creates_every_customer_and_fails_the_row_without_ide
     assert (job["totalCount"], job["createdCount"], job["failureCount"]) == (1001, 1000, 1)
     (failed,) = api.results(job["jobId"], outcome="failed")
     assert failed["index"] == 500
+    assert Item().validate(failed) == {}  # row and column are in the OpenAPI document
     assert failed["errors"][0]["row"] == 502 and failed["errors"][0]["message"].startswith("row 502, column ")
     first = api.results(job["jobId"])[0]["result"]
     assert first["profiles"][0]["lastName"] == 'O"Brien, Jr.'

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from api.openapi import Item, Job
 from tests.helpers import customers
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -65,6 +66,8 @@ def test_a_dry_run_writes_nothing_predicts_every_item_and_its_run_does_what_it_s
     assert shown == 50
     assert all(item["action"] == "WOULD_CREATE" and item["entityId"] is None for item in predicted[100:150])
     assert predicted[150]["action"] == "FAILED" and predicted[150]["errors"][0]["code"] == 8003
+    assert all(Item().validate(item) == {} for item in predicted)  # as the OpenAPI document describes them
+    assert Job().validate(dry) == {}
 
     started = run(api, dry["jobId"])
     assert started.status_code == 202, started.get_json()
@@ -100,6 +103,7 @@ def test_items_sharing_an_identifier_are_predicted_in_order(api, sim):
     writes_before = write_calls(sim)
     dry = api.wait(submit(api, [first, second, third], dryRun="true"))
     a, b, c = api.results(dry["jobId"])
+    assert all(Item().validate(item) == {} for item in (a, b, c))
 
     assert a["action"] == "WOULD_CREATE" and a["changes"]["firstName"] == {"old": None, "new": "Ann"}
     assert (b["action"], b["customerOfItem"]) == ("WOULD_UPDATE", 0)
