@@ -239,6 +239,30 @@ def accept(store: JobStore, elements: Iterable[Any], *, tenant: str, skip_change
     return job_id
 
 
+def run_dry_run_inputs(store: JobStore, dry_run_id: str, *, tenant: str, skip_change_identifier: bool,
+                       admit: Callable[[int], None] | None = None,
+                       before_commit: Callable[[int], None] | None = None) -> tuple[str, bool]:
+    """The real job of a finished dry run, made from its stored inputs as a submission is: answers its id
+    and True, or the job an earlier run of this dry run made and False, so a retried request never
+    applies a batch twice. Its callbackUrl and form (CSV or not) are the dry run's."""
+    earlier = store.claim_run(dry_run_id)
+    if earlier == "pending":
+        raise ApiError(409, "run_in_flight", "this dry run is being started by another request; retry shortly",
+                       field="jobId")
+    if earlier is not None:
+        return earlier, False
+    try:
+        callback, csv_ = store.job_fields(dry_run_id, "callbackUrl", "csv")
+        run_id = accept(store, store.iter_inputs(dry_run_id), tenant=tenant,
+                        skip_change_identifier=skip_change_identifier, callback_url=callback, csv=csv_ == "1",
+                        fields={"dryRunOf": dry_run_id}, admit=admit, before_commit=before_commit)
+    except BaseException:
+        store.settle_run(dry_run_id, None)  # refused: the dry run may be run again
+        raise
+    store.settle_run(dry_run_id, run_id)
+    return run_id, True
+
+
 def _store_inputs(new: NewJob, elements: Iterable[Any], options: list[Any], *,
                   hashing: bool, admit: Callable[[int], None] | None = None) -> tuple[dict[int, int], str]:
     """Check, plan and store every element; answer the chains and the submission's digest ('' unless hashing)."""

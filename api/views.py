@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from api import params
 from api.auth import authenticate
 from api.errors import ApiError
-from api.intake import accept, is_csv, request_elements
+from api.intake import accept, is_csv, request_elements, run_dry_run_inputs
 from api.openapi import build_spec
 from api.paths import JOBS_PREFIX
 from api.quotas import check_quotas
@@ -87,28 +87,13 @@ def run_dry_run(job_id: str):
                        f"job {job_id} is {what} in state {dry['state']}: only a COMPLETED dry run can be run",
                        field="jobId")
     svc = services()
-    earlier = svc.store.claim_run(job_id)
-    if earlier == "pending":
-        raise ApiError(409, "run_in_flight", "this dry run is being started by another request; retry shortly",
-                       field="jobId")
-    if earlier is not None:
-        return jsonify(_document(_own_job(earlier))), 200, {"Location": url_for("jobs.get_job", job_id=earlier)}
-    try:
-        check_quotas(svc.store, g.tenant)
-        svc.admission.check(body_bytes=0)
-        # the dry run's callback and the form of its body, for the job it becomes
-        callback, csv = svc.store.job_fields(job_id, "callbackUrl", "csv")
-        run_id = accept(svc.store, svc.store.iter_inputs(job_id), tenant=g.tenant.id,
-                        skip_change_identifier=dry["skipChangeIdentifier"], callback_url=callback, csv=csv == "1",
-                        fields={"dryRunOf": job_id},
-                        admit=lambda stored: svc.admission.check(stored_items=stored),
-                        before_commit=lambda count: _admit_all(svc, count))
-    except BaseException:
-        svc.store.settle_run(job_id, None)
-        raise
-    svc.store.settle_run(job_id, run_id)
+    check_quotas(svc.store, g.tenant)
+    run_id, started = run_dry_run_inputs(svc.store, job_id, tenant=g.tenant.id,
+                                         skip_change_identifier=dry["skipChangeIdentifier"],
+                                         admit=lambda stored: svc.admission.check(stored_items=stored),
+                                         before_commit=lambda count: _admit_all(svc, count))
     location = url_for("jobs.get_job", job_id=run_id)
-    return jsonify(_document(_own_job(run_id))), 202, {"Location": location}
+    return jsonify(_document(_own_job(run_id))), 202 if started else 200, {"Location": location}
 
 
 def _admit_all(svc, count: int) -> None:
