@@ -111,6 +111,8 @@ def locate(errors: list[dict], element: Any, index: int) -> list[dict]:
         column = column_of(str(entry.get("field") or ""), element)
         where = f"row {row}, column {column}" if column else f"row {row}"
         message = str(entry.get("message", ""))
+        if column == "identifiers.<type>" and message.endswith(" is required"):
+            message = f"every identifiers.<type> cell is empty: a customer needs one ({message})"
         located.append({**entry, "row": row, **({"column": column} if column else {}),
                         "message": message if message.startswith(f"row {row}") else f"{where}: {message}"})
     return located
