@@ -70,6 +70,11 @@ def csv_elements(stream, max_items: int) -> Iterator[Any]:
             if not cells or cells == [""]:
                 empty_rows.append(row)
                 continue
+            if max(map(len, cells)) > MAX_STRING:  # all a row can break of check_shape's limits
+                column = next(i for i, cell in enumerate(cells) if len(cell) > MAX_STRING)
+                name = header[column].strip() if column < len(header) else f"column {column + 1}"
+                raise ApiError(400, "value_too_long", f"row {row}, column {name[:100]} is longer than "
+                                                      f"{MAX_STRING} characters", field=f"row {row}")
             elements = [csvrows.empty_row(r) for r in empty_rows] + [csvrows.row_element(plan, cells, row)]
             empty_rows = []
             for element in elements:
@@ -207,11 +212,13 @@ def accept(store: JobStore, elements: Iterable[Any], *, tenant: str, skip_change
     body, so item errors tell their row and column.
     """
     new = store.new_job(tenant, dry_run=dry_run, csv=csv)
+    # A CSV row's cells were checked as they were read; its element is never deeper than four levels.
+    check = None if csv else check_shape
     # A dry run and a real run of the same body are different submissions; the options of a real
     # one stay as they were, so keys given before dry runs existed still match.
     options: list[Any] = [skip_change_identifier, callback_url, *(["dryRun"] if dry_run else [])]
     try:
-        next_index, digest = _store_inputs(new, elements, options,
+        next_index, digest = _store_inputs(new, elements, options, check=check,
                                            hashing=idempotency_key is not None, admit=admit)
         if idempotency_key is not None:
             earlier = _earlier_job(store, tenant, idempotency_key, digest)
@@ -264,12 +271,14 @@ def run_dry_run_inputs(store: JobStore, dry_run_id: str, *, tenant: str, skip_ch
 
 
 def _store_inputs(new: NewJob, elements: Iterable[Any], options: list[Any], *,
-                  hashing: bool, admit: Callable[[int], None] | None = None) -> tuple[dict[int, int], str]:
+                  hashing: bool, admit: Callable[[int], None] | None = None,
+                  check: Callable[[Any, int], None] | None = check_shape) -> tuple[dict[int, int], str]:
     """Check, plan and store every element; answer the chains and the submission's digest ('' unless hashing)."""
     planner = ChainPlanner(new.seen_identifiers())
     digest = hashlib.sha256(_canonical(options)) if hashing else None
     for element in elements:
-        check_shape(element, new.count)
+        if check is not None:
+            check(element, new.count)
         planner.add(element)
         new.add(element)
         if new.count % CHUNK == 0:

@@ -251,7 +251,7 @@ def test_dashboard_shows_a_dry_run_for_what_it_is_and_runs_it(page, web_url, sim
     assert "would create 4" in text and "would update 2" in text and "would fail 1" in text
     assert warning.is_visible() and "4 of 6 profiles would be created" in warning.inner_text()
     assert "firstName: " + f"{tag}0 → Renamed" in text
-    assert "+ mobile 91" in text and "− mobile 91" in text  # the new mobile replaces the old, masked
+    assert "+ mobile 91" in text and "\u2212 mobile 91" in text  # the new mobile replaces the old, masked
     assert f"9196{tag}00009" not in text and "91********09" in text
     assert "8056" in text  # the invalid mobile's error, in the plan
     assert len(row.locator(".plan tbody tr").all()) == 7 and plan

@@ -124,3 +124,10 @@ def test_errors_of_a_csv_row_name_its_row_and_column():
     assert [(e["row"], e["column"]) for e in bad_mobile] == [(9, "identifiers.mobile")]
     assert bad_mobile[0]["message"].startswith("row 9, column identifiers.mobile: ")
     assert no_identifiers[0]["row"] == 2 and no_identifiers[0]["message"].startswith("row 2, column identifiers.")
+
+
+def test_a_csv_cell_longer_than_the_limit_is_refused_naming_its_row_and_column():
+    with pytest.raises(ApiError) as refused:
+        csv_rows("identifiers.mobile,firstName\n919800000001,A\n919800000002," + "x" * (MAX_STRING + 1) + "\n")
+    assert refused.value.code == "value_too_long" and refused.value.field == "row 3"
+    assert "row 3, column firstName" in refused.value.message
