@@ -32,7 +32,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         log.warning("no API token is configured (UPSERT_API_TOKEN): every request will get 401")
 
     from api.pages import pages
+    from api.params import refuse_unknown
     from api.views import health, jobs
+
+    app.before_request(refuse_unknown)
 
     app.register_blueprint(jobs)
     app.register_blueprint(health)

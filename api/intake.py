@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -9,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from api.errors import ApiError
+from worker import csvrows
 from worker.jobstore import JobStore, NewJob
 from worker.keys import CHUNK
 from worker.planning import ChainPlanner
@@ -16,6 +18,7 @@ from worker.validation import json_kind
 
 JSON_TYPES = ("application/json",)
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines")
+CSV_TYPES = ("text/csv", "application/csv")
 #: Deeper than any customer the v2 APIs accept; deeper input is an attack or a bug.
 MAX_DEPTH = 32
 #: Longer than any field the v2 APIs accept (values 255, names 100, free text a few KB).
@@ -25,16 +28,71 @@ MAX_STRING = 65_536
 def request_elements(request, max_items: int) -> Iterable[Any]:
     """The submission's elements: a JSON array is parsed whole, NDJSON is read line by line as it is consumed."""
     mimetype = request.mimetype
-    if mimetype in NDJSON_TYPES:
+    if mimetype in NDJSON_TYPES or mimetype in CSV_TYPES:
         stream = request.stream
         if isinstance(stream, io.RawIOBase):  # Werkzeug's LimitedStream: line by line, it reads a byte per call
             stream = io.BufferedReader(stream, buffer_size=1 << 16)
-        return ndjson_elements(stream, max_items)
+        return csv_elements(stream, max_items) if mimetype in CSV_TYPES else ndjson_elements(stream, max_items)
     if mimetype in JSON_TYPES or mimetype.endswith("+json"):
         return parse_batch(request.get_data(cache=False), max_items)
     raise ApiError(415, "unsupported_media_type",
-                   f"send Content-Type: application/json (a JSON array) or application/x-ndjson "
-                   f"(one customer per line), not {mimetype or 'nothing'!r}", field="Content-Type")
+                   f"send Content-Type: application/json (a JSON array), application/x-ndjson "
+                   f"(one customer per line) or text/csv (a header, then one customer per row), "
+                   f"not {mimetype or 'nothing'!r}", field="Content-Type")
+
+
+def is_csv(request) -> bool:
+    return request.mimetype in CSV_TYPES
+
+
+def csv_elements(stream, max_items: int) -> Iterator[Any]:
+    """One element per row of a CSV body (worker/csvrows.py), read from the stream as it is consumed.
+
+    UTF-8 with or without a byte order mark, CRLF or LF, RFC 4180 quoting (a quoted cell may hold
+    commas, doubled quotes and line breaks). The header is checked first: a column we do not know is a
+    400 naming it. A row that is no customer becomes a failed item naming its row; empty rows at the
+    end of the file are ignored.
+    """
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+    reader = csv.reader(text, strict=True)
+    try:
+        header = next(reader, None)
+        if header is None or not any(cell.strip() for cell in header):
+            raise ApiError(400, "invalid_body", "the body is empty: send a header row, then one customer per row",
+                           field="body")
+        try:
+            plan = csvrows.header_plan(header)
+        except csvrows.ColumnError as exc:
+            raise ApiError(400, "unknown_column", exc.message, field=exc.column[:200])
+        count = 0
+        empty_rows: list[int] = []  # kept back until a customer row follows: empty rows at the end are no items
+        for row, cells in enumerate(reader, csvrows.FIRST_ROW):
+            if not cells or cells == [""]:
+                empty_rows.append(row)
+                continue
+            if max(map(len, cells)) > MAX_STRING:  # all a row can break of check_shape's limits
+                column = next(i for i, cell in enumerate(cells) if len(cell) > MAX_STRING)
+                name = header[column].strip() if column < len(header) else f"column {column + 1}"
+                raise ApiError(400, "value_too_long", f"row {row}, column {name[:100]} is longer than "
+                                                      f"{MAX_STRING} characters", field=f"row {row}")
+            elements = [csvrows.empty_row(r) for r in empty_rows] + [csvrows.row_element(plan, cells, row)]
+            empty_rows = []
+            for element in elements:
+                count += 1
+                if count > max_items:
+                    raise ApiError(413, "too_many_items",
+                                   f"more than {max_items} customers in one job (MAX_ITEMS_PER_JOB)", field="body")
+                yield element
+    except csv.Error as exc:
+        raise ApiError(400, "invalid_csv", f"line {reader.line_num} is not valid CSV: {exc}",
+                       field=f"line {reader.line_num}")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_body", f"the body is not UTF-8 text (near line {reader.line_num + 1})",
+                       field="body")
+    finally:
+        text.detach()  # the request's stream is the server's to close
+    if not count:
+        raise ApiError(400, "invalid_body", "the CSV has a header but no rows: nothing to upsert", field="body")
 
 
 def ndjson_elements(stream, max_items: int) -> Iterator[Any]:
@@ -131,7 +189,8 @@ def parse_batch(raw: bytes, max_items: int) -> list[Any]:
 def accept(store: JobStore, elements: Iterable[Any], *, tenant: str, skip_change_identifier: bool,
            callback_url: str | None = None, idempotency_key: str | None = None, label: str | None = None,
            admit: Callable[[int], None] | None = None,
-           before_commit: Callable[[int], None] | None = None) -> str:
+           before_commit: Callable[[int], None] | None = None,
+           dry_run: bool = False, csv: bool = False, fields: dict[str, str] | None = None) -> str:
     """Store the submission as it is read, then hand the job to the scheduler; answer the job id.
 
     Each element is checked, planned and written to Redis as it comes, so only one chunk of
@@ -147,10 +206,19 @@ def accept(store: JobStore, elements: Iterable[Any], *, tenant: str, skip_change
     ``admit`` is called with the items stored so far every chunk of them (api/admission.py): it
     raises to refuse the rest, and then nothing of the submission is left; ``before_commit`` is
     called with the number of items once they are all stored (api/quotas.py), and may refuse too.
+
+    ``dry_run``: the job predicts and writes nothing (worker/dryrun.py). ``fields``: more of the job
+    document (a real run names the dry run it came from). ``csv``: the elements are rows of a CSV
+    body, so item errors tell their row and column.
     """
-    new = store.new_job(tenant)
+    new = store.new_job(tenant, dry_run=dry_run, csv=csv)
+    # A CSV row's cells were checked as they were read; its element is never deeper than four levels.
+    check = None if csv else check_shape
+    # A dry run and a real run of the same body are different submissions; the options of a real
+    # one stay as they were, so keys given before dry runs existed still match.
+    options: list[Any] = [skip_change_identifier, callback_url, *(["dryRun"] if dry_run else [])]
     try:
-        next_index, digest = _store_inputs(new, elements, [skip_change_identifier, callback_url],
+        next_index, digest = _store_inputs(new, elements, options, check=check,
                                            hashing=idempotency_key is not None, admit=admit)
         if idempotency_key is not None:
             earlier = _earlier_job(store, tenant, idempotency_key, digest)
@@ -160,7 +228,9 @@ def accept(store: JobStore, elements: Iterable[Any], *, tenant: str, skip_change
         try:
             if before_commit is not None:
                 before_commit(new.count)
-            extra = {"callbackUrl": callback_url} if callback_url else {}
+            extra = dict(fields or {})
+            if callback_url:
+                extra["callbackUrl"] = callback_url
             if label:
                 extra["label"] = label
             if idempotency_key is not None:  # so the job's end expires the key, however soon it comes
@@ -178,17 +248,45 @@ def accept(store: JobStore, elements: Iterable[Any], *, tenant: str, skip_change
     return job_id
 
 
+def run_dry_run_inputs(store: JobStore, dry_run_id: str, *, tenant: str, skip_change_identifier: bool,
+                       admit: Callable[[int], None] | None = None,
+                       before_commit: Callable[[int], None] | None = None) -> tuple[str, bool]:
+    """The real job of a finished dry run, made from its stored inputs as a submission is: answers its id
+    and True, or the job an earlier run of this dry run made and False, so a retried request never
+    applies a batch twice. Its callbackUrl and form (CSV or not) are the dry run's."""
+    earlier = store.claim_run(dry_run_id)
+    if earlier == "pending":
+        raise ApiError(409, "run_in_flight", "this dry run is being started by another request; retry shortly",
+                       field="jobId")
+    if earlier is not None:
+        return earlier, False
+    try:
+        callback, csv_ = store.job_fields(dry_run_id, "callbackUrl", "csv")
+        run_id = accept(store, store.iter_inputs(dry_run_id), tenant=tenant,
+                        skip_change_identifier=skip_change_identifier, callback_url=callback, csv=csv_ == "1",
+                        fields={"dryRunOf": dry_run_id}, admit=admit, before_commit=before_commit)
+    except BaseException:
+        store.settle_run(dry_run_id, None)  # refused: the dry run may be run again
+        raise
+    store.settle_run(dry_run_id, run_id)
+    return run_id, True
+
+
 def _store_inputs(new: NewJob, elements: Iterable[Any], options: list[Any], *,
-                  hashing: bool, admit: Callable[[int], None] | None = None) -> tuple[dict[int, int], str]:
+                  hashing: bool, admit: Callable[[int], None] | None = None,
+                  check: Callable[[Any, int], None] | None = check_shape) -> tuple[dict[int, int], str]:
     """Check, plan and store every element; answer the chains and the submission's digest ('' unless hashing)."""
-    planner = ChainPlanner()
+    planner = ChainPlanner(new.seen_identifiers())
     digest = hashlib.sha256(_canonical(options)) if hashing else None
     for element in elements:
-        check_shape(element, new.count)
+        if check is not None:
+            check(element, new.count)
         planner.add(element)
         new.add(element)
-        if admit is not None and new.count % CHUNK == 0:
-            admit(new.count)
+        if new.count % CHUNK == 0:
+            planner.flush()
+            if admit is not None:
+                admit(new.count)
         if digest is not None:
             digest.update(b"\n" + _canonical(element))
     return planner.chains(), digest.hexdigest() if digest is not None else ""

@@ -44,6 +44,11 @@ class Job(Schema):
     createdAt = fields.String(required=True)
     startedAt = fields.String(required=True, allow_none=True)
     finishedAt = fields.String(required=True, allow_none=True)
+    dryRun = fields.Boolean(required=True, metadata={"description": "a dry run: predictions, nothing written"})
+    wouldCreateCount = fields.Integer(metadata={"description": "dry runs: items that would create a customer"})
+    wouldUpdateCount = fields.Integer(metadata={"description": "dry runs: items that would update one"})
+    runJobId = fields.String(allow_none=True, metadata={"description": "dry runs: the real job run from it"})
+    dryRunOf = fields.String(metadata={"description": "a job run from a dry run: that dry run"})
     estimatedSecondsLeft = fields.Float(allow_none=True)
     estimatedCompletionAt = fields.String(allow_none=True)
 
@@ -55,16 +60,25 @@ class ItemError(Schema):
     field = fields.String()
     attempts = fields.Integer()
     lastStatus = fields.Integer(allow_none=True)
+    row = fields.Integer(metadata={"description": "CSV submissions: the row of the file (the header is row 1)"})
+    column = fields.String(metadata={"description": "CSV submissions: the column at fault"})
 
 
 class Item(Schema):
     index = fields.Integer(required=True)
-    action = fields.String(required=True, validate=v.OneOf(["CREATED", "UPDATED", "FAILED", "CANCELLED", "PENDING"]))
+    action = fields.String(required=True, validate=v.OneOf(["CREATED", "UPDATED", "FAILED", "CANCELLED", "PENDING",
+                                                             "WOULD_CREATE", "WOULD_UPDATE"]))
     entityId = fields.Integer(required=True, allow_none=True)
     result = fields.Dict(required=True, allow_none=True, metadata={"description": "the customer in lookup shape"})
     errors = fields.List(fields.Nested(ItemError), required=True)
     warnings = fields.List(fields.Dict(), required=True)
     input = fields.Raw(metadata={"description": "failed items only: the element as submitted"})
+    changes = fields.Dict(metadata={"description": "dry runs: by field path, {old, new}: what the add would set or "
+                                                   "the update would change"})
+    identifierChanges = fields.Dict(metadata={"description": "dry runs: {add, remove}: the identifiers "
+                                                             "changeIdentifier would add and remove, values masked"})
+    customerOfItem = fields.Integer(metadata={"description": "dry runs: the update is of the customer this earlier "
+                                                             "item would create"})
 
 
 class ResultsPage(Schema):
@@ -99,9 +113,13 @@ class JobList(Schema):
 
 
 def _errors(*statuses: int) -> dict:
-    text = {400: "the request names what is wrong", 401: "no or wrong bearer token", 404: "no such job for this token",
-            409: "Idempotency-Key reused with another body", 413: "body or item count too large",
-            415: "not JSON or NDJSON",
+    text = {400: "the request names what is wrong; an unknown query parameter is refused as unknown_parameter, "
+                 "naming it (names are case-sensitive), so a misspelt option never changes what a job does",
+            401: "no or wrong bearer token", 404: "no such job for this token",
+            409: "Idempotency-Key reused with another body; for run: the job is not a COMPLETED dry run",
+            429: "a quota of the tenant is used up (quota_exceeded); Retry-After says when to try again",
+            413: "body or item count too large",
+            415: "not JSON, NDJSON or CSV",
             503: "the job store cannot take it now: store_unavailable (unreachable, read-only, loading) or "
                  "store_full (past the admission watermark, or out of memory); Retry-After says when to try again"}
     return {str(s): {"description": text[s], "content": {"application/json": {"schema": "ErrorBody"}}}
@@ -130,6 +148,10 @@ def build_spec() -> dict:
         "security": [{"bearer": []}],
         "parameters": [
             _query("skipChangeIdentifier", {"type": "boolean"}, "leave identifiers as they are"),
+            _query("dryRun", {"type": "boolean"},
+                   "validate and look up only, write nothing: each item says WOULD_CREATE, WOULD_UPDATE or "
+                   "FAILED, with the fields (changes) and identifiers (identifierChanges) it would change; "
+                   "POST .../jobs/{jobId}/run applies it"),
             _query("wait", {"type": "number", "minimum": 0, "maximum": 60},
                    "seconds to wait; if the job ends in time, 200 with the synchronous shape"),
             _query("callbackUrl", {"type": "string"}, "POSTed the final job document, signed"),
@@ -141,11 +163,23 @@ def build_spec() -> dict:
             "application/json": {"schema": {"type": "array", "minItems": 1, "items": {"$ref":
                                                                                      "#/components/schemas/Customer"}}},
             "application/x-ndjson": {"schema": {"type": "string"}},
+            "text/csv": {"schema": {"type": "string", "description":
+                         "a header row, then one customer a row; columns named by their JSON path: firstName, "
+                         "lastName, source, accountId, identifiers.<type>, commChannels.<type>, "
+                         "extendedFields.<name>, customFields.<name>; an empty cell is left out; UTF-8, optional "
+                         "BOM, CRLF or LF, RFC 4180 quoting. An unknown column: 400 unknown_column naming it"}},
         }},
         "responses": {"202": {"description": "accepted; Location names the job", **job},
                       "200": {"description": "finished within wait=",
                               "content": {"application/json": {"schema": "SyncResponse"}}},
                       **_errors(400, 401, 409, 413, 415, 503)},
+    }})
+    spec.path(path=f"{JOBS}/jobs/{{jobId}}/run", operations={"post": {
+        "summary": "Apply a finished dry run: the real job from its stored inputs, no upload again",
+        "security": [{"bearer": []}], "parameters": [JOB_ID],
+        "responses": {"202": {"description": "the real job, started; Location names it", **job},
+                      "200": {"description": "run before: the job that run started", **job},
+                      **_errors(400, 401, 404, 409, 429, 503)},
     }})
     spec.path(path=f"{JOBS}/jobs", operations={"get": {
         "summary": "The caller's recent jobs", "security": [{"bearer": []}],
@@ -159,14 +193,15 @@ def build_spec() -> dict:
     spec.path(path=f"{JOBS}/tenant", operations={"get": {
         "summary": "The caller's tenant: its quotas, with use and limit", "security": [{"bearer": []}],
         "responses": {"200": {"description": "the tenant", "content": {"application/json": {"schema": "TenantView"}}},
-                      **_errors(401)},
+                      **_errors(400, 401)},
     }})
     spec.path(path=f"{JOBS}/jobs/{{jobId}}", operations={
         "get": {"summary": "The job document", "security": [{"bearer": []}], "parameters": [JOB_ID],
-                "responses": {"200": {"description": "the job", **job}, **_errors(401, 404, 503)}},
+                "responses": {"200": {"description": "the job", **job}, **_errors(400, 401, 404, 503)}},
         "delete": {"summary": "Cancel: items not yet started end CANCELLED", "security": [{"bearer": []}],
                    "parameters": [JOB_ID],
-                   "responses": {"200": {"description": "the job after the cancel", **job}, **_errors(401, 404)}},
+                   "responses": {"200": {"description": "the job after the cancel", **job},
+                                 **_errors(400, 401, 404)}},
     })
     spec.path(path=f"{JOBS}/jobs/{{jobId}}/results", operations={"get": {
         "summary": "Per-customer results in input order", "security": [{"bearer": []}],
@@ -180,6 +215,7 @@ def build_spec() -> dict:
             **_errors(400, 401, 404)},
     }})
     plain = {"200": {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}}
+    plain = {**plain, **_errors(400)}
     spec.path(path="/healthz", operations={"get": {"summary": "The process is up", "responses": plain}})
     spec.path(path="/readyz", operations={"get": {
         "summary": "Redis is reachable",
@@ -199,6 +235,7 @@ def build_spec() -> dict:
             "200": {"description": "Prometheus text exposition format",
                     "content": {"text/plain": {"schema": {"type": "string"}}}},
             "503": {"description": "Redis is not reachable", "content": {"application/json": {"schema": "ErrorBody"}}},
+            **_errors(400),
         }}})
     return spec.to_dict()
 

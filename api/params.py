@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import request
+from flask import current_app, request
 
 from api.errors import ApiError
 
@@ -64,3 +64,32 @@ def choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
     if raw not in allowed:
         raise ApiError(400, "invalid_parameter", f"{name} must be one of {', '.join(allowed)}", field=name)
     return raw
+
+
+def accepts(*names: str):
+    """Declare the query parameters a view takes; any other is refused by :func:`refuse_unknown`."""
+    def mark(view):
+        view.query_parameters = frozenset(names)
+        return view
+    return mark
+
+
+def refuse_unknown() -> None:
+    """Refuse a query parameter the route does not take, before anything else runs: a misspelt option
+    (``dryrun``, ``skipchangeidentifier``) silently ignored would change what a job does."""
+    if not request.args or request.endpoint is None:
+        return
+    view = current_app.view_functions.get(request.endpoint)
+    allowed: frozenset[str] = getattr(view, "query_parameters", frozenset())
+    for name in request.args:
+        if name not in allowed:
+            raise ApiError(400, "unknown_parameter", _unknown_message(name, allowed), field=name[:100])
+
+
+def _unknown_message(name: str, allowed: frozenset[str]) -> str:
+    shown = repr(name[:100])
+    if not allowed:
+        return f"unknown query parameter {shown}: this route takes none"
+    same_but_case = [known for known in allowed if known.lower() == name.lower()]
+    hint = f" (did you mean {same_but_case[0]!r}? names are case-sensitive)" if same_but_case else ""
+    return f"unknown query parameter {shown}{hint}: this route takes {', '.join(sorted(allowed))}"

@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from api import params
 from api.auth import authenticate
 from api.errors import ApiError
-from api.intake import accept, request_elements
+from api.intake import accept, is_csv, request_elements, run_dry_run_inputs
 from api.openapi import build_spec
 from api.paths import JOBS_PREFIX
 from api.quotas import check_quotas, tenant_view
@@ -21,6 +21,7 @@ from api.services import services
 from worker.callbacks import callback_problem
 from worker.estimate import with_estimate
 from worker.jobs import cancel_job as cancel
+from worker.jobstore import COMPLETED
 from worker.store_health import store_summary
 
 jobs = Blueprint("jobs", __name__, url_prefix=JOBS_PREFIX)
@@ -32,6 +33,8 @@ MAX_PAGE = 1000
 MAX_LABEL = 200
 #: How far back a listing pages (``offset``): jobs live JOB_TTL_SECONDS, so a tenant's list is bounded anyway.
 MAX_LISTED = 10_000
+#: Every query parameter the submit route takes; ``label`` is the job's name, given at submit.
+SUBMIT_PARAMETERS = ("skipChangeIdentifier", "dryRun", "wait", "callbackUrl", "label")
 
 
 @jobs.before_request
@@ -40,9 +43,11 @@ def _authenticate() -> None:
 
 
 @jobs.post("/bulk")
+@params.accepts(*SUBMIT_PARAMETERS)
 def submit_bulk():
     """Accept a batch; 202 with the job, or with ``wait=`` 200 and the synchronous API's shape."""
     skip = params.boolean("skipChangeIdentifier", False)
+    dry_run = params.boolean("dryRun", False)
     wait = params.number("wait", 0, minimum=0, maximum=MAX_WAIT_SECONDS)
     key = idempotency_key()
     label = params.text("label", max_length=MAX_LABEL)
@@ -58,8 +63,8 @@ def submit_bulk():
     check_quotas(svc.store, g.tenant)
     svc.admission.check(body_bytes=length or 0)
     elements = request_elements(request, svc.settings.max_items_per_job)
-    job_id = accept(svc.store, elements, tenant=g.tenant.id, skip_change_identifier=skip,
-                    callback_url=callback, idempotency_key=key, label=label,
+    job_id = accept(svc.store, elements, tenant=g.tenant.id, skip_change_identifier=skip, dry_run=dry_run,
+                    csv=is_csv(request), callback_url=callback, idempotency_key=key, label=label,
                     admit=None if length else (lambda stored: svc.admission.check(stored_items=stored)),
                     before_commit=lambda count: (check_quotas(svc.store, g.tenant, items=count),
                                                  svc.admission.check(stored_items=count)))
@@ -74,6 +79,32 @@ def submit_bulk():
     return jsonify(_document(svc.store.get_job(job_id))), 202, {"Location": location}
 
 
+@jobs.post("/jobs/<job_id>/run")
+@params.accepts()
+def run_dry_run(job_id: str):
+    """Start the real job from a finished dry run's stored inputs: 202 with the new job. Asked again,
+    the same job (200), so a retried request never applies a batch twice."""
+    dry = _own_job(job_id)
+    if not dry.get("dryRun") or dry["state"] != COMPLETED:
+        what = "a dry run" if dry.get("dryRun") else "not a dry run"
+        raise ApiError(409, "not_a_finished_dry_run",
+                       f"job {job_id} is {what} in state {dry['state']}: only a COMPLETED dry run can be run",
+                       field="jobId")
+    svc = services()
+    check_quotas(svc.store, g.tenant)
+    run_id, started = run_dry_run_inputs(svc.store, job_id, tenant=g.tenant.id,
+                                         skip_change_identifier=dry["skipChangeIdentifier"],
+                                         admit=lambda stored: svc.admission.check(stored_items=stored),
+                                         before_commit=lambda count: _admit_all(svc, count))
+    location = url_for("jobs.get_job", job_id=run_id)
+    return jsonify(_document(_own_job(run_id))), 202 if started else 200, {"Location": location}
+
+
+def _admit_all(svc, count: int) -> None:
+    check_quotas(svc.store, g.tenant, items=count)
+    svc.admission.check(stored_items=count)
+
+
 def idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
@@ -85,6 +116,7 @@ def idempotency_key() -> str | None:
 
 
 @jobs.get("/jobs")
+@params.accepts("state", "limit", "offset")
 def list_jobs():
     state = request.args.get("state") or None
     if state is not None:
@@ -96,6 +128,7 @@ def list_jobs():
 
 
 @jobs.get("/tenant")
+@params.accepts()
 def get_tenant():
     """The caller's tenant: its quotas, with use and limit."""
     return jsonify(tenant_view(services().store, g.tenant))
@@ -115,6 +148,7 @@ def cancel_job(job_id: str):
 
 
 @jobs.get("/jobs/<job_id>/results")
+@params.accepts("outcome", "format", "offset", "limit")
 def job_results(job_id: str):
     job = _own_job(job_id)
     outcome = params.choice("outcome", "all", ("all", "failed", "succeeded"))

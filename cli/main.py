@@ -19,6 +19,7 @@ from worker.clock import parse_iso
 from worker.settings import Settings, SettingsError
 
 NDJSON_SUFFIXES = (".ndjson", ".jsonl", ".ldjson")
+CSV_SUFFIXES = (".csv",)
 BOM = b"\xef\xbb\xbf"
 #: How much of a job's label `jobs` shows.
 LABEL_WIDTH = 40
@@ -73,15 +74,20 @@ class ApiClient:
             raise CliError(f"HTTP {response.status_code}: {detail}")
         return response
 
-    def submit_batch(self, batch: Batch, *, skip_change_identifier: bool) -> dict:
+    def submit_batch(self, batch: Batch, *, skip_change_identifier: bool, dry_run: bool = False) -> dict:
+        # The file's name labels the job in `jobs` and the dashboard (the API takes printable text only).
+        params = {"skipChangeIdentifier": str(skip_change_identifier).lower(),
+                  "label": "".join(c for c in batch.path.name if c.isprintable())[:200]}
+        if dry_run:
+            params["dryRun"] = "true"
         return self.request(
-            "POST", f"{JOBS_PREFIX}/bulk",
-            # The file's name labels the job in `jobs` and the dashboard (the API takes printable text only).
-            params={"skipChangeIdentifier": str(skip_change_identifier).lower(),
-                    "label": "".join(c for c in batch.path.name if c.isprintable())[:200]},
-            data=batch.body() if batch.kind == "ndjson" else b"".join(batch.body()),
+            "POST", f"{JOBS_PREFIX}/bulk", params=params,
+            data=batch.body() if batch.kind in ("ndjson", "csv") else b"".join(batch.body()),
             headers={"Content-Type": batch.content_type},
         ).json()
+
+    def run_dry_run(self, job_id: str) -> dict:
+        return self.request("POST", f"{JOBS_PREFIX}/jobs/{job_id}/run").json()
 
     def job(self, job_id: str) -> dict:
         return self.request("GET", f"{JOBS_PREFIX}/jobs/{job_id}").json()
@@ -126,17 +132,19 @@ class Batch:
     """A file of customers, checked; ``body()`` reads it again to send it (NDJSON a chunk at a time)."""
 
     path: Path
-    kind: str  # "json" (an array) or "ndjson"
+    kind: str  # "json" (an array), "ndjson" or "csv"
     count: int
     body: Callable[[], Iterator[bytes]]
 
     @property
     def content_type(self) -> str:
-        return "application/x-ndjson" if self.kind == "ndjson" else "application/json"
+        return {"ndjson": "application/x-ndjson", "csv": "text/csv"}.get(self.kind, "application/json")
 
 
 def open_batch(path: Path) -> Batch:
-    """Check a file of customers: a JSON array, or NDJSON (one customer per line).
+    """Check a file of customers: a JSON array, NDJSON (one customer per line) or CSV (a header row naming
+    columns by their JSON path, then one customer per row; by its extension, or by a header that names
+    an ``identifiers.`` column). The API checks a CSV's columns and rows; it is sent as it is.
 
     Lines of a results export (``customer-upsert results JOB --failed``) count as their ``input``,
     so a failed export is a batch to resubmit. Every problem is a CliError naming the file.
@@ -157,11 +165,15 @@ def open_batch(path: Path) -> Batch:
     start = head.removeprefix(BOM).lstrip()
     if not start:
         raise CliError(f"{path} is empty: no customers in it")
+    if path.name.lower().endswith(CSV_SUFFIXES) or (
+            not start.startswith((b"[", b"{")) and b"identifiers." in start.split(b"\n", 1)[0]):
+        return _csv(path)
     if start.startswith(b"["):
         return _json_array(path)
     if start.startswith(b"{"):
         return _ndjson(path)
-    raise CliError(f"{path}: expected a JSON array of customers, or NDJSON (one customer per line)")
+    raise CliError(f"{path}: expected a JSON array of customers, NDJSON (one customer per line), or CSV (a header "
+                   f"row naming columns such as identifiers.mobile, then one customer per row)")
 
 
 def read_batch(path: Path) -> list:
@@ -259,6 +271,22 @@ def _ndjson(path: Path) -> Batch:
     return Batch(path, "ndjson", count, body)
 
 
+def _csv(path: Path) -> Batch:
+    """A CSV file, sent as it is, a chunk at a time; ``count`` is its lines after the header (a quoted
+    cell may hold line breaks: the API counts the rows)."""
+    with path.open("rb") as handle:
+        count = max(sum(1 for line in handle if line.strip()) - 1, 0)
+    if not count:
+        raise CliError(f"{path} has a header but no rows: no customers in it")
+
+    def body() -> Iterator[bytes]:
+        with path.open("rb") as handle:
+            while chunk := handle.read(CHUNK_BYTES):
+                yield chunk
+
+    return Batch(path, "csv", count, body)
+
+
 def _whole_file_is_one_object(path: Path) -> None:
     """A file whose first line is not JSON may be one pretty-printed object: say so if it is."""
     try:
@@ -324,8 +352,16 @@ def clock_duration(seconds: float) -> str:
 def summary(job: dict) -> str:
     """The counts, how long the job took and its rate; when items failed or were cancelled, a second
     line with the command that saves them to resubmit. ``failed`` counts the items that failed,
-    ``cancelled`` those a cancel stopped."""
+    ``cancelled`` those a cancel stopped. A dry run says what it would do, and how to do it."""
     cancelled = job.get("cancelledCount", 0)
+    if job.get("dryRun"):
+        line = (f"dry run {job['jobId']} {job['state']}: total {job['totalCount']}, would create "
+                f"{job.get('wouldCreateCount', 0)}, would update {job.get('wouldUpdateCount', 0)}, would fail "
+                f"{job['failureCount'] - cancelled}, cancelled {cancelled}; nothing was written")
+        if job["state"] == "COMPLETED":
+            line += (f"\n  see each change:  customer-upsert results {job['jobId']}"
+                     f"\n  apply it:         customer-upsert run {job['jobId']} --wait")
+        return line
     line = (f"job {job['jobId']} {job['state']}: total {job['totalCount']}, created {job['createdCount']}, "
             f"updated {job['updatedCount']}, failed {job['failureCount'] - cancelled}, cancelled {cancelled}")
     took = job_seconds(job)
@@ -396,18 +432,31 @@ def _hint(job_id: str, base_url: str) -> str:
 
 def cmd_submit(client: ApiClient, args: argparse.Namespace) -> int:
     try:
-        job = client.submit_batch(args.batch, skip_change_identifier=args.skip_change_identifier)
+        job = client.submit_batch(args.batch, skip_change_identifier=args.skip_change_identifier,
+                                  dry_run=args.dry_run)
     except KeyboardInterrupt:
         print("\ninterrupted while sending; a job accepted meanwhile is listed by `customer-upsert jobs`",
               file=sys.stderr)
         return EXIT_INTERRUPTED
+    return _accepted(client, job, args)
+
+
+def cmd_run(client: ApiClient, args: argparse.Namespace) -> int:
+    """Apply a finished dry run: the real job from its stored inputs."""
+    job = client.run_dry_run(args.job)
+    return _accepted(client, job, args)
+
+
+def _accepted(client: ApiClient, job: dict, args: argparse.Namespace) -> int:
+    """Tell that a job was accepted; with ``--wait``, follow it to its end and summarise it."""
     job_id = job["jobId"]
+    what = "dry run" if job.get("dryRun") else "job"
     if not args.wait:
-        print(f"job {job_id} accepted: {job['totalCount']:,} customers\n{_hint(job_id, client.base_url)}",
+        print(f"{what} {job_id} accepted: {job['totalCount']:,} customers\n{_hint(job_id, client.base_url)}",
               file=sys.stderr)
         _print_json(job)
         return EXIT_OK
-    print(f"job {job_id} accepted: {job['totalCount']:,} customers (Ctrl-C stops watching, not the job)",
+    print(f"{what} {job_id} accepted: {job['totalCount']:,} customers (Ctrl-C stops watching, not the job)",
           flush=True)
     try:
         job = follow(client, job_id, args.timeout)
@@ -493,12 +542,22 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=text, description=text, epilog=EXIT_CODES,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    submit = client_command("submit", "submit a JSON array or NDJSON file of customers (NDJSON is streamed)")
+    submit = client_command("submit", "submit a JSON array, NDJSON or CSV file of customers (NDJSON and CSV are "
+                                      "streamed)")
     submit.add_argument("file", type=Path)
     submit.add_argument("--skip-change-identifier", action="store_true")
+    submit.add_argument("--dry-run", action="store_true",
+                        help="validate and look up only, write nothing: what each customer would do; "
+                             "`customer-upsert run JOB` applies it")
     submit.add_argument("--wait", action="store_true",
                         help="show a progress bar until the job ends, then a summary; exit 1 if any item failed")
     submit.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait at most (default a day)")
+
+    run = client_command("run", "apply a finished dry run: start the real job from its stored inputs")
+    run.add_argument("job", metavar="JOB_ID")
+    run.add_argument("--wait", action="store_true",
+                     help="show a progress bar until the job ends, then a summary; exit 1 if any item failed")
+    run.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait at most (default a day)")
 
     client_command("status", "print a job's document (JSON)").add_argument("job", metavar="JOB_ID")
     watch = client_command("watch", "show a running job's progress bar until it ends, then the summary; "
@@ -536,8 +595,8 @@ def cmd_doctor(client: ApiClient, args: argparse.Namespace) -> int:
     return EXIT_FAILURES if store["warnings"] else EXIT_OK
 
 
-COMMANDS = {"submit": cmd_submit, "watch": cmd_watch, "doctor": cmd_doctor, "cancel": cmd_cancel, "jobs": cmd_jobs,
-            "results": cmd_results,
+COMMANDS = {"submit": cmd_submit, "run": cmd_run, "watch": cmd_watch, "doctor": cmd_doctor, "cancel": cmd_cancel,
+            "jobs": cmd_jobs, "results": cmd_results,
             "status": lambda client, args: _print_json(client.job(args.job))}
 
 

@@ -79,6 +79,23 @@ def test_submit_wait_prints_the_full_id_first_then_a_summary_and_exits_by_the_ou
     assert cancel.stdout.splitlines()[0] == f"job {job_id} had already finished (COMPLETED); nothing was cancelled"
 
 
+def test_submit_dry_run_says_what_it_would_do_and_run_applies_it(web_url, worker, sim, tmp_path):
+    path = ndjson(tmp_path / "plan.ndjson", 3)
+
+    dry = run("submit", str(path), "--dry-run", "--wait", url=web_url)
+    job_id = re.match(rf"dry run ({JOB_ID}) accepted: 3 customers", dry.stdout).group(1)
+    applied = run("run", job_id, "--wait", url=web_url)
+    again = run("run", "0" * 32, url=web_url)
+
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert (f"dry run {job_id} COMPLETED: total 3, would create 3, would update 0, would fail 0, cancelled 0; "
+            "nothing was written") in dry.stdout
+    assert f"customer-upsert run {job_id} --wait" in dry.stdout
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert re.search(rf"job {JOB_ID} COMPLETED: total 3, created 3, updated 0, failed 0", applied.stdout)
+    assert again.returncode == 2 and "HTTP 404" in again.stderr
+
+
 def test_ctrl_c_leaves_the_job_running_and_says_how_to_follow_or_cancel_it(web_url, worker, sim, tmp_path):
     sim.configure(latencyMs=50)  # 600 customers: several seconds on the session's worker
     process = subprocess.Popen(
@@ -230,7 +247,7 @@ class RecordingApi:
         @app.post(f"{JOBS}/bulk")
         def bulk():
             body = request.stream.read()
-            self.requests.append({"headers": dict(request.headers), "body": body})
+            self.requests.append({"headers": dict(request.headers), "body": body, "query": dict(request.args)})
             return jsonify({"jobId": "0" * 32, "state": "QUEUED", "totalCount": body.count(b"\n")}), 202
 
         self.server = make_server("127.0.0.1", free_port(), app, threaded=True)
@@ -262,3 +279,22 @@ def test_an_ndjson_file_is_streamed_as_ndjson_and_export_lines_become_their_inpu
     assert sent["headers"].get("Transfer-Encoding") == "chunked"  # streamed from the file, not built whole
     assert sent["body"] == path.read_bytes()
     assert [json.loads(line) for line in resent["body"].splitlines()] == inputs
+
+
+def test_a_csv_file_is_sent_as_csv_by_its_extension_or_its_header(tmp_path):
+    rows = "".join(f"F{i},9195{i:08d},INSTORE\r\n" for i in range(5000))  # about 120 KB: several chunks
+    named = tmp_path / "export.csv"
+    named.write_bytes(("\ufefffirstName,identifiers.mobile,source\r\n" + rows).encode())
+    unnamed = tmp_path / "export.txt"
+    unnamed.write_bytes(("firstName,identifiers.mobile,source\n" + rows).encode())
+
+    with RecordingApi() as api:
+        by_extension = run("submit", str(named), "--dry-run", url=api.url, timeout=60)
+        by_content = run("submit", str(unnamed), url=api.url, timeout=60)
+    sent, resent = api.requests
+
+    assert by_extension.returncode == by_content.returncode == 0, by_extension.stderr + by_content.stderr
+    assert sent["headers"]["Content-Type"] == resent["headers"]["Content-Type"] == "text/csv"
+    assert sent["headers"].get("Transfer-Encoding") == "chunked"
+    assert sent["body"] == named.read_bytes() and resent["body"] == unnamed.read_bytes()
+    assert sent["query"] == {"skipChangeIdentifier": "false", "dryRun": "true", "label": "export.csv"}

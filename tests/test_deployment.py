@@ -117,3 +117,41 @@ def test_dev_runs_the_whole_stack_and_the_example_job(redis_of_its_own, tmp_path
     assert keys and all(0 < dev_db.ttl(key) <= 3600 for key in keys)
     assert not redis.Redis(port=redis_server.port, db=0).exists(f"cu:job:{job_id.group(1)}")
     assert (tmp_path / ".dev" / "logs" / "worker.log").exists()
+
+
+_COMPOSE_VARIABLE = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
+
+
+def interpolate_compose(text: str, env: dict[str, str]) -> str:
+    """Compose's own ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}`` substitution, for machines
+    without the compose plugin: a required variable that is unset or empty stops it with compose's message."""
+    def substitute(match: re.Match) -> str:
+        name, kind, word = match.group(1), match.group(2), match.group(3) or ""
+        value = env.get(name, "")
+        if kind == "?" and not value:
+            raise ValueError(f"required variable {name} is missing a value: {word}")
+        return value or (word if kind == "-" else "")
+    return _COMPOSE_VARIABLE.sub(substitute, text)
+
+
+def _compose_config(env: dict[str, str]) -> tuple[bool, str]:
+    """``docker compose config`` when the compose plugin is installed, else the same substitution here."""
+    probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+    if probe.returncode == 0:
+        done = subprocess.run(["docker", "compose", "config"], cwd=ROOT, env=env, capture_output=True, text=True)
+        return done.returncode == 0, done.stdout + done.stderr
+    try:
+        return True, interpolate_compose((ROOT / "docker-compose.yml").read_text(), env)
+    except ValueError as exc:
+        return False, str(exc)
+
+
+def test_compose_refuses_to_start_flower_without_basic_auth():
+    base = {"PATH": "/usr/bin:/bin", "UPSERT_API_TOKEN": "a-token"}
+
+    refused, message = _compose_config(base)
+    accepted, config = _compose_config(base | {"FLOWER_BASIC_AUTH": "ops:secret"})
+
+    assert not refused and "FLOWER_BASIC_AUTH" in message
+    assert accepted, config
+    assert "ops:secret" in config

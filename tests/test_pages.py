@@ -290,4 +290,57 @@ def test_dashboard_pages_beyond_twenty_jobs(page, web_url, sim, worker):
     assert first_page[:20] == list(reversed(ids))[:20] and len(first_page) == 20
     assert second_page[:2] == [ids[1], ids[0]]
     assert not set(first_page) & set(second_page)
+def test_dashboard_shows_a_dry_run_for_what_it_is_and_runs_it(page, web_url, sim, worker):
+    tag = uuid.uuid4().hex[:3].translate(str.maketrans("abcdef", "123456"))
+    known = [{"profiles": [{"firstName": f"{tag}{i}", "source": "INSTORE", "identifiers": [
+        {"type": "externalId", "value": f"UI-{tag}-{i}"}, {"type": "mobile", "value": f"9196{tag}{i:05d}"}]}]}
+        for i in range(2)]
+    submitted = requests.post(f"{web_url}{JOBS}/bulk", json=known, params={"wait": "30"}, timeout=60,
+                              headers={"Authorization": f"Bearer {TOKEN}"})
+    assert submitted.status_code == 200, submitted.text
+    renamed = [{"profiles": [{**known[0]["profiles"][0], "firstName": "Renamed"}]}]
+    moved = [{"profiles": [{**known[1]["profiles"][0], "identifiers": [
+        {"type": "externalId", "value": f"UI-{tag}-1"}, {"type": "mobile", "value": f"9196{tag}00009"}]}]}]
+    invalid = [{"profiles": [{"identifiers": [{"type": "mobile", "value": "12"}], "source": "INSTORE"}]}]
+    batch = renamed + moved + customers(4, tag + "9") + invalid  # 2 updates, 4 creates, 1 failure
+    response = requests.post(f"{web_url}{JOBS}/bulk", json=batch, params={"dryRun": "true"}, timeout=30,
+                             headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["jobId"]
+
+    log_in(page, web_url, TOKEN)
+    row = page.page.locator(f'li[data-job="{job_id}"]')
+    row.wait_for(timeout=10_000)
+    wait_for(lambda: row.get_attribute("data-state") == "COMPLETED", timeout=60, what="the dry run to complete",
+             interval=0.2)
+    row.locator("button.show-plan").click()
+    row.locator(".plan tbody tr").nth(6).wait_for(timeout=10_000)
+    text = row.inner_text()
+    warning = row.locator(".dry-warning")
+    plan = [line.split("\t") for line in row.locator(".plan tbody").inner_text().splitlines() if "\t" in line]
+    page.screenshot("ui-dry-run.png")
+
+    assert "DRY RUN · COMPLETED" in text and "Dry run: nothing was written." in text
+    assert "would create 4" in text and "would update 2" in text and "would fail 1" in text
+    assert warning.is_visible() and "4 of 6 profiles would be created" in warning.inner_text()
+    assert "firstName: " + f"{tag}0 → Renamed" in text
+    assert "+ mobile 91" in text and "\u2212 mobile 91" in text  # the new mobile replaces the old, masked
+    assert f"9196{tag}00009" not in text and "91********09" in text
+    assert "8056" in text  # the invalid mobile's error, in the plan
+    assert len(row.locator(".plan tbody tr").all()) == 7 and plan
+
+    page.page.once("dialog", lambda dialog: dialog.accept())
+    row.locator("button.run-dry").click()
+    wait_for(lambda: "applied: job" in row.inner_text() or "started job" in row.inner_text(), timeout=30,
+             what="the run to start", interval=0.2)
+    run_id = requests.get(f"{web_url}{JOBS}/jobs/{job_id}", headers={"Authorization": f"Bearer {TOKEN}"},
+                          timeout=5).json()["runJobId"]
+    real = page.page.locator(f'li[data-job="{run_id}"]')
+    real.wait_for(timeout=10_000)
+    wait_for(lambda: real.get_attribute("data-state") == "COMPLETED", timeout=60, what="the real job", interval=0.2)
+    page.screenshot("ui-dry-run-applied.png")
+
+    assert "created 4" in real.inner_text() and "updated 2" in real.inner_text()
+    assert f"run of dry run {job_id[:8]}" in real.inner_text()
+    assert row.locator("button.run-dry").is_hidden()
     page.assert_stayed_on_this_machine()

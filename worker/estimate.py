@@ -30,6 +30,8 @@ def seconds_left(job: dict[str, Any], tenant: Tenant, now: datetime) -> float | 
     written = job["createdCount"] + job["updatedCount"]
     share_new = job["createdCount"] / written if written else 1.0
     per_second = {name: rpm / 60.0 for name, rpm in tenant.rate_limits.items()}
+    if job.get("dryRun"):  # lookups only: no write, no read-back
+        per_second = {name: rate for name, rate in per_second.items() if name == "lookup"}
     if "add" in per_second:
         bounds.append(left * share_new / per_second["add"])
     if "update" in per_second:

@@ -25,6 +25,8 @@ from typing import Any
 from worker import retry
 from worker.client import DownstreamError, PermanentError, RetryableError, ThrottledError
 from worker.context import WorkerContext
+from worker.csvrows import locate, row_problem
+from worker.dryrun import predict_customer
 from worker.jobstore import CANCELLED_MESSAGE, CODE_CANCELLED, ItemWork, JobMeta, JobStore
 from worker.keys import inflight_member
 from worker.logs import CURRENT, mask_value
@@ -41,6 +43,8 @@ CODE_RETRIES_EXHAUSTED = 9001
 CODE_DOWNSTREAM_REFUSED = 9003
 CODE_REDELIVERED = 9004
 CODE_UNKNOWN_TENANT = 9005
+#: "Customer details not sent": a CSV row that is no customer at all (worker/csvrows.py)
+CODE_BAD_ROW = 8084
 
 
 
@@ -82,6 +86,19 @@ class StoreJournal:
         self.memo["d"] = 1
         if not self.store.save_memo(self.member, self.job_id, self.index, self.memo):
             raise LeaseLost(self.member)
+
+
+class StorePredictionState:
+    """A dry run's prediction state (worker/dryrun.py), in the job store."""
+
+    def __init__(self, store: JobStore, job_id: str) -> None:
+        self.store, self.job_id = store, job_id
+
+    def read(self, names: list[str]) -> list[Any]:
+        return self.store.dry_state(self.job_id, names)
+
+    def write(self, fields: dict[str, Any]) -> None:
+        self.store.save_dry_state(self.job_id, fields)
 
 
 def message_members(job_id: str, index: int | list[int], token: str) -> list[str]:
@@ -152,6 +169,9 @@ def _gate(ctx: WorkerContext, work: ItemWork, meta: JobMeta) -> ItemOutcome | No
         return ItemOutcome(FAILED, errors=[error(
             CODE_UNKNOWN_TENANT, f"this worker has no settings for tenant {meta.tenant!r}; "
                                  "check UPSERT_TENANTS_FILE on every worker")])
+    problem = row_problem(work.element) if meta.csv else None
+    if problem:
+        return ItemOutcome(FAILED, errors=[error(CODE_BAD_ROW, problem)])
     problems = validate_customer(work.element)
     if problems:
         return ItemOutcome(FAILED, errors=problems)
@@ -163,7 +183,9 @@ def _run_under_locks(ctx: WorkerContext, work: ItemWork, meta: JobMeta, job_id: 
     """Take the item's identifier locks, upsert, and decide what a failure means (worker/retry.py).
     Answers the outcome and the locks held, or the run's end when the item went back to the scheduler."""
     memo = dict(work.memo)
-    if work.locks is None:  # an item stored before intake kept its locks' digests: take them here
+    if meta.dry_run:  # reads only: nothing to guard, and no real job's item may wait for a dry run
+        locks, locked = [], True
+    elif work.locks is None:  # an item stored before intake kept its locks' digests: take them here
         locks = ctx.locks.keys(meta.tenant, identifier_keys(work.element))
         locked = ctx.locks.acquire(locks, member)
     else:
@@ -190,10 +212,17 @@ def _run_under_locks(ctx: WorkerContext, work: ItemWork, meta: JobMeta, job_id: 
         return _defer(ctx, job_id, index, member, delay, memo, locks, reason, f"RETRY in {delay:.1f}s: {why}",
                       journal)
 
+    gated = client.with_gate(gate, lambda: ctx.keeper.check(member))
     try:
-        outcome = upsert_valid_customer(client.with_gate(gate, lambda: ctx.keeper.check(member)), work.element,
-                                        skip_change_identifier=meta.skip_change_identifier,
-                                        priority=ctx.settings.identifier_priority, journal=journal)
+        if meta.dry_run:
+            outcome = predict_customer(gated, work.element, index=index, tenant=meta.tenant,
+                                       skip_change_identifier=meta.skip_change_identifier,
+                                       priority=ctx.settings.identifier_priority,
+                                       state=StorePredictionState(ctx.store, job_id),
+                                       has_successor=work.successor is not None)
+        else:
+            outcome = upsert_valid_customer(gated, work.element, skip_change_identifier=meta.skip_change_identifier,
+                                            priority=ctx.settings.identifier_priority, journal=journal)
         return outcome, locks
     except LeaseLost:
         log.warning("job %s item %s: lease lost to another worker; leaving the item to it", job_id, index)
@@ -248,6 +277,8 @@ def _record(ctx: WorkerContext, work: ItemWork, job_id: str, index: int, member:
     item = outcome.as_item(index)
     if outcome.failed:
         item["input"] = work.element  # so the failed export can be resubmitted as it is
+        if work.meta is not None and work.meta.csv:
+            item["errors"] = locate(item["errors"], work.element, index)
     done = ctx.store.record_outcome(member, job_id, index, item, failed=outcome.failed,
                                     successor=work.successor, locks=locks)
     if not done.recorded:
@@ -285,6 +316,8 @@ def outcome_summary(outcome: ItemOutcome) -> str:
     codes = [str(e.get("code")) for e in outcome.errors[:3]]
     if outcome.action == FAILED:
         return " ".join(["FAILED", *codes])
+    if outcome.entity_id is None:  # a dry run's WOULD_CREATE
+        return outcome.action
     return " ".join([outcome.action, str(outcome.entity_id), *codes])
 
 

@@ -36,7 +36,9 @@ QUEUED, RUNNING, COMPLETED, CANCELLED = "QUEUED", "RUNNING", "COMPLETED", "CANCE
 
 #: One counter per kind of outcome, in the job hash: an item bumps exactly one.
 OUTCOME_COUNTERS = ("n.created", "n.updated", "n.createdWithErrors", "n.updatedWithErrors", "n.failed",
-                    "n.cancelled")
+                    "n.cancelled", "n.wouldCreate", "n.wouldUpdate")
+#: A dry run's predictions (worker/dryrun.py), counted as the outcomes they name.
+WOULD_CREATE, WOULD_UPDATE = "WOULD_CREATE", "WOULD_UPDATE"
 
 CODE_CANCELLED = 9002
 #: The inputs of a submission not yet committed expire this long after their last write.
@@ -207,14 +209,24 @@ class JobMeta:
     tenant: str
     total: int
     skip_change_identifier: bool
+    #: validate and look up only: predict, write nothing downstream
+    dry_run: bool = False
+    #: submitted as CSV: errors tell their row and column (worker/csvrows.py)
+    csv: bool = False
 
     def dumps(self) -> str:
-        return json.dumps({"tenant": self.tenant, "total": self.total, "skip": self.skip_change_identifier})
+        data = {"tenant": self.tenant, "total": self.total, "skip": self.skip_change_identifier}
+        if self.dry_run:
+            data["dry"] = True
+        if self.csv:
+            data["csv"] = True
+        return json.dumps(data)
 
     @classmethod
     def loads(cls, raw: str) -> JobMeta:
         data = json.loads(raw)
-        return cls(tenant=data["tenant"], total=int(data["total"]), skip_change_identifier=bool(data["skip"]))
+        return cls(tenant=data["tenant"], total=int(data["total"]), skip_change_identifier=bool(data["skip"]),
+                   dry_run=bool(data.get("dry")), csv=bool(data.get("csv")))
 
 
 @dataclass
@@ -302,9 +314,44 @@ class JobStore:
 
     # -- intake ------------------------------------------------------------------------------
 
-    def new_job(self, tenant: str) -> NewJob:
+    def new_job(self, tenant: str, *, dry_run: bool = False, csv: bool = False) -> NewJob:
         """A job to be stored element by element; see :class:`NewJob`."""
-        return NewJob(self, tenant)
+        return NewJob(self, tenant, dry_run=dry_run, csv=csv)
+
+    def iter_inputs(self, job_id: str) -> Iterator[Any]:
+        """A job's stored elements in input order, a chunk at a time (a dry run's, for its real run)."""
+        total = int(self.redis.hget(keys.job(job_id), "totalCount") or 0)
+        for start in range(0, total, keys.CHUNK):
+            indexes = [str(i) for i in range(start, min(start + keys.CHUNK, total))]
+            for raw in self.redis.hmget(keys.inputs(job_id, start), indexes):
+                yield json.loads(raw) if raw is not None else None
+
+    def claim_run(self, job_id: str) -> str | None:
+        """Mark a dry run as being run; answer the job (or ``"pending"``) an earlier run claim made."""
+        if self.redis.hsetnx(keys.job(job_id), "runJobId", "pending"):
+            return None
+        return self.redis.hget(keys.job(job_id), "runJobId") or "pending"
+
+    def settle_run(self, job_id: str, run_job_id: str | None) -> None:
+        """The real job a dry run's run claim made, or None to free the claim after a refusal."""
+        if run_job_id is None:
+            self.redis.hdel(keys.job(job_id), "runJobId")
+        else:
+            self.redis.hset(keys.job(job_id), "runJobId", run_job_id)
+
+    # -- a dry run's predictions ------------------------------------------------------------
+
+    def dry_state(self, job_id: str, names: list[str]) -> list[Any]:
+        """Fields of a dry run's prediction state (worker/dryrun.py), decoded; None where absent."""
+        if not names:
+            return []
+        return [json.loads(raw) if raw is not None else None
+                for raw in self.redis.hmget(keys.dry(job_id), names)]
+
+    def save_dry_state(self, job_id: str, fields: dict[str, Any]) -> None:
+        if fields:
+            self.redis.hset(keys.dry(job_id), mapping={k: json.dumps(v, separators=(",", ":"))
+                                                        for k, v in fields.items()})
 
     # -- one item ----------------------------------------------------------------------------
 
@@ -601,6 +648,10 @@ def outcome_counter(action: str, failed: bool) -> str:
     """The one counter an item's outcome bumps."""
     if action in ("CREATED", "UPDATED"):
         return f"n.{action.lower()}WithErrors" if failed else f"n.{action.lower()}"
+    if action == WOULD_CREATE and not failed:
+        return "n.wouldCreate"
+    if action == WOULD_UPDATE and not failed:
+        return "n.wouldUpdate"
     return "n.cancelled" if action == CANCELLED else "n.failed"
 
 
@@ -611,7 +662,7 @@ def job_counts(raw: dict[str, str]) -> dict[str, int]:
     return {
         "totalCount": int(raw.get("totalCount") or 0),
         "processedCount": sum(n.values()),
-        "successCount": n["created"] + n["updated"],
+        "successCount": n["created"] + n["updated"] + n["wouldCreate"] + n["wouldUpdate"],
         "failureCount": failure,
         "createdCount": n["created"] + n["createdWithErrors"],
         "updatedCount": n["updated"] + n["updatedWithErrors"],
@@ -630,9 +681,18 @@ def job_document(raw: dict[str, str]) -> dict[str, Any] | None:
         "state": raw.get("state", QUEUED),
         "skipChangeIdentifier": raw.get("skipChangeIdentifier") == "1",
     }
-    doc.update(job_counts(raw))
+    counts = job_counts(raw)
+    doc.update(counts)
     for name in ("createdAt", "startedAt", "finishedAt"):
         doc[name] = raw.get(name)
+    doc["dryRun"] = raw.get("dryRun") == "1"
+    if doc["dryRun"]:
+        doc["wouldCreateCount"] = int(raw.get("n.wouldCreate") or 0)
+        doc["wouldUpdateCount"] = int(raw.get("n.wouldUpdate") or 0)
+        run = raw.get("runJobId")
+        doc["runJobId"] = run if run and run != "pending" else None
+    if raw.get("dryRunOf"):
+        doc["dryRunOf"] = raw["dryRunOf"]
     return doc
 
 
@@ -644,25 +704,33 @@ class NewJob:
     inputs are stored; a submission refused half way is undone with :meth:`abort`.
     """
 
-    def __init__(self, store: JobStore, tenant: str) -> None:
+    def __init__(self, store: JobStore, tenant: str, *, dry_run: bool = False, csv: bool = False) -> None:
         self.store = store
         self.tenant = tenant
+        self.dry_run = dry_run
+        self.csv = csv
         self.job_id = new_job_id()
         self.count = 0
         self._chunk: dict[str, str] = {}
 
     def add(self, element: Any) -> None:
         """Store an element, and the digests of its identifier locks: the worker then reads the item
-        and takes its locks in one step (:meth:`JobStore.claim_item`)."""
+        and takes its locks in one step (:meth:`JobStore.claim_item`). A dry run's items take no locks:
+        they only read, and must not hold back a real job's items."""
         index = self.count
         self._chunk[str(index)] = json.dumps(element, separators=(",", ":"))
-        digests = sorted({keys.identifier_lock_digest(self.tenant, source, account, kind, value)
-                          for kind, value, source, account in identifier_keys(element)})
+        digests = [] if self.dry_run else sorted({
+            keys.identifier_lock_digest(self.tenant, source, account, kind, value)
+            for kind, value, source, account in identifier_keys(element)})
         if digests:
             self._chunk[keys.lock_field(index)] = " ".join(digests)
         self.count += 1
         if self.count % keys.CHUNK == 0:
             self._flush()
+
+    def seen_identifiers(self) -> SeenInRedis:
+        """Where the intake's chain planner keeps the identifiers it has seen (worker/planning.py)."""
+        return SeenInRedis(self.store.redis, keys.plan(self.job_id))
 
     def _flush(self) -> None:
         """Store the chunk being filled, with an expiry: should this process die before the commit,
@@ -683,7 +751,7 @@ class NewJob:
         """
         self._flush()
         job_id, redis_ = self.job_id, self.store.redis
-        meta = JobMeta(self.tenant, self.count, skip_change_identifier).dumps()
+        meta = JobMeta(self.tenant, self.count, skip_change_identifier, self.dry_run, self.csv).dumps()
         now = time.time()
         pipe = redis_.pipeline(transaction=False)
         for n in keys.chunks(self.count):
@@ -693,11 +761,14 @@ class NewJob:
             pipe.persist(f"{keys.job(job_id)}:in:{n}")
         if next_index:
             pipe.sadd(keys.waits(job_id), *next_index.values())
+        pipe.delete(keys.plan(job_id))  # the planner's work is done
         doc = {
             "jobId": job_id,
             "tenant": self.tenant,
             "state": QUEUED,
             "skipChangeIdentifier": "1" if skip_change_identifier else "0",
+            **({"dryRun": "1"} if self.dry_run else {}),
+            **({"csv": "1"} if self.csv else {}),
             "createdAt": now_iso(),
             **dict.fromkeys(OUTCOME_COUNTERS, 0),
             "totalCount": self.count,
@@ -739,4 +810,27 @@ class NewJob:
         pipe.zrem(keys.tenant_active(self.tenant), self.job_id)
         pipe.zrem(keys.tenant_accepted(self.tenant), f"{self.job_id}:{self.count}")
         pipe.zrem(keys.SCHED_JOBS, self.job_id)
+        pipe.execute()
+
+
+class SeenInRedis:
+    """The chain planner's identifiers of one submission, in a hash of its own: the web process
+    holds a chunk of them at a time. Two commands a chunk; the hash expires with the uncommitted
+    inputs should the intake die, and the commit removes it."""
+
+    def __init__(self, client: redis.Redis, key: str) -> None:
+        self.redis, self.key = client, key
+        self._expiring = False
+
+    def first_indexes(self, digests: list[bytes]) -> list[int | None]:
+        return [int(i) if i is not None else None for i in self.redis.hmget(self.key, digests)]
+
+    def remember(self, firsts: dict[bytes, int]) -> None:
+        if not firsts:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.key, mapping=firsts)
+        if not self._expiring:
+            pipe.expire(self.key, UNCOMMITTED_SECONDS)
+            self._expiring = True
         pipe.execute()

@@ -22,6 +22,11 @@ Job keys (``{j}`` is the job id, ``{n}`` the chunk number, ``index // CHUNK``)::
     cu:job:{j}:waits        set    indexes that wait for an earlier item of their chain
     cu:job:{j}:ready        list   chain successors whose predecessor has ended, to dispatch first
     cu:job:{j}:delayed      zset   items waiting to be retried (score = due time)
+    cu:job:{j}:plan         hash   while a submission is read: identifier digest -> the first item that named
+                                   it (worker/planning.py); removed at the commit
+    cu:job:{j}:dry          hash   a dry run's predictions for the later items of a chain: "i:<digest>" -> the
+                                   customer an identifier would lead to (or gone), "c:<customer>" -> that
+                                   customer as the earlier items would leave it (worker/dryrun.py)
 
 The dispatcher's scripts (worker/scheduler.py) build a job's key names from its id in Lua, with
 these suffixes and :data:`CHUNK`; they take the prefix from :func:`job`.
@@ -106,6 +111,14 @@ def delayed(job_id: str) -> str:
     return f"{job(job_id)}:delayed"
 
 
+def plan(job_id: str) -> str:
+    return f"{job(job_id)}:plan"
+
+
+def dry(job_id: str) -> str:
+    return f"{job(job_id)}:dry"
+
+
 def chunks(total: int) -> range:
     return range((total + CHUNK - 1) // CHUNK)
 
@@ -114,7 +127,8 @@ def job_keys(job_id: str, total: int) -> list[str]:
     """Every key a job may own, to expire together when it finishes (or delete when refused)."""
     base = job(job_id)
     per_chunk = [f"{base}:{kind}:{n}" for n in chunks(total) for kind in ("in", "res")]
-    return [base, failed(job_id), waits(job_id), ready(job_id), delayed(job_id), *per_chunk]
+    return [base, failed(job_id), waits(job_id), ready(job_id), delayed(job_id), dry(job_id), plan(job_id),
+            *per_chunk]
 
 
 def tenant_jobs(tenant: str) -> str:

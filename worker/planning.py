@@ -8,7 +8,7 @@ downstream.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Protocol
 
 
 def identifier_keys(element: Any) -> list[tuple[str, str, str, str]]:
@@ -26,31 +26,70 @@ def identifier_keys(element: Any) -> list[tuple[str, str, str, str]]:
     return found
 
 
+class SeenIdentifiers(Protocol):
+    """Where a planner keeps the first index of every identifier digest it has seen."""
+
+    def first_indexes(self, digests: list[bytes]) -> list[int | None]: ...
+
+    def remember(self, firsts: dict[bytes, int]) -> None: ...
+
+
+class SeenInMemory:
+    """The digests in a dict: for tools and tests; a submission's intake keeps them in Redis
+    (worker/jobstore.py), so the web process holds one chunk's worth, however large the file."""
+
+    def __init__(self) -> None:
+        self.firsts: dict[bytes, int] = {}
+
+    def first_indexes(self, digests: list[bytes]) -> list[int | None]:
+        return [self.firsts.get(digest) for digest in digests]
+
+    def remember(self, firsts: dict[bytes, int]) -> None:
+        self.firsts.update(firsts)
+
+
 class ChainPlanner:
     """Items that share an identifier must run one after another, in input order.
 
     Fed one element at a time as a submission is read, so it keeps only a short digest of each
-    identifier, not the elements. :meth:`chains` answers ``{index: next index}`` for every item
-    that has a successor in its group; items that share nothing with any other are absent and
-    run in parallel. Groups are transitive: if A shares a mobile with B and B an email with C,
-    all three run in order.
+    identifier, not the elements, and only until the next :meth:`flush`: a flush (every chunk of
+    elements) looks the pending digests up in ``seen`` and leaves the new ones there. Only items
+    that share an identifier with another stay in memory. :meth:`chains` answers
+    ``{index: next index}`` for every item that has a successor in its group; items that share
+    nothing with any other are absent and run in parallel. Groups are transitive: if A shares a
+    mobile with B and B an email with C, all three run in order.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, seen: SeenIdentifiers | None = None) -> None:
         self._parent: dict[int, int] = {}
+        self._seen = seen if seen is not None else SeenInMemory()
         # A 16-byte digest per identifier instead of the (type, value, source, account) tuple: a
         # fifth of the memory, and a collision (odds 2**-128) would only put two items in order.
-        self._first_with_key: dict[bytes, int] = {}
+        self._pending: list[tuple[bytes, int]] = []
         self._count = 0
 
     def add(self, element: Any) -> None:
         index, self._count = self._count, self._count + 1
         for key in identifier_keys(element):
-            digest = hashlib.blake2b("\x1f".join(key).encode(), digest_size=16).digest()
-            a, b = self._find(self._first_with_key.setdefault(digest, index)), self._find(index)
+            self._pending.append((hashlib.blake2b("\x1f".join(key).encode(), digest_size=16).digest(), index))
+
+    def flush(self) -> None:
+        """Join the items added since the last flush to the earlier items they share an identifier with."""
+        if not self._pending:
+            return
+        unique = list(dict.fromkeys(digest for digest, _ in self._pending))
+        earlier = dict(zip(unique, self._seen.first_indexes(unique), strict=True))
+        new: dict[bytes, int] = {}
+        for digest, index in self._pending:
+            first = earlier.get(digest)
+            if first is None:
+                first = new.setdefault(digest, index)
+            a, b = self._find(first), self._find(index)
             if a != b:
                 self._parent[max(a, b)] = min(a, b)
                 self._parent.setdefault(min(a, b), min(a, b))
+        self._seen.remember(new)
+        self._pending = []
 
     def _find(self, i: int) -> int:
         parent = self._parent
@@ -60,6 +99,7 @@ class ChainPlanner:
         return i
 
     def chains(self) -> dict[int, int]:
+        self.flush()
         chains: dict[int, int] = {}
         last_in_group: dict[int, int] = {}
         for index in sorted(self._parent):

@@ -38,6 +38,8 @@ class ItemOutcome:
     result: dict | None = None
     errors: list[dict] = field(default_factory=list)
     warnings: list[dict] = field(default_factory=list)
+    #: more about the item, shown after the rest: a dry run's ``changes`` and ``identifierChanges``
+    details: dict = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
@@ -54,6 +56,7 @@ class ItemOutcome:
             "result": self.result,
             "errors": errors,
             "warnings": self.warnings,
+            **self.details,
         }
 
 

@@ -105,6 +105,7 @@ function newRow(jobId) {
   $(".cancel", row).addEventListener("click", () => cancel(row, jobId));
   $(".download", row).addEventListener("click", () => download(row, jobId));
   wireFailures(row, jobId);
+  wireDryRun(row, jobId);
   return row;
 }
 
@@ -145,6 +146,7 @@ function update(row, job) {
   download.textContent = `Download ${cancelled ? "failed and cancelled" : "failed"} items (${number(job.failureCount)})`;
   $(".actions", row).hidden = $(".cancel", row).hidden && download.hidden && !$(".message", row).textContent;
   updateFailures(row, job);
+  updateDryRun(row, job);
 }
 
 function say(row, text, isError = false) {
@@ -361,6 +363,121 @@ function showPages(older) {
   $("#newer").disabled = page === 0;
   $("#older").disabled = !older;
   $("#page-text").textContent = `jobs ${number(page * PAGE + 1)} to ${number(page * PAGE + $("#list").children.length)}`;
+}
+
+// -- dry runs: the counts up front, the planned changes per profile, a warning, the run button ---------
+
+const PLAN_ROWS = 100;           // profiles shown in the plan; the whole plan is in the results export
+const MOSTLY_CREATES = 0.5;      // share of creates past which a batch meant to update looks wrong
+
+function wireDryRun(row, jobId) {
+  $(".run-dry", row).addEventListener("click", () => runDryRun(row, jobId));
+  $(".show-plan", row).addEventListener("click", () => togglePlan(row, jobId));
+}
+
+function updateDryRun(row, job) {
+  const section = $(".dry-run", row);
+  row.classList.toggle("dry", Boolean(job.dryRun));
+  section.hidden = !job.dryRun;
+  if (job.dryRunOf) $(".created", row).textContent += ` · run of dry run ${job.dryRunOf.slice(0, 8)}…`;
+  if (!job.dryRun) return;
+  const state = $(".state", row);
+  state.textContent = `DRY RUN · ${job.state}`;
+  const creates = job.wouldCreateCount || 0, updates = job.wouldUpdateCount || 0;
+  const fails = job.failureCount - (job.cancelledCount || 0);
+  $(".would-create", row).textContent = `would create ${number(creates)}`;
+  $(".would-update", row).textContent = `would update ${number(updates)}`;
+  $(".would-fail", row).textContent = `would fail ${number(fails)}`;
+  $(".would-fail", row).classList.toggle("nonzero", fails > 0);
+
+  const warning = $(".dry-warning", row);
+  const predicted = creates + updates;
+  warning.hidden = !(predicted > 0 && creates / predicted > MOSTLY_CREATES);
+  warning.textContent = `${number(creates)} of ${number(predicted)} profiles would be created as new customers. ` +
+    "If this batch was meant to update existing customers, check its source and accountId: a wrong one finds " +
+    "nobody, and every profile becomes a duplicate.";
+
+  const finished = job.state === "COMPLETED";
+  const run = $(".run-dry", row);
+  run.hidden = !finished || Boolean(job.runJobId);
+  $(".show-plan", row).hidden = job.processedCount === 0;
+  if (job.runJobId) sayDry(row, `applied: job ${job.runJobId}`);
+  else if (!finished && job.state !== "CANCELLED") sayDry(row, "predicting: the run button comes when it ends");
+  else if (job.state === "CANCELLED") sayDry(row, "cancelled: a cancelled dry run cannot be run; submit it again");
+  else if ($(".dry-message", row).dataset.kind === "progress") sayDry(row, "");
+}
+
+function sayDry(row, text, isError = false, kind = "progress") {
+  const message = $(".dry-message", row);
+  message.textContent = text;
+  message.dataset.kind = kind;
+  message.classList.toggle("error", isError);
+}
+
+async function runDryRun(row, jobId) {
+  const creates = $(".would-create", row).textContent, updates = $(".would-update", row).textContent;
+  if (!confirm(`Run dry run ${jobId} for real?\nIt ${creates} and ${updates} customers downstream.`)) return;
+  const button = $(".run-dry", row);
+  button.disabled = true;
+  try {
+    const job = await (await call(`jobs/${jobId}/run`, { method: "POST" })).json();
+    sayDry(row, `started job ${job.jobId}`, false, "result");
+    button.hidden = true;
+    refresh();
+  } catch (error) {
+    if (!(error instanceof Unauthorized)) sayDry(row, `run failed: ${error.message}`, true, "result");
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function togglePlan(row, jobId) {
+  const plan = $(".plan", row), toggle = $(".show-plan", row);
+  if (!plan.hidden) {
+    plan.hidden = true;
+    toggle.textContent = "Show planned changes";
+    return;
+  }
+  toggle.textContent = "Hide planned changes";
+  plan.hidden = false;
+  $(".plan-note", row).textContent = "loading…";
+  try {
+    const page = await (await call(`jobs/${jobId}/results?limit=${PLAN_ROWS}`)).json();
+    $("tbody", plan).replaceChildren(...page.response.map(planRow));
+    $(".plan-note", row).textContent = page.totalCount > page.response.length
+      ? `the first ${number(page.response.length)} of ${number(page.totalCount)} profiles; every one is in ` +
+        `customer-upsert results ${jobId}`
+      : "";
+  } catch (error) {
+    if (!(error instanceof Unauthorized)) $(".plan-note", row).textContent = `cannot load the plan: ${error.message}`;
+  }
+}
+
+function cell(text, className = "") {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (className) td.className = className;
+  return td;
+}
+
+const shown = (value) => value === null || value === undefined ? "—"
+  : typeof value === "string" ? value : JSON.stringify(value);
+
+function planRow(item) {
+  const tr = document.createElement("tr");
+  const action = (item.action || "").replace("WOULD_", "").toLowerCase();
+  tr.className = `plan-${action}`;
+  const customer = item.entityId ? `customer ${item.entityId}`
+    : item.customerOfItem !== undefined ? `the one #${item.customerOfItem} creates`
+    : action === "create" ? "new" : "—";
+  const changes = Object.entries(item.changes || {}).map(([field, c]) => `${field}: ${shown(c.old)} → ${shown(c.new)}`);
+  const errors = (item.errors || []).map((e) => `${e.code}: ${e.message}`);
+  const ids = item.identifierChanges || { add: [], remove: [] };
+  const identifiers = [...ids.add.map((i) => `+ ${i.type} ${i.value}`), ...ids.remove.map((i) => `− ${i.type} ${i.value}`)];
+  tr.append(cell(String(item.index)), cell(action || item.action, "would"), cell(customer),
+            cell([...changes, ...errors].join("\n") || "no change", errors.length ? "error" : ""),
+            cell(identifiers.join("\n") || "—"));
+  return tr;
 }
 
 // -- polling and the token ----------------------------------------------------------------------

@@ -45,3 +45,9 @@ def test_a_cancelled_job_shows_no_estimate_even_while_items_still_run():
     cancelled = job(500, created=500) | {"state": "CANCELLED"}
     shown = with_estimate(cancelled, Tenant(id="t", token="x"), NOW)
     assert shown["estimatedSecondsLeft"] is None and shown["estimatedCompletionAt"] is None
+
+
+def test_a_dry_run_is_bounded_by_its_lookups_only_since_it_writes_nothing():
+    tenant = Tenant(id="t", token="x", rate_limits={"add": 60.0, "lookup": 6000.0})
+    # 100 predictions in 10 s: the add limit, which a real run of 900 new customers would wait for, does not apply.
+    assert seconds_left(job(100) | {"dryRun": True}, tenant, NOW) == 90.0

@@ -37,3 +37,26 @@ def test_junk_elements_have_no_identifiers_and_are_never_chained():
     assert identifier_keys("junk") == identifier_keys({"profiles": "x"}) == []
     assert identifier_keys({"profiles": [{"identifiers": [{"type": "mobile"}, "x", {"value": "1"}]}]}) == []
     assert plan("junk", None, element(("mobile", "1"))) == {}
+
+
+def test_flushing_a_chunk_at_a_time_plans_as_one_pass_does_and_holds_only_shared_items():
+    import random
+
+    rng = random.Random(7)
+    elements = [element(*[(kind, str(rng.randrange(40))) for kind in rng.sample(["mobile", "email", "externalId"], 2)])
+                for _ in range(300)]
+    whole = plan(*elements)
+    for chunk in (1, 7, 100):
+        planner = ChainPlanner()
+        for n, e in enumerate(elements, 1):
+            planner.add(e)
+            if n % chunk == 0:
+                planner.flush()
+        assert planner.chains() == whole, chunk
+
+    lonely = ChainPlanner()
+    for i in range(2000):
+        lonely.add(element(("mobile", str(i))))
+        if i % 100 == 99:
+            lonely.flush()
+    assert lonely._pending == [] and lonely._parent == {} and lonely.chains() == {}
