@@ -458,22 +458,21 @@ def _accepted(client: ApiClient, job: dict, args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{what} {job_id} accepted: {job['totalCount']:,} customers (Ctrl-C stops watching, not the job)",
           flush=True)
-    try:
-        job = follow(client, job_id, args.timeout)
-    except KeyboardInterrupt:
-        print(f"\njob {job_id} keeps running on the server.\n{_hint(job_id, client.base_url)}", file=sys.stderr,
-              flush=True)
-        return EXIT_INTERRUPTED
-    print(summary(job))
-    return EXIT_OK if job["failureCount"] == 0 else EXIT_FAILURES
+    return follow_to_summary(client, job_id, args.timeout)
 
 
 def cmd_watch(client: ApiClient, args: argparse.Namespace) -> int:
     """The progress bar of a job submitted earlier (``--no-wait``, another terminal), then its summary."""
+    return follow_to_summary(client, args.job, args.timeout)
+
+
+def follow_to_summary(client: ApiClient, job_id: str, timeout: float) -> int:
+    """The bar until the job ends, then the summary; the exit code says whether every item succeeded.
+    Ctrl-C stops the watching, not the job, and says how to follow or cancel it."""
     try:
-        job = follow(client, args.job, args.timeout)
+        job = follow(client, job_id, timeout)
     except KeyboardInterrupt:
-        print(f"\njob {args.job} keeps running on the server.\n{_hint(args.job, client.base_url)}", file=sys.stderr,
+        print(f"\njob {job_id} keeps running on the server.\n{_hint(job_id, client.base_url)}", file=sys.stderr,
               flush=True)
         return EXIT_INTERRUPTED
     print(summary(job))
