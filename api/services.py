@@ -13,6 +13,7 @@ from api.admission import Admission
 from worker.celery_app import create_celery
 from worker.jobstore import JobStore
 from worker.metrics import Collector
+from worker.ratelimit import learning_of
 from worker.settings import Settings, Tenant
 
 
@@ -33,7 +34,8 @@ class Services:
         store = JobStore.from_url(settings.redis_url, ttl_seconds=settings.job_ttl_seconds)
         registry = CollectorRegistry()
         tenants = settings.tenants()
-        registry.register(Collector(store, lease_seconds=settings.item_lease_seconds, tenants=tenants))
+        registry.register(Collector(store, lease_seconds=settings.item_lease_seconds, tenants=tenants,
+                                    learning=learning_of(settings)))
         # This web process's own CPU, memory and Python version, as the default registry would show them.
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)

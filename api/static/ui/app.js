@@ -193,6 +193,18 @@ async function download(row, jobId) {
   }
 }
 
+// -- the downstream's rates ---------------------------------------------------------------------
+
+// One line per limited endpoint: the rate learned from the downstream's 429s, under any configured
+// ceiling; the 429s seen and the time calls waited for tokens.
+function showRates(rates) {
+  const parts = Object.entries(rates || {}).filter(([, r]) => r.perMinute !== null).map(([endpoint, r]) =>
+    `${endpoint} ${Math.round(r.perMinute)}/min` + (r.limitPerMinute ? ` (limit ${r.limitPerMinute})` : "") +
+    (r.found ? "" : " (finding)") +
+    (r.throttled ? ` · ${r.throttled}×429` : "") + (r.waitedSeconds ? ` · waited ${duration(r.waitedSeconds)}` : ""));
+  $("#rates").textContent = parts.length ? `Downstream rates: ${parts.join("; ")}` : "";
+}
+
 // -- polling and the token ----------------------------------------------------------------------
 
 let loading = false;     // one request at a time; a refresh asked for meanwhile runs right after
@@ -207,9 +219,10 @@ async function refresh() {
   try {
     const state = $("#state").value;
     const query = new URLSearchParams({ limit: "20", ...(state ? { state } : {}) });
-    const { jobs } = await (await call(`jobs?${query}`)).json();
+    const { jobs, downstreamRates } = await (await call(`jobs?${query}`)).json();
     if (mine === generation) {
       render(jobs);
+      showRates(downstreamRates);
       const active = jobs.some((job) => !job.finishedAt);
       wait = active ? FAST_MS : SLOW_MS;
       $("#status").textContent = `updated ${new Date().toLocaleTimeString()}` +
