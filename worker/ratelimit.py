@@ -108,12 +108,12 @@ GROWTH_HEADROOM = 2.0
 CUT_GUARD_SECONDS = 2.0
 #: The learned rate never drops below this (calls per second): an endpoint always gets a call through.
 MIN_RATE = 0.1
-#: How far ahead a bucket reserves tokens while its rate still grows from its start: tokens reserved
-#: far ahead would keep the slow start's first pace (a changed rate spaces only the tokens after them).
-#: Once a rate is found, five times this while it climbs back (or probes), the full horizon at a
-#: configured ceiling. Further would keep an old pace longer; nearer would make more of the items
-#: that wait come back without a token, and look their customers up again.
-SLOW_START_HORIZON_SECONDS = 2.0
+#: How far ahead a bucket reserves tokens while a found rate climbs back (or probes): a changed rate
+#: spaces only the tokens after the ones reserved. Further would keep an old pace longer; nearer
+#: would make more of the items that wait come back without a token, and look their customers up
+#: again. A slow start reserves as far as any bucket, each token spaced at the rate projected for
+#: its time; a configured ceiling reached, too.
+CLIMB_HORIZON_SECONDS = 6.0
 
 #: The calls an endpoint sent lately, for the next cut: a count decaying over tau seconds, from m0.
 #: Calls are counted as they go out: a token used at once here, a reserved one by the process that
@@ -155,8 +155,8 @@ _ACQUIRE = _COUNT_SENT + """
 -- ARGV[1]: horizon (s); ARGV[2], ARGV[3]: the all-endpoints limit as at most n calls in any window
 -- of w seconds (n 0: none); ARGV[4]: a member unique to this call; ARGV[5]: '1' to learn; ARGV[6..10]:
 -- start rate (/s), slow-start growth per s, increase share, probe share, measuring time (s);
--- ARGV[11]: how long the bucket's state lasts unused (s); ARGV[12]: the horizon while the rate is
--- still growing from its start (s); ARGV[13], ARGV[14]: the bucket's ceiling per second (0: none)
+-- ARGV[11]: how long the bucket's state lasts unused (s); ARGV[12]: the horizon while a found rate
+-- climbs back (s); ARGV[13], ARGV[14]: the bucket's ceiling per second (0: none)
 -- and burst (s); ARGV[15]: reserved tokens this process used since it last said.
 -- Answers {wait, now, epoch} (strings, seconds; now on Redis's clock): wait 0: a token taken from
 -- every limit, use it now; -w: one reserved in every limit, use it in w seconds, if the bucket's
@@ -186,9 +186,11 @@ end
 local bucket = KEYS[5]
 local epoch = '0'
 local tat, rate, from
+local slow, ceiling = false, 0
 if bucket then
   local start = tonumber(ARGV[6])
-  local ceiling, burst = tonumber(ARGV[13]), tonumber(ARGV[14])
+  local burst = tonumber(ARGV[14])
+  ceiling = tonumber(ARGV[13])
   if tonumber(ARGV[15]) > 0 then count_sent(bucket, now, tonumber(ARGV[10]), tonumber(ARGV[15])) end
   local s = redis.call('HMGET', bucket, 'tat', 'rate', 'grew', 'base', 'epoch')
   epoch = s[5] or '0'
@@ -205,10 +207,11 @@ if bucket then
   if learn and due > now then  -- busy: callers wait for tokens
     rate = grown(bucket, now, rate, base, ceiling, tonumber(s[3]))
   end
-  if learn and not (ceiling > 0 and rate >= ceiling) then
-    -- a rate that may still change reserves less far ahead, as only the tokens after the ones
-    -- reserved take a new rate: a slow start least, a found rate that climbs back more
-    horizon = math.min(horizon, tonumber(ARGV[12]) * (base and 3 or 1))
+  slow = learn and not base and not (ceiling > 0 and rate >= ceiling)
+  if learn and base and not (ceiling > 0 and rate >= ceiling) then
+    -- a found rate that climbs back reserves less far ahead: only the tokens after the ones
+    -- reserved take a new rate
+    horizon = math.min(horizon, tonumber(ARGV[12]))
   end
   wait = math.max(wait, due - now)
   redis.call('HSET', bucket, 'grew', tostring(now))
@@ -219,7 +222,15 @@ end
 if wait > horizon then return {tostring(wait), tostring(now), epoch} end
 if bucket then
   if wait == 0 then count_sent(bucket, now, tonumber(ARGV[10]), 1) end
-  redis.call('HSET', bucket, 'tat', tostring(math.max(from, now + wait) + 1 / rate))
+  local at = math.max(from, now + wait)
+  local pace = rate
+  if slow then
+    -- a slow start spaces each token at the rate it will have grown to by then: tokens reserved
+    -- ahead keep up with it, until a 429 voids them
+    pace = rate * GROWTH ^ math.min(10, at - now)
+    if ceiling > 0 then pace = math.min(pace, ceiling) end
+  end
+  redis.call('HSET', bucket, 'tat', tostring(at + 1 / pace))
 end
 if n > 0 then
   redis.call('ZADD', KEYS[4], now + wait, ARGV[4])
@@ -266,7 +277,9 @@ local m0 = tonumber(redis.call('HGET', bucket, 'm0') or now)
 local accepted = m / (tau * (1 - math.exp(-math.max(now - m0, 0.5) / tau)))
 if now < (tonumber(s[3]) or 0) then return 0 end
 local share, least = tonumber(ARGV[6]), tonumber(ARGV[7])
-local basis = math.min(rate, accepted)
+-- a slow start's tokens went out at the pace projected for them, past the rate stored
+local basis = accepted
+if s[2] then basis = math.min(rate, accepted) end
 local cut = math.max(least, share * basis)
 -- once a limit was found, never below half the rate at one cut, as TCP halves its window: a 429
 -- among a few calls says little (a slow start's overshoot is cut to what was accepted, however low)
@@ -496,7 +509,7 @@ class RateLimiter:
                        self.log_key if self._window else self.aims_key]
         args: list = [self.horizon, n, w, secrets.token_hex(8), int(learning.enabled),
                       learning.start_per_minute(endpoint) / 60.0, SLOW_START_GROWTH, INCREASE_SHARE, PROBE_SHARE,
-                      MEASURE_SECONDS, learning.memory_seconds, SLOW_START_HORIZON_SECONDS]
+                      MEASURE_SECONDS, learning.memory_seconds, CLIMB_HORIZON_SECONDS]
         if bucket is not None:
             script_keys.append(bucket[0])
             args += [bucket[1], BURST_SECONDS, self._take_used(endpoint)]

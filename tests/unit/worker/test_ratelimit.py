@@ -8,12 +8,12 @@ import time
 import pytest
 
 from worker.ratelimit import (
+    CLIMB_HORIZON_SECONDS,
     CUT_SHARE,
     INCREASE_SHARE,
     MEASURE_SECONDS,
     PROBE_SHARE,
     SLOW_START_GROWTH,
-    SLOW_START_HORIZON_SECONDS,
     Learning,
     RateLimited,
     RateLimiter,
@@ -35,7 +35,7 @@ def grants(limiter: RateLimiter, endpoint: str, count: int, *, within_horizon: b
                 limiter.log_key if limiter._window else limiter.aims_key]
         args = [limiter.horizon, n, w, f"call-{i}", int(learning.enabled), learning.start_per_minute(endpoint) / 60,
                 SLOW_START_GROWTH, INCREASE_SHARE, PROBE_SHARE, MEASURE_SECONDS, learning.memory_seconds,
-                SLOW_START_HORIZON_SECONDS]
+                CLIMB_HORIZON_SECONDS]
         bucket = limiter._endpoints.get(endpoint)
         if bucket:
             keys.append(bucket[0])
