@@ -10,8 +10,8 @@ landed as a share of the time the adds took, and failures.
 Halved: ``--halve-items`` new customers, two workers, nothing configured; once the job is under way
 the simulator halves the add limit, and restores it ``--halved-seconds`` later. Printed: how long the
 learned add rate took to come within 10% of the halved limit, the share of add calls answered 429
-from 30 s after the change until the restore, and how long the rate took to climb back to 0.8 of the
-restored limit.
+from 30 s after the change until the restore, how long the rate took to climb back to the restored
+limit, and the adds made from 5 to 25 s after the restore over that limit.
 
     .venv/bin/python bench/learned_rates.py [--add-limit 600] [--update-limit 3000] [--halve-items 1200]
 """
@@ -101,12 +101,14 @@ def halved(sim: Simulator, tmp: Path, add_limit: float, items: int, halved_secon
         for t, rate in samples[::4]:
             print(f"{t - halved_at:6.1f} {rate:7.1f}", file=sys.stderr)
     followed = next((t - halved_at for t, rate in samples if t > halved_at and rate <= 1.1 * add_limit / 2), None)
-    climbed = next((t - restored_at for t, rate in samples if t > restored_at and rate >= 0.8 * add_limit), None)
+    climbed = next((t - restored_at for t, rate in samples if t > restored_at and rate >= add_limit), None)
     late = [c for c in calls if halved_at + 30 <= c["t"] < restored_at]
+    after = [c["t"] for c in calls if restored_at + 5 <= c["t"] < restored_at + 25 and c["status"] == 200]
     return {
         "followed": followed if followed is not None else float("nan"),
         "share_429_after_30s": sum(c["status"] == 429 for c in late) / max(1, len(late)),
         "climbed": climbed if climbed is not None else float("nan"),
+        "restored_rate": len(after) / 20 * 60 / add_limit,
         "failures": job["failureCount"],
     }
 
@@ -116,7 +118,7 @@ def main() -> int:
     parser.add_argument("--add-limit", type=float, default=600.0, help="calls a minute")
     parser.add_argument("--update-limit", type=float, default=3000.0, help="calls a minute")
     parser.add_argument("--halve-items", type=int, default=1200)
-    parser.add_argument("--halved-seconds", type=float, default=45.0)
+    parser.add_argument("--halved-seconds", type=float, default=40.0)
     args = parser.parse_args()
     limits = {"add": args.add_limit, "update": args.update_limit}
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,7 +139,8 @@ def main() -> int:
     print(f"add limit halved mid-job ({args.halve_items} new customers, two workers, nothing configured): "
           f"the learned rate within 10% of it after {half['followed']:.1f} s; "
           f"{half['share_429_after_30s']:.3f} of the add calls 429 from 30 s after the change; "
-          f"restored: back to 0.8 of the limit after {half['climbed']:.1f} s; {half['failures']:.0f} failures")
+          f"restored: back to the limit after {half['climbed']:.1f} s, adds at {half['restored_rate']:.2f} of it "
+          f"from 5 to 25 s after; {half['failures']:.0f} failures")
     return 0
 
 
