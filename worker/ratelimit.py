@@ -523,7 +523,10 @@ class RateLimiter:
             self.metrics.rate_limit_wait(endpoint, wait)
         if answer > 0:
             raise RateLimited(endpoint, answer, reserved=False, now=now)
-        if wait > sleep_under and endpoint in REQUEUE_ENDPOINTS and bucket is not None:
+        # Under the all-endpoints limit, which every endpoint shares anyway, a learned bucket's waits are
+        # slept in place: a token of that limit reserved ahead is kept only for its window's margin.
+        requeue = bucket is not None and (self._window is None or bucket[1] > 0)
+        if wait > sleep_under and endpoint in REQUEUE_ENDPOINTS and requeue:
             raise RateLimited(endpoint, wait, reserved=True, now=now, epoch=int(raw_epoch))
         time.sleep(wait)
         if self._window is not None and self.redis_now() - (now + wait) > self._late_tolerance:
