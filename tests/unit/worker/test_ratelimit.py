@@ -18,8 +18,10 @@ from worker.ratelimit import (
     RateLimited,
     RateLimiter,
     learned_rates,
+    learning_of,
     window,
 )
+from worker.settings import Settings, SettingsError
 
 #: Only the configured limits, as they are: for the all-endpoints limit's own tests.
 PINNED = Learning(enabled=False)
@@ -209,3 +211,15 @@ def test_pinned_limits_hold_as_configured_and_leave_other_endpoints_free(r):
 
     shown = learned_rates(r, "t", {"add": 600}, PINNED)
     assert shown["add"].per_minute == 600 and shown["update"].per_minute is None
+
+
+def test_the_knobs_read_from_the_environment():
+    one = learning_of(Settings.from_env({"CAPILLARY_RATE_START": "120", "CAPILLARY_RATE_LEARNING": "off"}))
+    assert not one.enabled and one.start_per_minute("lookup") == one.start_per_minute("add") == 120
+    some = learning_of(Settings.from_env({"CAPILLARY_RATE_START": "add=60", "CAPILLARY_RATE_MEMORY_SECONDS": "90"}))
+    assert some.enabled and some.start_per_minute("add") == 60 and some.start_per_minute("lookup") == 3000
+    assert some.memory_seconds == 90
+    for bad in ({"CAPILLARY_RATE_LEARNING": "maybe"}, {"CAPILLARY_RATE_START": "adds=5"},
+                {"CAPILLARY_RATE_START": "-1"}):
+        with pytest.raises(SettingsError, match="CAPILLARY_RATE_"):
+            Settings.from_env(bad)
