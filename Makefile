@@ -30,8 +30,9 @@ lint: install ## ruff and mypy (api/, worker/, cli/)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: install ## print throughput, scheduling, intake-memory and operating-condition figures (README's Performance)
+bench: install ## print throughput, scheduling, intake-memory, operating-condition and learned-rate figures (docs/performance.md)
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/scheduling.py
 	$(BIN)/python bench/intake_memory.py
 	$(BIN)/python bench/conditions.py
+	$(BIN)/python bench/learned_rates.py

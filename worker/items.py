@@ -18,6 +18,7 @@ the item back to the scheduler (``defer``), so a waiting item never holds a work
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -192,6 +193,7 @@ def _run_under_locks(ctx: WorkerContext, work: ItemWork, meta: JobMeta, job_id: 
         return _defer(ctx, job_id, index, member, delay, memo, locks, reason, f"RETRY in {delay:.1f}s: {why}",
                       journal)
 
+    started = time.monotonic()
     try:
         outcome = upsert_valid_customer(client.with_gate(gate, lambda: ctx.keeper.check(member)), work.element,
                                         skip_change_identifier=meta.skip_change_identifier,
@@ -204,8 +206,10 @@ def _run_under_locks(ctx: WorkerContext, work: ItemWork, meta: JobMeta, job_id: 
         memo["r"] = {k: [list(t) for t in v] for k, v in reserved.items() if v}
         if exc.reserved:
             memo["r"][exc.endpoint] = [*memo["r"].get(exc.endpoint, []), [exc.due, exc.epoch]]
-        return later(retry.rate_limited_delay(exc.wait, reserved=exc.reserved), RETRY_RATE_LIMITED,
-                     f"rate limit ({exc.endpoint})")
+        # Back early enough to redo what this run did before it asked (its lookups), so the token is
+        # not missed.
+        return later(retry.rate_limited_delay(exc.wait, reserved=exc.reserved, ahead=time.monotonic() - started),
+                     RETRY_RATE_LIMITED, f"rate limit ({exc.endpoint})")
     except ThrottledError as exc:
         return later(retry.throttled_delay(exc.retry_after), RETRY_THROTTLED, "throttled (429)")
     except RetryableError as exc:

@@ -63,7 +63,8 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
               "rate_limited, identifiers_locked)", ("reason",)),
     WAITS: ("Downstream calls that waited for the rate limiter (in place, or requeued)", ("endpoint",)),
     WAIT_SECONDS: ("Seconds downstream calls waited for the rate limiter", ("endpoint",)),
-    THROTTLED: ("Downstream 429 answers, each of which pauses the tenant's whole fleet", ("endpoint",)),
+    THROTTLED: ("Downstream 429 answers, each of which pauses its endpoint on every worker and cuts its learned "
+                "rate", ("endpoint",)),
     JOBS_FINISHED: ("Jobs that ended, by final state (COMPLETED, CANCELLED)", ("state",)),
 }
 

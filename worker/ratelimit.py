@@ -78,7 +78,7 @@ if TYPE_CHECKING:
 SLEEP_UNDER_SECONDS = 0.25
 BURST_SECONDS = 0.5
 #: The longest an item that came back early for a reserved token (worker/retry.py) sleeps for it.
-EARLY_SLEEP_SECONDS = 0.6
+EARLY_SLEEP_SECONDS = 1.0
 #: The all-endpoints limit learns from 429s: each one lowers its aim by this much, down to the
 #: floor; the lowered aim lasts this long after the last 429.
 AIM_STEP = 0.95
@@ -280,10 +280,9 @@ local share, least = tonumber(ARGV[6]), tonumber(ARGV[7])
 -- a slow start's tokens went out at the pace projected for them, past the rate stored
 local basis = accepted
 if s[2] then basis = math.min(rate, accepted) end
-local cut = math.max(least, share * basis)
--- once a limit was found, never below half the rate at one cut, as TCP halves its window: a 429
--- among a few calls says little (a slow start's overshoot is cut to what was accepted, however low)
-if s[2] then cut = math.max(cut, rate / 2) end
+-- never below half the rate at one cut, as TCP halves its window: a 429 among a few calls says little
+-- (a limit all endpoints share may have refused it)
+local cut = math.max(least, share * basis, rate / 2)
 redis.call('HSET', bucket, 'rate', tostring(cut), 'base', tostring(math.max(basis, cut)), 'tat', tostring(untill),
            'grew', tostring(untill), 'cut', tostring(untill + tonumber(ARGV[11])))
 redis.call('HINCRBY', bucket, 'epoch', 1)
@@ -295,7 +294,7 @@ _PAUSED_FOR = _COUNT_SENT + """
 -- KEYS[1], KEYS[2]: pause keys; KEYS[3]: the endpoint's bucket, if it has one. ARGV[1]: reserved
 -- tokens this process used since it last said; ARGV[2]: the measuring time (s); ARGV[3]: the
 -- bucket's ceiling per second (0: none); ARGV[4]: '1' to learn. Answers the seconds the longer
--- pause holds for, on Redis's clock, and the bucket's epoch.
+-- pause holds for, on Redis's clock, the bucket's epoch, and 1 while it is in its slow start.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 if KEYS[3] and tonumber(ARGV[1]) > 0 then
@@ -310,9 +309,14 @@ if KEYS[3] and tonumber(ARGV[1]) > 0 then
 end
 local left = math.max(0, tonumber(redis.call('GET', KEYS[1]) or '0') - now,
                       tonumber(redis.call('GET', KEYS[2]) or '0') - now)
-local epoch = '0'
-if KEYS[3] then epoch = redis.call('HGET', KEYS[3], 'epoch') or '0' end
-return {tostring(left), epoch}
+local epoch, slow = '0', 0
+if KEYS[3] then
+  local b = redis.call('HMGET', KEYS[3], 'epoch', 'base', 'rate')
+  epoch = b[1] or '0'
+  local ceiling = tonumber(ARGV[3])
+  if ARGV[4] == '1' and not b[2] and not (ceiling > 0 and (tonumber(b[3]) or ceiling) >= ceiling) then slow = 1 end
+end
+return {tostring(left), epoch, slow}
 """
 
 
@@ -460,8 +464,8 @@ class RateLimiter:
         self._acquire = client.register_script(_ACQUIRE)
         self._pause = client.register_script(_PAUSE)
         self._paused = client.register_script(_PAUSED_FOR)
-        #: endpoint -> (look again after, looked at, seconds paused then, the bucket's epoch)
-        self._pause_checks: dict[str, tuple[float, float, float, str]] = {}
+        #: endpoint -> (look again after, looked at, seconds paused then, the bucket's epoch, slow start)
+        self._pause_checks: dict[str, tuple[float, float, float, str, bool]] = {}
         #: reserved tokens used, by endpoint, not yet counted in Redis as calls sent
         self._used: Counter[str] = Counter()
         self._used_lock = threading.Lock()
@@ -486,10 +490,12 @@ class RateLimiter:
         if reserved and reserved.get(endpoint):
             due, epoch = reserved[endpoint].pop(0)
             late = self.redis_now() - due
-            paused, current = self._paused_for(endpoint)
+            paused, current, slow = self._pause_check(endpoint)
             if paused > 0:  # a 429 since it was reserved: the pause holds for reserved tokens too
                 raise RateLimited(endpoint, paused, reserved=False, now=self.redis_now())
-            if late <= self._late_tolerance and str(int(epoch)) == current:
+            # In a slow start no limit is known yet, so a late token lands in no burst that matters;
+            # dropping it would only make its item wait again at the back.
+            if (late <= self._late_tolerance or slow) and str(int(epoch)) == current:
                 # Not counted as a wait: this sleep is the tail of the wait counted whole when the item
                 # was requeued for this token.
                 if late < 0:
@@ -543,20 +549,24 @@ class RateLimiter:
                 raise RateLimited(endpoint, paused, reserved=False, now=self.redis_now())
 
     def _paused_for(self, endpoint: str) -> tuple[float, str]:
-        """Seconds the endpoint (or the whole tenant) is paused for, and its bucket's epoch, read from
-        Redis (on its clock) at most every PAUSE_CHECK_SECONDS per process and endpoint, so calls no
-        limit counts and reserved tokens cost no round trip of their own."""
+        paused, epoch, _slow = self._pause_check(endpoint)
+        return paused, epoch
+
+    def _pause_check(self, endpoint: str) -> tuple[float, str, bool]:
+        """Seconds the endpoint (or the whole tenant) is paused for, its bucket's epoch and whether it is
+        in its slow start, read from Redis (on its clock) at most every PAUSE_CHECK_SECONDS per process
+        and endpoint, so calls no limit counts and reserved tokens cost no round trip of their own."""
         now = time.monotonic()
-        until, at, remaining, epoch = self._pause_checks.get(endpoint, (0.0, 0.0, 0.0, "0"))
+        until, at, remaining, epoch, slow = self._pause_checks.get(endpoint, (0.0, 0.0, 0.0, "0", False))
         if now >= until:
             bucket = self._endpoints.get(endpoint)
-            raw_left, epoch = self._paused(keys=[self.pause_key, self.endpoint_pause_key(endpoint),
-                                                 *([bucket[0]] if bucket else [])],
-                                           args=[self._take_used(endpoint) if bucket else 0, MEASURE_SECONDS,
-                                                 bucket[1] if bucket else 0.0, int(self.learning.enabled)])
-            remaining, at = float(raw_left), now
-            self._pause_checks[endpoint] = (now + PAUSE_CHECK_SECONDS, at, remaining, str(epoch))
-        return max(0.0, remaining - (now - at)), str(epoch)
+            raw_left, epoch, raw_slow = self._paused(
+                keys=[self.pause_key, self.endpoint_pause_key(endpoint), *([bucket[0]] if bucket else [])],
+                args=[self._take_used(endpoint) if bucket else 0, MEASURE_SECONDS, bucket[1] if bucket else 0.0,
+                      int(self.learning.enabled)])
+            remaining, at, epoch, slow = float(raw_left), now, str(epoch), bool(int(raw_slow))
+            self._pause_checks[endpoint] = (now + PAUSE_CHECK_SECONDS, at, remaining, epoch, slow)
+        return max(0.0, remaining - (now - at)), epoch, slow
 
     def _take_used(self, endpoint: str) -> int:
         with self._used_lock:
