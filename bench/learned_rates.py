@@ -97,9 +97,6 @@ def halved(sim: Simulator, tmp: Path, add_limit: float, items: int, halved_secon
         stop.set()
         stack.close()
         sim.reset()
-    if os.environ.get("BENCH_VERBOSE"):
-        for t, rate in samples[::4]:
-            print(f"{t - halved_at:6.1f} {rate:7.1f}", file=sys.stderr)
     followed = next((t - halved_at for t, rate in samples if t > halved_at and rate <= 1.1 * add_limit / 2), None)
     climbed = next((t - restored_at for t, rate in samples if t > restored_at and rate >= add_limit), None)
     late = [c for c in calls if halved_at + 30 <= c["t"] < restored_at]
