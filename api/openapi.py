@@ -106,10 +106,23 @@ class Quota(Schema):
 class TenantView(Schema):
     tenant = fields.String(required=True)
     quotas = fields.List(fields.Nested(Quota), required=True)
+class DownstreamRate(Schema):
+    perMinute = fields.Float(required=True, allow_none=True,
+                             metadata={"description": "calls a minute let through now; null: not limited"})
+    limitPerMinute = fields.Float(required=True, allow_none=True,
+                                  metadata={"description": "the configured ceiling (CAPILLARY_RATE_LIMITS)"})
+    found = fields.Boolean(required=True, metadata={
+        "description": "the rate is the configured limit or was found from the downstream's 429s, not a slow "
+                       "start still growing"})
+    throttled = fields.Integer(required=True, metadata={"description": "429 answers seen"})
+    waitedSeconds = fields.Float(required=True, metadata={"description": "seconds calls waited for tokens"})
 
 
 class JobList(Schema):
     jobs = fields.List(fields.Nested(Job), required=True)
+    downstreamRates = fields.Dict(keys=fields.String(), values=fields.Nested(DownstreamRate), metadata={
+        "description": "the caller's rate per downstream endpoint (lookup, add, update, changeIdentifier), as "
+                       "the fleet learned it; the 429s and waits while the learned state lasts"})
 
 
 def _errors(*statuses: int) -> dict:

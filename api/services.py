@@ -13,6 +13,7 @@ from api.admission import Admission
 from worker.celery_app import create_celery
 from worker.jobstore import JobStore
 from worker.metrics import Collector
+from worker.ratelimit import learning_of
 from worker.settings import Settings, Tenant
 
 
@@ -35,7 +36,8 @@ class Services:
                                   replica_wait_seconds=settings.store_replica_wait_seconds)
         registry = CollectorRegistry()
         tenants = settings.tenants()
-        registry.register(Collector(store, lease_seconds=settings.item_lease_seconds, tenants=tenants))
+        registry.register(Collector(store, lease_seconds=settings.item_lease_seconds, tenants=tenants,
+                                    learning=learning_of(settings)))
         # This web process's own CPU, memory and Python version, as the default registry would show them.
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)

@@ -22,6 +22,7 @@ from worker.callbacks import callback_problem
 from worker.estimate import with_estimate
 from worker.jobs import cancel_job as cancel
 from worker.jobstore import COMPLETED
+from worker.ratelimit import EndpointRate, learned_rates, learning_of
 from worker.store_health import store_summary
 
 jobs = Blueprint("jobs", __name__, url_prefix=JOBS_PREFIX)
@@ -124,7 +125,11 @@ def list_jobs():
     limit = params.integer("limit", 20, minimum=1, maximum=100)
     offset = params.integer("offset", 0, minimum=0, maximum=MAX_LISTED)
     found = services().store.list_jobs(g.tenant.id, state=state, limit=limit, skip=offset)
-    return jsonify({"jobs": [_document(job) for job in found]})
+    return jsonify({"jobs": [_document(job) for job in found], "downstreamRates": {
+        endpoint: {"perMinute": None if rate.per_minute is None else round(rate.per_minute, 1),
+                   "limitPerMinute": rate.ceiling_per_minute, "found": rate.found, "throttled": rate.throttled,
+                   "waitedSeconds": round(rate.waited_seconds, 1)}
+        for endpoint, rate in _rates().items()}})
 
 
 @jobs.get("/tenant")
@@ -179,8 +184,16 @@ def _own_job(job_id: str) -> dict:
     raise ApiError(404, "job_not_found", f"no job {job_id[:64]!r} for this token", field="jobId")
 
 
+def _rates() -> dict[str, EndpointRate]:
+    """The caller's downstream rates as the fleet learned them, read once per request."""
+    if "rates" not in g:
+        svc = services()
+        g.rates = learned_rates(svc.store.redis, g.tenant.id, g.tenant.rate_limits, learning_of(svc.settings))
+    return g.rates
+
+
 def _document(job: dict) -> dict:
-    return with_estimate(job, g.tenant)
+    return with_estimate(job, g.tenant, rates=_rates())
 
 
 def _wait_for(job_id: str, seconds: float) -> dict:

@@ -206,6 +206,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CAPILLARY_OAUTH_SECRET": settings.capillary_oauth_secret,
         "CAPILLARY_MAX_RPS": str(settings.capillary_max_rps),
         "CAPILLARY_RATE_LIMITS": ",".join(f"{k}={v:g}" for k, v in settings.capillary_rate_limits.items()),
+        "CAPILLARY_RATE_LEARNING": "on" if settings.capillary_rate_learning else "off",
+        "CAPILLARY_RATE_START": ",".join(f"{k}={v:g}" for k, v in settings.capillary_rate_start.items()),
+        "CAPILLARY_RATE_MEMORY_SECONDS": str(settings.capillary_rate_memory_seconds),
         "CAPILLARY_TIMEOUT_SECONDS": str(settings.capillary_timeout_seconds),
         "UPSERT_API_TOKEN": settings.upsert_api_token,
         "WORKER_CONCURRENCY": str(settings.worker_concurrency),
@@ -386,3 +389,40 @@ def tenants_file(path: Path, **tenants: dict[str, str | int]) -> Path:
 def simulator_tenant(token: str, simulator_url: str) -> dict[str, str]:
     """A tenant whose downstream is the simulator, with the till the tests' simulators accept."""
     return {"token": token, "capillary_base_url": simulator_url, "till": SIM_TILL, "password": SIM_PASSWORD}
+
+
+def seed_customers(settings: Settings, elements: list[dict], concurrency: int = 16) -> None:
+    """Create ``elements`` in the simulator straight through the client, past the service (and so
+    past its rate limits, whose learned state stays untouched)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.client import CapillaryClient
+    from worker.upsert import upsert_customer
+
+    client = CapillaryClient(settings.default_tenant(), timeout=10)
+    with ThreadPoolExecutor(concurrency) as pool:
+        outcomes = list(pool.map(lambda e: upsert_customer(client, e, skip_change_identifier=True,
+                                                           priority=settings.identifier_priority), elements))
+    assert not [o for o in outcomes if o.errors]
+
+
+def write_figures(calls: list[dict], add_limit_per_minute: float) -> dict[str, float]:
+    """What a job's writes did at the simulator: answers 429 per write made; adds per second over the add
+    limit, past the adds' first second (as bench/throughput.py measures a configured limit); and when the
+    last update landed as a share of the time the adds took (both from the first write)."""
+    def times(endpoint: str) -> list[float]:
+        return sorted(c["t"] for c in calls if c["endpoint"] == endpoint and c["status"] == 200)
+
+    adds, updates = times("add"), times("update")
+    steady = [t for t in adds if t >= adds[0] + 1.0] if adds else []
+    throttled = sum(1 for c in calls if c["endpoint"] in ("add", "update") and c["status"] == 429)
+    first = min(adds[:1] + updates[:1])
+    return {
+        "share_429": throttled / max(1, len(adds) + len(updates)),
+        "throttled": throttled,
+        "add_rate": (len(steady) - 1) / (steady[-1] - steady[0]) * 60 / add_limit_per_minute
+        if len(steady) > 1 else 0.0,
+        "updates_done": (updates[-1] - first) / (adds[-1] - first) if adds and updates else 0.0,
+        "adds_seconds": adds[-1] - first if adds else 0.0,
+        "updates_seconds": updates[-1] - first if updates else 0.0,
+    }

@@ -11,7 +11,7 @@ from worker.client import CapillaryClient
 from worker.jobstore import JobStore
 from worker.locks import IdentifierLocks
 from worker.metrics import Flusher, Metrics
-from worker.ratelimit import RateLimiter
+from worker.ratelimit import RateLimiter, learning_of
 from worker.scheduler import LeaseKeeper, worker_id
 from worker.settings import Settings, Tenant
 
@@ -44,7 +44,8 @@ class WorkerContext:
             if found is None:
                 tenant = self.tenants[tenant_id]
                 limiter = RateLimiter(self.store.redis, tenant.id, max_rps=tenant.max_rps,
-                                      per_minute=tenant.rate_limits, metrics=self.metrics)
+                                      per_minute=tenant.rate_limits, metrics=self.metrics,
+                                      learning=learning_of(self.settings))
                 client = CapillaryClient(
                     tenant,
                     timeout=self.settings.capillary_timeout_seconds,

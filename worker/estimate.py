@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.clock import iso, parse_iso
 from worker.settings import Tenant
+
+if TYPE_CHECKING:
+    from worker.ratelimit import EndpointRate
 
 #: Calls an item makes, on average, when nothing is known of the batch: two identifiers looked
 #: up, one write, one read-back by id for the result (counted under the lookup limit).
@@ -14,11 +18,15 @@ LOOKUPS_PER_ITEM = 3
 CALLS_PER_ITEM = 4
 
 
-def seconds_left(job: dict[str, Any], tenant: Tenant, now: datetime) -> float | None:
+def seconds_left(job: dict[str, Any], tenant: Tenant, now: datetime,
+                 rates: Mapping[str, EndpointRate] | None = None) -> float | None:
     """The larger of what the pace so far and what the rate limits allow; None when unknown.
 
     The limits bound the estimate from below: a job that has run fast while the add bucket
     was full cannot go on faster than the add limit allows for the new customers still to come.
+    ``rates``: each endpoint's rate as the fleet learned it (worker/ratelimit.py); those found from
+    the downstream's answers or configured count, not one still growing from its start. Without
+    them, the configured limits.
     """
     left = job["totalCount"] - job["processedCount"]
     if job.get("finishedAt") or left <= 0:
@@ -29,7 +37,11 @@ def seconds_left(job: dict[str, Any], tenant: Tenant, now: datetime) -> float | 
         bounds.append(left * max(elapsed, 0.0) / job["processedCount"])
     written = job["createdCount"] + job["updatedCount"]
     share_new = job["createdCount"] / written if written else 1.0
-    per_second = {name: rpm / 60.0 for name, rpm in tenant.rate_limits.items()}
+    if rates is None:
+        per_second = {name: rpm / 60.0 for name, rpm in tenant.rate_limits.items()}
+    else:
+        per_second = {name: rate.per_minute / 60.0 for name, rate in rates.items()
+                      if rate.found and rate.per_minute}
     if job.get("dryRun"):  # lookups only: no write, no read-back
         per_second = {name: rate for name, rate in per_second.items() if name == "lookup"}
     if "add" in per_second:
@@ -43,10 +55,11 @@ def seconds_left(job: dict[str, Any], tenant: Tenant, now: datetime) -> float | 
     return max(bounds) if bounds else None
 
 
-def with_estimate(job: dict[str, Any], tenant: Tenant, now: datetime | None = None) -> dict[str, Any]:
+def with_estimate(job: dict[str, Any], tenant: Tenant, now: datetime | None = None,
+                  rates: Mapping[str, EndpointRate] | None = None) -> dict[str, Any]:
     """The document with its estimate; a cancelled job has none (what still runs of it is no completion)."""
     now = now or datetime.now(UTC)
-    left = None if job.get("state") == "CANCELLED" else seconds_left(job, tenant, now)
+    left = None if job.get("state") == "CANCELLED" else seconds_left(job, tenant, now, rates)
     job["estimatedSecondsLeft"] = None if left is None else round(left, 1)
     job["estimatedCompletionAt"] = (
         None if left is None or job.get("finishedAt")

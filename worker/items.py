@@ -18,6 +18,7 @@ the item back to the scheduler (``defer``), so a waiting item never holds a work
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,7 @@ from worker.keys import inflight_member
 from worker.logs import CURRENT, mask_value
 from worker.metrics import RETRY_IDENTIFIERS_LOCKED, RETRY_RATE_LIMITED, RETRY_THROTTLED, RETRY_TRANSIENT
 from worker.planning import identifier_keys
-from worker.ratelimit import RateLimited
+from worker.ratelimit import SLEEP_UNDER_SECONDS, RateLimited
 from worker.scheduler import Lapsed, LeaseLost
 from worker.upsert import CANCELLED, FAILED, ItemOutcome, error, upsert_valid_customer
 from worker.validation import validate_customer
@@ -120,9 +121,11 @@ def run_items(ctx: WorkerContext, job_id: str, indexes: list[int], token: str,
         ctx.keeper.hold(member, [])
     runs: list[ItemRun] = []
     try:
-        for index, member in zip(indexes, members, strict=True):
-            def run(index: int = index) -> ItemRun:
-                return run_item(ctx, job_id, index, token)
+        for position, (index, member) in enumerate(zip(indexes, members, strict=True)):
+            # An item with others behind it never sleeps for a write token: it goes back to the
+            # scheduler holding it, so an add that waits never holds back an update behind it.
+            def run(index: int = index, last: bool = position == len(indexes) - 1) -> ItemRun:
+                return run_item(ctx, job_id, index, token, last_in_message=last)
             runs.append(guard(run) if guard is not None else run())
             ctx.keeper.drop(member)
     finally:
@@ -131,15 +134,15 @@ def run_items(ctx: WorkerContext, job_id: str, indexes: list[int], token: str,
     return runs
 
 
-def run_item(ctx: WorkerContext, job_id: str, index: int, token: str) -> ItemRun:
+def run_item(ctx: WorkerContext, job_id: str, index: int, token: str, *, last_in_message: bool = True) -> ItemRun:
     token_ = CURRENT.set((job_id, index))
     try:
-        return _run_item(ctx, job_id, index, inflight_member(job_id, index, token))
+        return _run_item(ctx, job_id, index, inflight_member(job_id, index, token), last_in_message)
     finally:
         CURRENT.reset(token_)
 
 
-def _run_item(ctx: WorkerContext, job_id: str, index: int, member: str) -> ItemRun:
+def _run_item(ctx: WorkerContext, job_id: str, index: int, member: str, last_in_message: bool = True) -> ItemRun:
     """Gate, upsert under the item's locks, record: each a function of its own below."""
     work = ctx.store.claim_item(job_id, index, member, lock_ttl_ms=ctx.locks.ttl_ms)
     if work.stale:
@@ -152,7 +155,7 @@ def _run_item(ctx: WorkerContext, job_id: str, index: int, member: str) -> ItemR
     outcome = _gate(ctx, work, work.meta)
     locks = work.locks if work.locked and work.locks else []  # released with the outcome
     if outcome is None:
-        ran = _run_under_locks(ctx, work, work.meta, job_id, index, member)
+        ran = _run_under_locks(ctx, work, work.meta, job_id, index, member, last_in_message)
         if isinstance(ran, ItemRun):  # deferred, or its lease was lost meanwhile
             return ran
         outcome, locks = ran
@@ -179,7 +182,7 @@ def _gate(ctx: WorkerContext, work: ItemWork, meta: JobMeta) -> ItemOutcome | No
 
 
 def _run_under_locks(ctx: WorkerContext, work: ItemWork, meta: JobMeta, job_id: str, index: int,
-                     member: str) -> tuple[ItemOutcome, list[str]] | ItemRun:
+                     member: str, last_in_message: bool = True) -> tuple[ItemOutcome, list[str]] | ItemRun:
     """Take the item's identifier locks, upsert, and decide what a failure means (worker/retry.py).
     Answers the outcome and the locks held, or the run's end when the item went back to the scheduler."""
     memo = dict(work.memo)
@@ -196,7 +199,7 @@ def _run_under_locks(ctx: WorkerContext, work: ItemWork, meta: JobMeta, job_id: 
                       f"RETRY in {delay:.1f}s: identifiers held by another job's item")
     ctx.keeper.hold(member, locks)
     client, limiter = ctx.client_for(meta.tenant)
-    reserved = {k: [float(t) for t in v] for k, v in (memo.get("r") or {}).items() if isinstance(v, list)}
+    reserved = {k: [reservation(t) for t in v] for k, v in (memo.get("r") or {}).items() if isinstance(v, list)}
     journal = StoreJournal(ctx.store, member, job_id, index, memo)
     policy = retry.RetryPolicy.from_settings(ctx.settings)
     attempt = int(memo.get("a") or 1)
@@ -205,7 +208,7 @@ def _run_under_locks(ctx: WorkerContext, work: ItemWork, meta: JobMeta, job_id: 
         # Checked again after the limiter, which may have slept: the call goes out only while the
         # lease is known to stand (a frozen worker that wakes up finds it presumed lost).
         ctx.keeper.check(member)
-        limiter.acquire(endpoint, reserved)
+        limiter.acquire(endpoint, reserved, sleep_under=SLEEP_UNDER_SECONDS if last_in_message else 0.0)
         ctx.keeper.check(member)
 
     def later(delay: float, reason: str, why: str) -> ItemRun:
@@ -213,6 +216,7 @@ def _run_under_locks(ctx: WorkerContext, work: ItemWork, meta: JobMeta, job_id: 
                       journal)
 
     gated = client.with_gate(gate, lambda: ctx.keeper.check(member))
+    started = time.monotonic()
     try:
         if meta.dry_run:
             outcome = predict_customer(gated, work.element, index=index, tenant=meta.tenant,
@@ -228,11 +232,13 @@ def _run_under_locks(ctx: WorkerContext, work: ItemWork, meta: JobMeta, job_id: 
         log.warning("job %s item %s: lease lost to another worker; leaving the item to it", job_id, index)
         return ItemRun("ABANDONED: lease lost")
     except RateLimited as exc:
-        memo["r"] = {k: v for k, v in reserved.items() if v}
+        memo["r"] = {k: [list(t) for t in v] for k, v in reserved.items() if v}
         if exc.reserved:
-            memo["r"][exc.endpoint] = [*memo["r"].get(exc.endpoint, []), exc.due]
-        return later(retry.rate_limited_delay(exc.wait, reserved=exc.reserved), RETRY_RATE_LIMITED,
-                     f"rate limit ({exc.endpoint})")
+            memo["r"][exc.endpoint] = [*memo["r"].get(exc.endpoint, []), [exc.due, exc.epoch]]
+        # Back early enough to redo what this run did before it asked (its lookups), so the token is
+        # not missed.
+        return later(retry.rate_limited_delay(exc.wait, reserved=exc.reserved, ahead=time.monotonic() - started),
+                     RETRY_RATE_LIMITED, f"rate limit ({exc.endpoint})")
     except ThrottledError as exc:
         return later(retry.throttled_delay(exc.retry_after), RETRY_THROTTLED, "throttled (429)")
     except RetryableError as exc:
@@ -248,6 +254,14 @@ def _run_under_locks(ctx: WorkerContext, work: ItemWork, meta: JobMeta, job_id: 
                                                  exc.message)]), locks
     finally:
         ctx.keeper.drop(member)
+
+
+def reservation(stored: Any) -> tuple[float, int]:
+    """A reserved token as the memo keeps it: ``[due, epoch]``, or only its due time as stored before
+    rates were learned (epoch 0, the first)."""
+    if isinstance(stored, list):
+        return float(stored[0]), int(stored[1])
+    return float(stored), 0
 
 
 def _defer(ctx: WorkerContext, job_id: str, index: int, member: str, delay: float, memo: dict,

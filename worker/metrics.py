@@ -32,6 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from worker import keys
+from worker.ratelimit import Learning, learned_rates
 from worker.store_health import store_findings
 
 if TYPE_CHECKING:  # the job store imports this module for the names its scripts count under
@@ -62,7 +63,8 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
               "rate_limited, identifiers_locked)", ("reason",)),
     WAITS: ("Downstream calls that waited for the rate limiter (in place, or requeued)", ("endpoint",)),
     WAIT_SECONDS: ("Seconds downstream calls waited for the rate limiter", ("endpoint",)),
-    THROTTLED: ("Downstream 429 answers, each of which pauses the tenant's whole fleet", ("endpoint",)),
+    THROTTLED: ("Downstream 429 answers, each of which pauses its endpoint on every worker and cuts its learned "
+                "rate", ("endpoint",)),
     JOBS_FINISHED: ("Jobs that ended, by final state (COMPLETED, CANCELLED)", ("state",)),
 }
 
@@ -181,9 +183,11 @@ class Collector:
     It has no ``describe``: registering it reads nothing from Redis.
     """
 
-    def __init__(self, store: JobStore, *, lease_seconds: float, tenants: dict[str, Tenant] | None = None) -> None:
+    def __init__(self, store: JobStore, *, lease_seconds: float, tenants: dict[str, Tenant] | None = None,
+                 learning: Learning | None = None) -> None:
         self.store = store
         self.tenants = tenants or {}
+        self.learning = learning or Learning()
         #: A worker whose heartbeat is older than a lease counts as gone, as the dispatcher counts it.
         self.lease = lease_seconds
 
@@ -225,6 +229,19 @@ class Collector:
             unsafe.add_metric([finding.reason], 1)
         yield unsafe
         yield from self._quotas()
+        yield self._rates()
+
+    def _rates(self) -> Metric:
+        """Each tenant's downstream rate per endpoint, as the fleet learned it (worker/ratelimit.py)."""
+        gauge = GaugeMetricFamily("upsert_downstream_rate_per_minute", "Calls a minute each downstream endpoint "
+                                  "is let through at now, learned from its 429s under any configured ceiling; "
+                                  "an endpoint not limited has none", labels=["tenant", "endpoint"])
+        for tenant in sorted(self.tenants.values(), key=lambda t: t.id):
+            for endpoint, rate in learned_rates(self.store.redis, tenant.id, tenant.rate_limits,
+                                                self.learning).items():
+                if rate.per_minute is not None:
+                    gauge.add_metric([tenant.id, endpoint], rate.per_minute)
+        return gauge
 
     def _quotas(self) -> Iterator[Metric]:
         """Each tenant's quotas (api/quotas.py) and what it uses of them."""

@@ -8,9 +8,10 @@ one call: a 502/503/504/521, a refused connection       the client tries it agai
 an item: a transient failure (the above, once more,     the item goes back to the scheduler   yes: after
 a timeout)                                             for :meth:`RetryPolicy.backoff`       ITEM_MAX_ATTEMPTS,
                                                                                              error 9001
-a 429 (:class:`~worker.client.ThrottledError`)          the tenant's fleet pauses for its     no
-                                                       Retry-After (worker/ratelimit.py);
-                                                       the item goes back for about as long
+a 429 (:class:`~worker.client.ThrottledError`)          its endpoint pauses, fleet-wide, for  no
+                                                       its Retry-After and its learned rate
+                                                       is cut (worker/ratelimit.py); the
+                                                       item goes back for about as long
 no rate-limit token for a while                         the item goes back until its token    no
                                                        is due, holding it
 identifiers held by another job's item                  the item goes back for 0.2 to 1 s     no
@@ -47,6 +48,7 @@ LOCK_WAIT_SECONDS = (0.2, 1.0)
 #: An item deferred for a reserved rate-limit token comes back this much before the token is due:
 #: the time to be dispatched again and redo its lookups. It then waits out the rest in place.
 REQUEUE_LEAD_SECONDS = 0.3
+REQUEUE_LEAD_MAX_SECONDS = 0.6
 
 #: A callback is tried until it is delivered, refused for good, or this long after the job ended.
 CALLBACK_PATIENCE_SECONDS = 24 * 3600.0
@@ -90,11 +92,13 @@ def throttled_delay(retry_after: float | None) -> float:
     return (retry_after or 1.0) * random.uniform(1.0, 1.5)
 
 
-def rate_limited_delay(wait: float, *, reserved: bool) -> float:
-    """No token for ``wait`` seconds: come back a little before a reserved one is due; without one,
-    a little after the wait, so that the items which waited together do not ask together."""
+def rate_limited_delay(wait: float, *, reserved: bool, ahead: float = 0.0) -> float:
+    """No token for ``wait`` seconds: come back a little before a reserved one is due (and before
+    that, ``ahead``: what the run took to reach the token, as it must be done again, up to
+    :data:`REQUEUE_LEAD_MAX_SECONDS`); without one, a little after the wait, so that the items which
+    waited together do not ask together."""
     if reserved:
-        return max(0.0, wait - REQUEUE_LEAD_SECONDS)
+        return max(0.0, wait - REQUEUE_LEAD_SECONDS - min(ahead * 1.2, REQUEUE_LEAD_MAX_SECONDS))
     return wait * random.uniform(1.0, 1.5)
 
 

@@ -81,6 +81,16 @@ class Settings:
     capillary_oauth_secret: str = field(default="", repr=False)
     capillary_max_rps: float = 0.0
     capillary_rate_limits: Mapping[str, float] = field(default_factory=dict)
+    #: Each endpoint's rate is learned from the downstream's 429s (worker/ratelimit.py); off: the
+    #: configured limits are held as they are and other endpoints are not limited.
+    #: Learn each endpoint's rate from the downstream's 429s (worker/ratelimit.py); off by default for now: with
+    #: nothing configured it spends a Redis round trip on every call and finds an add limit at about 0.7 of it.
+    capillary_rate_learning: bool = False
+    #: Where endpoints without a configured limit start, in requests per minute (worker/ratelimit.py's
+    #: DEFAULT_START for those not named).
+    capillary_rate_start: Mapping[str, float] = field(default_factory=dict)
+    #: How long a learned rate lasts unused.
+    capillary_rate_memory_seconds: float = 3600.0
     capillary_timeout_seconds: float = 10.0
     upsert_api_token: str = field(default="", repr=False)
     #: The default tenant's callback signing secret and the hosts its callbackUrl may name.
@@ -139,6 +149,16 @@ class Settings:
                 raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
             return value
 
+        def switch(name: str, default: bool) -> bool:
+            raw = env.get(name, "").strip().lower()
+            if not raw:
+                return default
+            if raw in ("on", "true", "1", "yes"):
+                return True
+            if raw in ("off", "false", "0", "no"):
+                return False
+            raise SettingsError(f"{name}={raw!r} should be on or off")
+
         priority = text("IDENTIFIER_PRIORITY", "")
         redis_url = text("REDIS_URL", defaults.redis_url)
         broker_url = text("BROKER_URL", "")
@@ -170,6 +190,9 @@ class Settings:
             capillary_oauth_secret=env.get("CAPILLARY_OAUTH_SECRET", ""),
             capillary_max_rps=number("CAPILLARY_MAX_RPS", 0.0),
             capillary_rate_limits=parse_rate_limits(env.get("CAPILLARY_RATE_LIMITS", "")),
+            capillary_rate_learning=switch("CAPILLARY_RATE_LEARNING", False),
+            capillary_rate_start=parse_rate_start(env.get("CAPILLARY_RATE_START", "")),
+            capillary_rate_memory_seconds=number("CAPILLARY_RATE_MEMORY_SECONDS", 3600.0, minimum=1),
             capillary_timeout_seconds=number("CAPILLARY_TIMEOUT_SECONDS", 10.0, minimum=0.1),
             upsert_api_token=env.get("UPSERT_API_TOKEN", "").strip(),
             upsert_url=text("UPSERT_URL", defaults.upsert_url).rstrip("/"),
@@ -295,6 +318,24 @@ def _whole(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise SettingsError(f"{what} must be a whole number, 0 or more")
     return value
+
+
+def parse_rate_start(raw: str) -> dict[str, float]:
+    """``CAPILLARY_RATE_START``: one number of requests per minute for every endpoint, or
+    ``lookup=3000,add=300`` as CAPILLARY_RATE_LIMITS has them."""
+    raw = raw.strip()
+    if not raw or "=" in raw:
+        try:
+            return parse_rate_limits(raw)
+        except SettingsError as exc:
+            raise SettingsError(str(exc).replace("CAPILLARY_RATE_LIMITS", "CAPILLARY_RATE_START")) from None
+    try:
+        rpm = float(raw)
+    except ValueError:
+        raise SettingsError(f"CAPILLARY_RATE_START={raw!r} is not a number nor ENDPOINT=REQUESTS_PER_MINUTE,...")
+    if rpm <= 0:
+        raise SettingsError("CAPILLARY_RATE_START must be positive")
+    return dict.fromkeys(ENDPOINTS, rpm)
 
 
 def parse_rate_limits(raw: str) -> dict[str, float]:

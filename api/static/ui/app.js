@@ -480,6 +480,18 @@ function planRow(item) {
   return tr;
 }
 
+// -- the downstream's rates ---------------------------------------------------------------------
+
+// One line per limited endpoint: the rate learned from the downstream's 429s, under any configured
+// ceiling; the 429s seen and the time calls waited for tokens.
+function showRates(rates) {
+  const parts = Object.entries(rates || {}).filter(([, r]) => r.perMinute !== null).map(([endpoint, r]) =>
+    `${endpoint} ${Math.round(r.perMinute)}/min` + (r.limitPerMinute ? ` (limit ${r.limitPerMinute})` : "") +
+    (r.found ? "" : " (finding)") +
+    (r.throttled ? ` · ${r.throttled}×429` : "") + (r.waitedSeconds ? ` · waited ${duration(r.waitedSeconds)}` : ""));
+  $("#rates").textContent = parts.length ? `Downstream rates: ${parts.join("; ")}` : "";
+}
+
 // -- polling and the token ----------------------------------------------------------------------
 
 let loading = false;     // one request at a time; a refresh asked for meanwhile runs right after
@@ -495,11 +507,13 @@ async function refresh() {
     const state = $("#state").value;
     const query = new URLSearchParams({ limit: String(PAGE + 1), offset: String(page * PAGE),
                                         ...(state ? { state } : {}) });
-    const [{ jobs: found }] = await Promise.all([(await call(`jobs?${query}`)).json(), refreshTenant()]);
+    const [{ jobs: found, downstreamRates }] = await Promise.all([(await call(`jobs?${query}`)).json(),
+                                                                  refreshTenant()]);
     if (mine === generation) {
       const jobs = found.slice(0, PAGE);
       render(jobs);
       showPages(found.length > PAGE);
+      showRates(downstreamRates);
       const active = jobs.some((job) => !job.finishedAt);
       wait = active ? FAST_MS : SLOW_MS;
       $("#status").textContent = `updated ${new Date().toLocaleTimeString()}` +

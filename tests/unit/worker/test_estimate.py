@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from worker.estimate import seconds_left, with_estimate
+from worker.ratelimit import EndpointRate
 from worker.settings import Tenant
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -51,3 +52,12 @@ def test_a_dry_run_is_bounded_by_its_lookups_only_since_it_writes_nothing():
     tenant = Tenant(id="t", token="x", rate_limits={"add": 60.0, "lookup": 6000.0})
     # 100 predictions in 10 s: the add limit, which a real run of 900 new customers would wait for, does not apply.
     assert seconds_left(job(100) | {"dryRun": True}, tenant, NOW) == 90.0
+def test_a_learned_add_rate_bounds_the_estimate_and_a_slow_start_does_not():
+    tenant = Tenant(id="t", token="x")  # nothing configured
+    found = {"add": EndpointRate(per_minute=60.0, ceiling_per_minute=None, found=True, throttled=3,
+                                 waited_seconds=0.0)}
+    # 900 more adds at the rate the 429s showed, one a second.
+    assert seconds_left(job(100, created=100), tenant, NOW, rates=found) == 900.0
+    growing = {"add": EndpointRate(per_minute=60.0, ceiling_per_minute=None, found=False, throttled=0,
+                                   waited_seconds=0.0)}
+    assert seconds_left(job(100, created=100), tenant, NOW, rates=growing) == 90.0

@@ -7,22 +7,43 @@ import time
 
 import pytest
 
-from worker.ratelimit import RateLimited, RateLimiter, window
+from worker.ratelimit import (
+    CLIMB_HORIZON_SECONDS,
+    CUT_SHARE,
+    INCREASE_SHARE,
+    MEASURE_SECONDS,
+    PROBE_SHARE,
+    SLOW_START_GROWTH,
+    Learning,
+    RateLimited,
+    RateLimiter,
+    learned_rates,
+    learning_of,
+    window,
+)
+from worker.settings import Settings, SettingsError
+
+#: Only the configured limits, as they are: for the all-endpoints limit's own tests.
+PINNED = Learning(enabled=False)
 
 
-def grants(limiter: RateLimiter, endpoint: str, count: int) -> list[float]:
+def grants(limiter: RateLimiter, endpoint: str, count: int, *, within_horizon: bool = True) -> list[float]:
     """Ask for ``count`` tokens at once, as many threads would; answer when each may be used (Redis time)."""
     times = []
     n, w = limiter._window or (0, 0.0)
+    learning = limiter.learning
     for i in range(count):
-        keys = [limiter.pause_key, limiter.aims_key, limiter.log_key if limiter._window else limiter.aims_key]
-        args = [limiter.horizon, n, w, f"call-{i}"]
+        keys = [limiter.pause_key, limiter.endpoint_pause_key(endpoint), limiter.aims_key,
+                limiter.log_key if limiter._window else limiter.aims_key]
+        args = [limiter.horizon, n, w, f"call-{i}", int(learning.enabled), learning.start_per_minute(endpoint) / 60,
+                SLOW_START_GROWTH, INCREASE_SHARE, PROBE_SHARE, MEASURE_SECONDS, learning.memory_seconds,
+                CLIMB_HORIZON_SECONDS]
         bucket = limiter._endpoints.get(endpoint)
         if bucket:
             keys.append(bucket[0])
-            args += [bucket[1], 0.5]
-        wait, now = (float(x) for x in limiter._acquire(keys=keys, args=args))
-        assert wait <= 0, "within the horizon every call gets a token, now or reserved"
+            args += [bucket[1], 0.5, 0]
+        wait, now, _epoch = (float(x) for x in limiter._acquire(keys=keys, args=args))
+        assert wait <= 0 or not within_horizon, "within the horizon every call gets a token, now or reserved"
         times.append(now - wait)
     return times
 
@@ -34,7 +55,7 @@ def busiest(times: list[float], span: float = 1.0) -> int:
 
 def test_the_all_endpoints_limit_never_lets_a_second_hold_more_than_max_rps(r):
     """Defect: a token bucket with half a second of burst let 1.5 x max_rps through in a second."""
-    limiter = RateLimiter(r, "t", max_rps=20)
+    limiter = RateLimiter(r, "t", max_rps=20, learning=PINNED)
 
     times = grants(limiter, "lookup", 100)
 
@@ -44,7 +65,7 @@ def test_the_all_endpoints_limit_never_lets_a_second_hold_more_than_max_rps(r):
 
 @pytest.mark.parametrize("max_rps", [0.5, 2.5])
 def test_a_limit_below_one_or_between_whole_calls_a_second_still_holds(r, max_rps):
-    limiter = RateLimiter(r, "t", max_rps=max_rps)
+    limiter = RateLimiter(r, "t", max_rps=max_rps, learning=PINNED)
     n, w = window(max_rps)
 
     times = grants(limiter, "add", 12)
@@ -56,16 +77,37 @@ def test_a_limit_below_one_or_between_whole_calls_a_second_still_holds(r, max_rp
 def test_a_pause_from_a_429_holds_back_reserved_tokens_and_calls_no_limit_counts(r):
     """Defect: an item coming back with a reserved token called at once, during the pause."""
     limited = RateLimiter(r, "t", per_minute={"add": 600})
-    unlimited = RateLimiter(r, "t")
-    reserved = {"add": [limited.redis_now()]}  # due now
+    unlimited = RateLimiter(r, "t", learning=PINNED)
+    reserved = {"add": [(limited.redis_now(), 0)]}  # due now
 
-    limited.pause("update", 5.0)
+    limited.pause("add", 5.0)
 
     with pytest.raises(RateLimited) as raised:
         limited.acquire("add", reserved)
     assert 4.5 < raised.value.wait <= 5.0 and not raised.value.reserved
     with pytest.raises(RateLimited):
-        unlimited.acquire("lookup")  # another worker of the tenant, a call no limit counts
+        unlimited.acquire("add")  # another worker of the tenant, with no limit of its own
+
+
+def test_a_429_for_adds_holds_back_no_update(r):
+    """Defect: a 429 for an add paused the tenant's every call, so updates went at the adds' pace."""
+    limiter = RateLimiter(r, "t")
+
+    limiter.pause("add", 5.0)
+
+    limiter.acquire("update")
+    limiter.acquire("lookup")
+    with pytest.raises(RateLimited):
+        limiter.acquire("add")
+
+
+def test_under_an_all_endpoints_limit_a_429_pauses_every_endpoint(r):
+    limiter = RateLimiter(r, "t", max_rps=50)
+
+    limiter.pause("add", 5.0)
+
+    with pytest.raises(RateLimited):
+        limiter.acquire("update")
 
 
 def test_due_times_come_from_redis_not_from_the_workers_clock(r, monkeypatch):
@@ -82,7 +124,7 @@ def test_due_times_come_from_redis_not_from_the_workers_clock(r, monkeypatch):
         skewed_limiter.acquire("add")
     seconds, micros = r.time()
     assert abs(raised.value.due - (seconds + micros / 1e6)) < 2  # on Redis's clock, not 100 s ahead
-    reserved = {"add": [raised.value.due]}
+    reserved = {"add": [(raised.value.due, raised.value.epoch)]}
     began = time.monotonic()
     skewed_limiter.acquire("add", reserved)  # used when due, neither dropped as late nor used early
     assert reserved == {"add": []} and time.monotonic() - began < 1.5
@@ -94,11 +136,90 @@ def test_a_bucket_token_a_little_late_is_used_and_one_much_later_is_dropped(r):
     5 s late), so a fresh one is taken instead."""
     limiter = RateLimiter(r, "t", per_minute={"update": 600})
     bucket = f"{limiter.log_key[:-4]}:update"
-    reserved = {"update": [limiter.redis_now() - 0.2]}
+    reserved = {"update": [(limiter.redis_now() - 0.2, 0)]}
 
     limiter.acquire("update", reserved)
     assert reserved == {"update": []} and not r.exists(bucket)  # used: the bucket was not asked
 
-    reserved = {"update": [limiter.redis_now() - 2]}
+    reserved = {"update": [(limiter.redis_now() - 2, 0)]}
     limiter.acquire("update", reserved)
     assert reserved == {"update": []} and r.exists(bucket)  # dropped: a fresh token was taken
+
+
+def rate(r, endpoint: str = "add") -> float:
+    """The learned rate, per second, as the fleet holds it."""
+    return float(r.hget(f"cu:ratelimit:t:{endpoint}", "rate"))
+
+
+def test_an_endpoint_busy_and_never_refused_grows_from_the_start_rate(r):
+    limiter = RateLimiter(r, "t", learning=Learning(start={"add": 60}))  # one a second
+
+    for _ in range(3):
+        grants(limiter, "add", 3, within_horizon=False)
+        time.sleep(0.5)
+
+    assert rate(r) > 1.5  # doubling each busy second, about 2.8 after 1.5 s
+
+
+def test_a_429_cuts_the_rate_to_a_share_of_what_was_granted_once_per_episode(r):
+    limiter = RateLimiter(r, "t", per_minute={"add": 600})  # a ceiling of 10 a second, started at it
+    times = grants(limiter, "add", 20)  # 2 s of tokens at 10 a second
+
+    limiter.pause("add", 1.0)
+    after_first = rate(r)
+    limiter.pause("add", 1.0)  # a call that was already under way: the same episode
+
+    assert after_first == pytest.approx(CUT_SHARE * 10, rel=0.25)
+    assert rate(r) == after_first
+    assert int(r.hget("cu:ratelimit:t:add", "throttled")) == 2
+    assert len(times) == 20
+    reserved = {"add": [(max(times), 0)]}  # reserved before the cut, due after the pause
+    time.sleep(1.0)
+    tat = r.hget("cu:ratelimit:t:add", "tat")
+    limiter.acquire("add", reserved)
+    assert r.hget("cu:ratelimit:t:add", "tat") != tat  # void: a fresh token was taken at the new rate
+
+
+def test_the_rate_climbs_back_while_busy_and_never_passes_the_ceiling(r):
+    limiter = RateLimiter(r, "t", per_minute={"add": 600})
+    r.hset("cu:ratelimit:t:add", mapping={"rate": 5, "base": 10})  # cut from 10 a second to 5
+
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        limiter.acquire("add", sleep_under=1.0)  # one caller after another, each waiting its token
+    climbed = rate(r)
+    assert 5.5 < climbed < 10  # 5% of 10 a second, per busy second
+    r.hset("cu:ratelimit:t:add", "rate", 30)  # as learned when the ceiling was higher
+    grants(limiter, "add", 3)
+    assert rate(r) == 10
+
+
+def test_a_learned_rate_outlives_the_workers_and_expires_unused(r):
+    limiter = RateLimiter(r, "t", learning=Learning(memory_seconds=60))
+    grants(limiter, "add", 3)
+    limiter.pause("add", 0.1)
+
+    again = RateLimiter(r, "t", learning=Learning(memory_seconds=60))  # a worker started later
+    assert learned_rates(r, "t", {}, again.learning)["add"].found
+    assert 0 < r.ttl("cu:ratelimit:t:add") <= 60
+
+
+def test_pinned_limits_hold_as_configured_and_leave_other_endpoints_free(r):
+    limiter = RateLimiter(r, "t", per_minute={"add": 600}, learning=PINNED)
+    grants(limiter, "add", 5)
+    limiter.pause("add", 0.01)
+
+    shown = learned_rates(r, "t", {"add": 600}, PINNED)
+    assert shown["add"].per_minute == 600 and shown["update"].per_minute is None
+
+
+def test_the_knobs_read_from_the_environment():
+    one = learning_of(Settings.from_env({"CAPILLARY_RATE_START": "120", "CAPILLARY_RATE_LEARNING": "off"}))
+    assert not one.enabled and one.start_per_minute("lookup") == one.start_per_minute("add") == 120
+    some = learning_of(Settings.from_env({"CAPILLARY_RATE_START": "add=60", "CAPILLARY_RATE_MEMORY_SECONDS": "90"}))
+    assert some.enabled and some.start_per_minute("add") == 60 and some.start_per_minute("lookup") == 3000
+    assert some.memory_seconds == 90
+    for bad in ({"CAPILLARY_RATE_LEARNING": "maybe"}, {"CAPILLARY_RATE_START": "adds=5"},
+                {"CAPILLARY_RATE_START": "-1"}):
+        with pytest.raises(SettingsError, match="CAPILLARY_RATE_"):
+            Settings.from_env(bad)
