@@ -216,7 +216,9 @@ def test_pinned_limits_hold_as_configured_and_leave_other_endpoints_free(r):
 def test_the_knobs_read_from_the_environment():
     one = learning_of(Settings.from_env({"CAPILLARY_RATE_START": "120", "CAPILLARY_RATE_LEARNING": "off"}))
     assert not one.enabled and one.start_per_minute("lookup") == one.start_per_minute("add") == 120
-    some = learning_of(Settings.from_env({"CAPILLARY_RATE_START": "add=60", "CAPILLARY_RATE_MEMORY_SECONDS": "90"}))
+    assert not learning_of(Settings.from_env({})).enabled  # opt-in for now
+    some = learning_of(Settings.from_env({"CAPILLARY_RATE_START": "add=60", "CAPILLARY_RATE_MEMORY_SECONDS": "90",
+                                          "CAPILLARY_RATE_LEARNING": "on"}))
     assert some.enabled and some.start_per_minute("add") == 60 and some.start_per_minute("lookup") == 3000
     assert some.memory_seconds == 90
     for bad in ({"CAPILLARY_RATE_LEARNING": "maybe"}, {"CAPILLARY_RATE_START": "adds=5"},
