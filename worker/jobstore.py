@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from worker import keys, metrics
+from worker import keys, metric_fields
 from worker.clock import now_iso
 from worker.lua_scripts import register
 from worker.planning import identifier_keys
@@ -259,7 +259,7 @@ class JobStore:
         state, idle = self._cancel(
             keys=[keys.job(job_id), keys.INFLIGHT, keys.delayed(job_id), keys.ready(job_id), keys.SCHED_JOBS,
                   keys.SCHED_DUE, keys.METRICS, *(f"{keys.job(job_id)}:in:{n}" for n in keys.chunks(int(total or 0)))],
-            args=[job_id, metrics.field(metrics.ITEMS, tenant or "", CANCELLED)],
+            args=[job_id, metric_fields.field(metric_fields.ITEMS, tenant or "", CANCELLED)],
         )
         return state, bool(idle)
 
@@ -271,8 +271,8 @@ class JobStore:
         return self._end(
             keys=[keys.job(job_id), keys.SCHED_JOBS, keys.SCHED_DUE, keys.METRICS, keys.CALLBACKS,
                   keys.tenant_jobs(tenant or ""), keys.tenant_active(tenant or ""), *keys.job_keys(job_id, total)],
-            args=[now_iso(), self.ttl, job_id, metrics.field(metrics.JOBS_FINISHED, COMPLETED),
-                  metrics.field(metrics.JOBS_FINISHED, CANCELLED)],
+            args=[now_iso(), self.ttl, job_id, metric_fields.field(metric_fields.JOBS_FINISHED, COMPLETED),
+                  metric_fields.field(metric_fields.JOBS_FINISHED, CANCELLED)],
         ) == 1
 
     # -- callbacks -------------------------------------------------------------------------------
