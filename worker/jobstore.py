@@ -34,7 +34,8 @@ from worker.redis_connection import connect
 
 QUEUED, RUNNING, COMPLETED, CANCELLED = "QUEUED", "RUNNING", "COMPLETED", "CANCELLED"
 
-#: One counter per kind of outcome, in the job hash: an item bumps exactly one.
+#: One counter per kind of outcome, in the job hash: an item bumps exactly one. The cancel and end scripts
+#: (worker/lua/cancel_job.lua, end_job.lua) sum the same list (tests/unit/worker/test_lua.py holds them equal).
 OUTCOME_COUNTERS = ("n.created", "n.updated", "n.createdWithErrors", "n.updatedWithErrors", "n.failed",
                     "n.cancelled", "n.wouldCreate", "n.wouldUpdate")
 #: A dry run's predictions (worker/dryrun.py), counted as the outcomes they name.
@@ -44,6 +45,7 @@ CODE_CANCELLED = 9002
 #: The inputs of a submission not yet committed expire this long after their last write.
 UNCOMMITTED_SECONDS = 3600
 CANCELLED_MESSAGE = "the job was cancelled before this item ran"
+
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
