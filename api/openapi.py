@@ -12,8 +12,8 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 from marshmallow import validate as v
 
-from api.paths import JOBS_PREFIX as JOBS
 from worker.jobstore import CANCELLED, COMPLETED, QUEUED, RUNNING
+from worker.paths import JOBS_PREFIX as JOBS
 from worker.validation import CustomerSchema
 
 STATES = [QUEUED, RUNNING, COMPLETED, CANCELLED]

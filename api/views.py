@@ -15,13 +15,13 @@ from api.auth import authenticate
 from api.errors import ApiError
 from api.intake import accept, is_csv, request_elements, run_dry_run_inputs
 from api.openapi import build_spec
-from api.paths import JOBS_PREFIX
 from api.quotas import check_quotas, tenant_view
 from api.services import services
 from worker.callbacks import callback_problem
 from worker.estimate import with_estimate
 from worker.jobs import cancel_job as cancel
 from worker.jobstore import COMPLETED
+from worker.paths import JOBS_PREFIX
 from worker.ratelimit import EndpointRate, learned_rates, learning_of
 from worker.store_health import store_summary
 

@@ -41,7 +41,10 @@ import redis
 import requests
 
 from cli import procfile
-from cli.main import ApiClient, CliError, open_batch, summary
+from cli.api_client import ApiClient
+from cli.batches import open_batch
+from cli.errors import CliError
+from cli.report import summary
 from worker import keys
 from worker.queues import Queues
 from worker.settings import Settings

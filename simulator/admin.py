@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from .app import state
 from .config import to_json
 from .customers import lookup_shape
+from .state import state
 
 admin = Blueprint("admin", __name__, url_prefix="/__admin")
 

@@ -16,11 +16,11 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 
 from . import customers as rules
-from .app import state
 from .auth import authenticate, check_credentials
 from .config import SimulatorConfig
 from .customers import NOT_FOUND_MESSAGE, NOT_IN_SOURCE_MESSAGE, ApiError
 from .faults import error_body
+from .state import state
 from .store import IdentifierTaken
 
 v2 = Blueprint("v2", __name__)

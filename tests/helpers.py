@@ -24,8 +24,8 @@ import redis
 import requests
 
 from api.app import create_app
-from api.paths import JOBS_PREFIX
 from cli import procfile
+from worker.paths import JOBS_PREFIX
 from worker.settings import Settings
 
 TOKEN = "test-token-" + uuid.uuid4().hex

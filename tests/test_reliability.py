@@ -145,7 +145,7 @@ def test_an_outage_longer_than_the_budget_fails_the_affected_items_clearly(make_
     # The failed export is a batch: resubmitted after the outage, every item goes through.
     export = stack.api.get(f"/jobs/{job_id}/results", format="ndjson", outcome="failed").get_data(as_text=True)
     (tmp_path / "failed.ndjson").write_text(export)
-    from cli.main import read_batch
+    from cli.batches import read_batch
 
     again = stack.api.run(read_batch(tmp_path / "failed.ndjson"))
     assert_exact(again, job["failureCount"])

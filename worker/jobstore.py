@@ -26,15 +26,16 @@ from typing import Any
 
 import redis
 
-from worker import keys, metrics
+from worker import keys, metric_fields
 from worker.clock import now_iso
-from worker.locks import TAKE_ALL_LUA
+from worker.lua_scripts import register
 from worker.planning import identifier_keys
 from worker.redis_connection import connect
 
 QUEUED, RUNNING, COMPLETED, CANCELLED = "QUEUED", "RUNNING", "COMPLETED", "CANCELLED"
 
-#: One counter per kind of outcome, in the job hash: an item bumps exactly one.
+#: One counter per kind of outcome, in the job hash: an item bumps exactly one. The cancel and end scripts
+#: (worker/lua/cancel_job.lua, end_job.lua) sum the same list (tests/unit/worker/test_lua.py holds them equal).
 OUTCOME_COUNTERS = ("n.created", "n.updated", "n.createdWithErrors", "n.updatedWithErrors", "n.failed",
                     "n.cancelled", "n.wouldCreate", "n.wouldUpdate")
 #: A dry run's predictions (worker/dryrun.py), counted as the outcomes they name.
@@ -44,158 +45,6 @@ CODE_CANCELLED = 9002
 #: The inputs of a submission not yet committed expire this long after their last write.
 UNCOMMITTED_SECONDS = 3600
 CANCELLED_MESSAGE = "the job was cancelled before this item ran"
-
-_CLAIM_ITEM = TAKE_ALL_LUA + """
--- KEYS: inflight, the item's input chunk. ARGV: index, owner 'job:index:token', the item's prefix
--- 'job:index:', lock ttl ms, lock key prefix. Answers the item's fields (input, meta, cancelled, memo,
--- successor, lock digests), then 1 when it took the locks, then 0, or 1 when the delivery is stale
--- (its lease is gone: the item was handed out again) and must do nothing at all. The lease itself is
--- kept alive by the worker's keeper from the moment the message was received. The lock keys are
--- built here from the digests stored at intake, and taken as IdentifierLocks takes them: take_all;
--- a lock holding this delivery is also how the leader tells that the item started (see _REAP).
-local i = ARGV[1]
-if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return {false, false, false, false, false, false, 0, 1} end
-local f = redis.call('HMGET', KEYS[2], i, 'meta', 'cancelled', 'm:' .. i, 'n:' .. i, 'k:' .. i)
-local taken = 0
-if f[2] and not f[3] and f[6] then
-  local locks = {}
-  for digest in string.gmatch(f[6], '%S+') do locks[#locks + 1] = ARGV[5] .. digest end
-  taken = take_all(locks, ARGV[2], ARGV[3], ARGV[4])
-end
-f[7] = taken
-f[8] = 0
-return f
-"""
-
-_SAVE_MEMO = """
--- KEYS: inflight, the item's input chunk. ARGV: owner 'job:index:token', index, memo json.
--- Writes the memo only while the owner's lease stands: a stale delivery never overwrites it.
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[2], 'm:' .. ARGV[2], ARGV[3])
-return 1
-"""
-
-_RECORD_OUTCOME = """
--- KEYS: inflight, job, result chunk, failed zset, ready list, sched due, identifier locks...
--- ARGV: member, index, item json, failed 0/1, outcome counter, successor or '', job id
--- Answers -1: the lease is gone; 0: another delivery recorded the item; 1: recorded now.
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return -1 end
-if #KEYS > 6 then redis.call('DEL', unpack(KEYS, 7, #KEYS)) end
-if redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3]) == 0 then return 0 end
-if ARGV[4] == '1' then redis.call('ZADD', KEYS[4], ARGV[2], ARGV[2]) end
-redis.call('HINCRBY', KEYS[2], ARGV[5], 1)
--- A cancelled job's chain ends here: the cancel counted the waiting successors CANCELLED already.
-if ARGV[6] ~= '' and redis.call('HGET', KEYS[2], 'state') ~= 'CANCELLED' then
-  redis.call('RPUSH', KEYS[5], ARGV[6])
-  redis.call('ZADD', KEYS[6], redis.call('TIME')[1], ARGV[7])
-end
-return 1
-"""
-
-_DEFER = """
--- KEYS: inflight, input chunk, delayed zset, sched due, identifier locks...
--- ARGV: member, index, delay (s), memo json, keep locks 0/1, lock ttl ms, job id
--- Answers -1: the lease is gone; 0: the job was cancelled (record the item instead); 1: deferred.
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 end
-if redis.call('HGET', KEYS[2], 'cancelled') then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-if #KEYS > 4 then
-  if ARGV[5] == '1' then
-    for i = 5, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
-  else
-    redis.call('DEL', unpack(KEYS, 5, #KEYS))
-  end
-end
-local t = redis.call('TIME')
-local due = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[3])
-redis.call('HSET', KEYS[2], 'm:' .. ARGV[2], ARGV[4])
-redis.call('ZADD', KEYS[3], due, ARGV[2])
-redis.call('ZADD', KEYS[4], 'LT', due, ARGV[7])
-return 1
-"""
-
-#: Lua: the items of a job that have an outcome, from its outcome counters.
-_PROCESSED = """
-local function processed(job)
-  local n = 0
-  for _, v in ipairs(redis.call('HMGET', job, COUNTERS)) do n = n + (tonumber(v) or 0) end
-  return n
-end
-""".replace("COUNTERS", ", ".join(f"'{name}'" for name in OUTCOME_COUNTERS))
-
-_CANCEL = _PROCESSED + """
--- KEYS: job, inflight, delayed, ready, sched jobs, sched due, metrics, input chunks...
--- ARGV: job id, the metrics field of the job's cancelled items. Answers {state before, 1 if
--- nothing is left running}.
--- Items not in flight are counted CANCELLED here, at once (in the job and in the fleet's
--- metrics, so the two never disagree); items queued or running end on
--- their own (a queued one sees the 'cancelled' mark on its chunk and records CANCELLED). The job
--- stays among the scheduler's jobs, which dispatches nothing more of it and ends it once
--- its last running item has ended.
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return {false, 0} end
-if state ~= 'QUEUED' and state ~= 'RUNNING' then return {state, 0} end
-redis.call('HSET', KEYS[1], 'state', 'CANCELLED')
-for i = 8, #KEYS do redis.call('HSET', KEYS[i], 'cancelled', '1') end
-local prefix = ARGV[1] .. ':'
-local running = 0
-for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  if string.sub(member, 1, #prefix) == prefix then running = running + 1 end
-end
-local total = tonumber(redis.call('HGET', KEYS[1], 'totalCount'))
-local cancelled = total - processed(KEYS[1]) - running
-if cancelled > 0 then
-  redis.call('HINCRBY', KEYS[1], 'n.cancelled', cancelled)
-  redis.call('HINCRBY', KEYS[7], ARGV[2], cancelled)
-end
-redis.call('HSET', KEYS[1], 'cursor', total)
-redis.call('DEL', KEYS[3], KEYS[4])
-redis.call('ZREM', KEYS[6], ARGV[1])
-if running == 0 then return {state, 1} end
-return {state, 0}
-"""
-
-_END = _PROCESSED + """
--- KEYS: job, sched jobs, sched due, metrics, callbacks, the tenant's job index, the tenant's active
--- jobs, then every key of the job (to expire).
--- ARGV: now (ISO), ttl, job id, the metrics fields of a job COMPLETED and CANCELLED.
--- Sets the final state once, and counts it, and schedules its callback (in the same step, so no
--- crash between the two can lose it); answers 1 the first time only.
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('HGET', KEYS[1], 'finishedAt') then return 0 end
-if processed(KEYS[1]) < tonumber(redis.call('HGET', KEYS[1], 'totalCount')) then return -2 end
-if redis.call('HGET', KEYS[1], 'state') == 'CANCELLED' then
-  redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
-else
-  redis.call('HSET', KEYS[1], 'state', 'COMPLETED')
-  redis.call('HINCRBY', KEYS[4], ARGV[4], 1)
-end
-redis.call('HSETNX', KEYS[1], 'startedAt', ARGV[1])
-redis.call('HSET', KEYS[1], 'finishedAt', ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[3])
-redis.call('ZREM', KEYS[3], ARGV[3])
-if redis.call('HGET', KEYS[1], 'callbackUrl') then
-  local t = redis.call('TIME')
-  redis.call('HSET', KEYS[1], 'cb.first', t[1])
-  redis.call('ZADD', KEYS[5], t[1], ARGV[3])
-end
-local idem = redis.call('HGET', KEYS[1], 'idempotencyKey')
-if idem then redis.call('EXPIRE', idem, ARGV[2]) end
--- The tenant's index lives as long as its newest finished job could be listed.
-redis.call('EXPIRE', KEYS[6], 2 * tonumber(ARGV[2]))
-redis.call('ZREM', KEYS[7], ARGV[3])
-for i = 8, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
-return 1
-"""
-
-
-_CALLBACK_LATER = """
--- KEYS: callbacks, job. ARGV: job id, attempts made, delay s.
-local t = redis.call('TIME')
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HSET', KEYS[2], 'cb.attempts', ARGV[2]) end
-redis.call('ZADD', KEYS[1], 'XX', tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[3]), ARGV[1])
-return 1
-"""
 
 
 def new_job_id() -> str:
@@ -294,13 +143,13 @@ class JobStore:
         self.ttl = ttl_seconds
         #: How long a new job waits for a replica to confirm it (``WAIT``); 0: it does not wait.
         self.replica_wait = replica_wait_seconds
-        self._claim = client.register_script(_CLAIM_ITEM)
-        self._save_memo = client.register_script(_SAVE_MEMO)
-        self._record = client.register_script(_RECORD_OUTCOME)
-        self._defer = client.register_script(_DEFER)
-        self._cancel = client.register_script(_CANCEL)
-        self._end = client.register_script(_END)
-        self._callback_later = client.register_script(_CALLBACK_LATER)
+        self._claim = register(client, "claim_item")
+        self._save_memo = register(client, "save_memo")
+        self._record = register(client, "record_outcome")
+        self._defer = register(client, "defer_item")
+        self._cancel = register(client, "cancel_job")
+        self._end = register(client, "end_job")
+        self._callback_later = register(client, "callback_later")
 
     @classmethod
     def from_url(cls, url: str, *, ttl_seconds: int = 604800, max_connections: int = 64,
@@ -412,7 +261,7 @@ class JobStore:
         state, idle = self._cancel(
             keys=[keys.job(job_id), keys.INFLIGHT, keys.delayed(job_id), keys.ready(job_id), keys.SCHED_JOBS,
                   keys.SCHED_DUE, keys.METRICS, *(f"{keys.job(job_id)}:in:{n}" for n in keys.chunks(int(total or 0)))],
-            args=[job_id, metrics.field(metrics.ITEMS, tenant or "", CANCELLED)],
+            args=[job_id, metric_fields.field(metric_fields.ITEMS, tenant or "", CANCELLED)],
         )
         return state, bool(idle)
 
@@ -424,8 +273,8 @@ class JobStore:
         return self._end(
             keys=[keys.job(job_id), keys.SCHED_JOBS, keys.SCHED_DUE, keys.METRICS, keys.CALLBACKS,
                   keys.tenant_jobs(tenant or ""), keys.tenant_active(tenant or ""), *keys.job_keys(job_id, total)],
-            args=[now_iso(), self.ttl, job_id, metrics.field(metrics.JOBS_FINISHED, COMPLETED),
-                  metrics.field(metrics.JOBS_FINISHED, CANCELLED)],
+            args=[now_iso(), self.ttl, job_id, metric_fields.field(metric_fields.JOBS_FINISHED, COMPLETED),
+                  metric_fields.field(metric_fields.JOBS_FINISHED, CANCELLED)],
         ) == 1
 
     # -- callbacks -------------------------------------------------------------------------------

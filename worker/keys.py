@@ -28,8 +28,9 @@ Job keys (``{j}`` is the job id, ``{n}`` the chunk number, ``index // CHUNK``)::
                                    customer an identifier would lead to (or gone), "c:<customer>" -> that
                                    customer as the earlier items would leave it (worker/dryrun.py)
 
-The dispatcher's scripts (worker/scheduler.py) build a job's key names from its id in Lua, with
-these suffixes and :data:`CHUNK`; they take the prefix from :func:`job`.
+The dispatcher's scripts (worker/lua/take_items.lua, reap_leases.lua) build a job's key names from
+its id in Lua, with these suffixes; they are passed the prefix (:func:`job`), :data:`CHUNK` and
+:data:`LOCK_PREFIX`.
 
 Scheduler and fleet::
 

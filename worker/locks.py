@@ -23,40 +23,14 @@ from collections.abc import Iterable
 import redis
 
 from worker import keys
-
-#: Lua: ``take_all(locks, owner, item, ttl_ms)`` takes every key of ``locks`` for ``owner``
-#: (``job:index:token``) or none, answering 1 or 0. A lock held by an earlier delivery of the same
-#: ``item`` (``job:index:``) is taken over. Shared by :meth:`IdentifierLocks.acquire` and the job
-#: store's claim script, so the two cannot disagree.
-TAKE_ALL_LUA = """
-local function take_all(locks, owner, item, ttl)
-  local taken = {}
-  for _, key in ipairs(locks) do
-    if not redis.call('SET', key, owner, 'NX', 'PX', ttl) then
-      local holder = redis.call('GET', key)
-      if holder and string.sub(holder, 1, #item) ~= item then
-        if #taken > 0 then redis.call('DEL', unpack(taken)) end
-        return 0
-      end
-      redis.call('SET', key, owner, 'PX', ttl)
-    end
-    taken[#taken + 1] = key
-  end
-  return 1
-end
-"""
-
-_ACQUIRE = TAKE_ALL_LUA + """
--- KEYS: locks; ARGV: owner, the item's prefix 'job:index:', ttl ms.
-return take_all(KEYS, ARGV[1], ARGV[2], ARGV[3])
-"""
+from worker.lua_scripts import register
 
 
 class IdentifierLocks:
     def __init__(self, client: redis.Redis, *, ttl_ms: int) -> None:
         self.redis = client
         self.ttl_ms = ttl_ms
-        self._acquire = client.register_script(_ACQUIRE)
+        self._acquire = register(client, "take_locks")
 
     @staticmethod
     def keys(tenant: str, identifiers: Iterable[tuple[str, str, str, str]]) -> list[str]:

@@ -32,10 +32,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from worker import keys
+from worker.metric_fields import ITEMS, JOBS_FINISHED, field
 from worker.ratelimit import Learning, learned_rates
 from worker.store_health import store_findings
 
-if TYPE_CHECKING:  # the job store imports this module for the names its scripts count under
+if TYPE_CHECKING:
     from worker.jobstore import JobStore
     from worker.settings import Tenant
 
@@ -44,14 +45,12 @@ log = logging.getLogger(__name__)
 #: How often a worker process adds its counts into Redis: a scrape is at most this much behind.
 FLUSH_SECONDS = 2.0
 
-ITEMS = "upsert_items_total"
 CALLS = "upsert_downstream_calls_total"
 CALL_SECONDS = "upsert_downstream_call_duration_seconds"
 RETRIES = "upsert_item_retries_total"
 WAITS = "upsert_rate_limit_waits_total"
 WAIT_SECONDS = "upsert_rate_limit_wait_seconds_total"
 THROTTLED = "upsert_downstream_throttled_total"
-JOBS_FINISHED = "upsert_jobs_finished_total"
 
 #: Counters kept in the hash: name -> (help, label names).
 COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -80,11 +79,6 @@ RETRY_TRANSIENT = "transient"
 RETRY_THROTTLED = "throttled"
 RETRY_RATE_LIMITED = "rate_limited"
 RETRY_IDENTIFIERS_LOCKED = "identifiers_locked"
-
-
-def field(name: str, *labels: str) -> str:
-    """The hash field of one series: ``["upsert_items_total","default","CREATED"]``."""
-    return json.dumps([name, *labels], separators=(",", ":"))
 
 
 def item_outcome(action: str, failed: bool) -> str:

@@ -65,15 +65,23 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import redis
 
 from worker import keys
 
 if TYPE_CHECKING:
-    from worker.metrics import Metrics
     from worker.settings import Settings
+
+
+class LimitObserver(Protocol):
+    """What the limiter reports (worker/metrics.py's ``Metrics`` is one): time waited for tokens, and
+    429s. A protocol, so that the metrics module may read the limiter's state without a circle."""
+
+    def rate_limit_wait(self, endpoint: str, seconds: float) -> None: ...
+
+    def throttled(self, endpoint: str) -> None: ...
 
 SLEEP_UNDER_SECONDS = 0.25
 BURST_SECONDS = 0.5
@@ -444,7 +452,7 @@ class RateLimiter:
 
     def __init__(self, client: redis.Redis, tenant_id: str, *, max_rps: float = 0.0,
                  per_minute: Mapping[str, float] | None = None, horizon: float = 30.0,
-                 metrics: Metrics | None = None, learning: Learning | None = None) -> None:
+                 metrics: LimitObserver | None = None, learning: Learning | None = None) -> None:
         self.redis = client
         self.learning = learning or Learning()
         self.horizon = horizon

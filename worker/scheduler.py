@@ -55,6 +55,7 @@ import redis
 from worker import keys
 from worker.clock import now_iso
 from worker.jobstore import job_counts
+from worker.lua_scripts import register
 from worker.metrics import ITEMS as ITEMS_METRIC
 from worker.metrics import field as metrics_field
 from worker.settings import Settings, Tenant
@@ -119,29 +120,6 @@ class LeaseLost(Exception):
 
 # -- the worker side: keeping leases alive --------------------------------------------------------
 
-_RENEW = """
--- KEYS: inflight, fleet, fleet slots. ARGV: worker, slots, lease s, lock ttl ms, then per item:
--- member, number of locks, locks... Answers the members whose lease is gone.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('ZADD', KEYS[2], now, ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-local lost = {}
-local i = 5
-while i <= #ARGV do
-  local member, nlocks = ARGV[i], tonumber(ARGV[i + 1])
-  if redis.call('ZSCORE', KEYS[1], member) then
-    redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[3]), member)
-    for j = i + 2, i + 1 + nlocks do redis.call('PEXPIRE', ARGV[j], ARGV[4]) end
-  else
-    lost[#lost + 1] = member
-  end
-  i = i + 2 + nlocks
-end
-return lost
-"""
-
-
 @dataclass
 class _Held:
     locks: list[str] = field(default_factory=list)
@@ -162,7 +140,7 @@ class LeaseKeeper:
         self.slots = slots
         self.lease = lease_seconds
         self.interval = lease_seconds / 4
-        self._renew = client.register_script(_RENEW)
+        self._renew = register(client, "renew_leases")
         self._held: dict[str, _Held] = {}
         self._lost: set[str] = set()
         self._lock = threading.Lock()
@@ -219,156 +197,6 @@ class LeaseKeeper:
 
 # -- the leader side: dispatching, and recovering lapsed leases ----------------------------------
 
-_TAKE = """
--- KEYS: inflight, sched due, leader lock. ARGV: lease s, now (ISO), leader token, then per job:
--- id, due 0/1, k, k tokens. Hands out nothing unless the caller holds the leader's lock.
--- Takes up to k items of each job (retries that are due, then chain successors, then the next
--- items of the input), gives each a lease, and answers {members, {job, cursor, ...}}.
-if redis.call('GET', KEYS[3]) ~= ARGV[3] then return {{}, {}} end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local expiry = now + tonumber(ARGV[1])
-local members, cursors = {}, {}
--- Lua's unpack gives at most a few thousand values: a big fleet's tick takes more, so in slices.
-local function call_sliced(command, key, values, step)
-  for from = 1, #values, step do
-    redis.call(command, key, unpack(values, from, math.min(from + step - 1, #values)))
-  end
-end
-local i = 4
-while i <= #ARGV do
-  local job, due, k = ARGV[i], ARGV[i + 1] == '1', tonumber(ARGV[i + 2])
-  local tokens = i + 3
-  i = i + 3 + k
-  local jk = JOB_PREFIX .. job
-  local state, cursor, total, chained = unpack(redis.call('HMGET', jk, 'state', 'cursor', 'totalCount', 'chained'))
-  if state == 'QUEUED' or state == 'RUNNING' then
-    if state == 'QUEUED' then redis.call('HSET', jk, 'state', 'RUNNING', 'startedAt', ARGV[2]) end
-    local picked = {}
-    if due then
-      local dk, rk = jk .. ':delayed', jk .. ':ready'
-      local retries = redis.call('ZRANGEBYSCORE', dk, '-inf', now, 'LIMIT', 0, k)
-      if #retries > 0 then
-        call_sliced('ZREM', dk, retries, 1000)
-        for _, x in ipairs(retries) do picked[#picked + 1] = x end
-      end
-      if #picked < k then
-        local got = redis.call('LPOP', rk, k - #picked)
-        if got then for _, x in ipairs(got) do picked[#picked + 1] = x end end
-      end
-      if redis.call('LLEN', rk) > 0 then
-        redis.call('ZADD', KEYS[2], now, job)
-      else
-        local nxt = redis.call('ZRANGE', dk, 0, 0, 'WITHSCORES')
-        if #nxt > 0 then redis.call('ZADD', KEYS[2], nxt[2], job) else redis.call('ZREM', KEYS[2], job) end
-      end
-    end
-    cursor, total, chained = tonumber(cursor), tonumber(total), tonumber(chained)
-    if #picked < k and cursor < total then
-      local wk = jk .. ':waits'
-      while #picked < k and cursor < total do
-        if chained == 0 or redis.call('SISMEMBER', wk, cursor) == 0 then picked[#picked + 1] = tostring(cursor) end
-        cursor = cursor + 1
-      end
-      redis.call('HSET', jk, 'cursor', cursor)
-    end
-    local zargs = {}
-    for n, index in ipairs(picked) do
-      local member = job .. ':' .. index .. ':' .. ARGV[tokens + n - 1]
-      zargs[#zargs + 1] = expiry
-      zargs[#zargs + 1] = member
-      members[#members + 1] = member
-    end
-    call_sliced('ZADD', KEYS[1], zargs, 2000)
-    cursors[#cursors + 1] = job
-    cursors[#cursors + 1] = tostring(cursor)
-  else
-    -- Cancelled or ended: nothing of it is due any more, so the finisher may end it.
-    redis.call('ZREM', KEYS[2], job)
-    cursors[#cursors + 1] = job
-    cursors[#cursors + 1] = tostring(total or 0)
-  end
-end
-return {members, cursors}
-"""
-
-_REAP = """
--- KEYS: inflight, leader lock. ARGV: lease s, max lapses, leader token, then fresh tokens (at most
--- this many leases are looked at); nothing unless the caller holds the leader's lock. Answers
--- {'again', member} for an item handed out again, {'end', member, state} for one to record now
--- (its job was cancelled, or it lapsed too often), {'gone', member}.
--- Only a lease that lapsed while its item ran counts towards giving the item up ('l:i'); one whose
--- message waited, or was lost on the way, is handed out again for free: waiting is never the item's
--- fault. An item has started when its claim took its identifier locks: its first lock holds this
--- very delivery (the locks outlive the lease by a lease, so they still do). An item without locks
--- is taken as started: its lapses count, as they always did.
-if redis.call('GET', KEYS[2]) ~= ARGV[3] then return {} end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, #ARGV - 3)
-local out = {}
-for n, member in ipairs(lapsed) do
-  local job, index = string.match(member, '^([^:]+):(%d+):')
-  local jk = JOB_PREFIX .. job
-  local state = redis.call('HGET', jk, 'state')
-  if not state or state == 'COMPLETED' then
-    redis.call('ZREM', KEYS[1], member)
-    out[#out + 1] = {'gone', member}
-  else
-    local ck = jk .. ':in:' .. math.floor(tonumber(index) / CHUNK)
-    local lapses = 0
-    local digests = redis.call('HGET', ck, 'k:' .. index)
-    local first = digests and string.match(digests, '%S+')
-    if not first or redis.call('GET', LOCK_PREFIX .. first) == member then
-      lapses = redis.call('HINCRBY', ck, 'l:' .. index, 1)
-    else
-      lapses = tonumber(redis.call('HGET', ck, 'l:' .. index) or '0')
-    end
-    if state == 'CANCELLED' or lapses > tonumber(ARGV[2]) then
-      redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), member)
-      out[#out + 1] = {'end', member, state, tostring(lapses)}
-    else
-      redis.call('ZREM', KEYS[1], member)
-      local again = job .. ':' .. index .. ':' .. ARGV[n + 3]
-      redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), again)
-      out[#out + 1] = {'again', again}
-    end
-  end
-end
-return out
-"""
-
-# The job keys the two scripts above find by a job's id, named as worker/keys.py names them.
-_TAKE, _REAP = (script.replace("JOB_PREFIX", repr(keys.job(""))).replace("CHUNK", str(keys.CHUNK))
-                .replace("LOCK_PREFIX", repr(keys.LOCK_PREFIX)) for script in (_TAKE, _REAP))
-
-_DUE_CALLBACKS = """
--- KEYS: callbacks, leader lock. ARGV: hold s, limit, leader token. Answers the jobs whose callback
--- is due, each held ahead while it is tried; nothing unless the caller leads.
-if redis.call('GET', KEYS[2]) ~= ARGV[3] then return {} end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
-for _, job in ipairs(due) do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), job) end
-return due
-"""
-
-_FLEET = """
--- KEYS: fleet, fleet slots. ARGV: seconds a heartbeat stays valid. Forgets silent workers and
--- answers the live workers' slots.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
-if #dead > 0 then
-  redis.call('ZREM', KEYS[1], unpack(dead))
-  redis.call('HDEL', KEYS[2], unpack(dead))
-end
-local slots = 0
-for _, v in ipairs(redis.call('HVALS', KEYS[2])) do slots = slots + tonumber(v) end
-return slots
-"""
-
-
 @dataclass
 class _JobView:
     tenant: str
@@ -406,10 +234,10 @@ class Dispatcher:
         self.send_callback = send_callback
         self.worker = worker or worker_id()
         self.lease = settings.item_lease_seconds
-        self._take = client.register_script(_TAKE)
-        self._reap = client.register_script(_REAP)
-        self._fleet = client.register_script(_FLEET)
-        self._due_callbacks = client.register_script(_DUE_CALLBACKS)
+        self._take = register(client, "take_items")
+        self._reap = register(client, "reap_leases")
+        self._fleet = register(client, "fleet_slots")
+        self._due_callbacks = register(client, "due_callbacks")
         # redis-py's Lock: a token of our own, released and extended atomically by it. The token
         # starts with the worker's id, so an operator (and a test) can tell which process leads.
         self._leader_lock = client.lock(keys.LEADER, timeout=LEADER_SECONDS, blocking=False, thread_local=False)
@@ -540,7 +368,8 @@ class Dispatcher:
 
     def recover_lapsed(self, limit: int = 200) -> int:
         out = self._reap(keys=[keys.INFLIGHT, keys.LEADER],
-                         args=[self.lease, MAX_LAPSES, self._leader_token, *(new_token() for _ in range(limit))])
+                         args=[self.lease, MAX_LAPSES, self._leader_token, keys.job(""), keys.CHUNK, keys.LOCK_PREFIX,
+                               *(new_token() for _ in range(limit))])
         again: list[Delivery] = []
         for entry in out:
             kind, member = entry[0], entry[1]
@@ -559,7 +388,8 @@ class Dispatcher:
     def _publish(self, deliveries: list[Delivery]) -> None:
         """Publish, or else give the leases back at once: an item whose message never reached the
         broker (it is down, or refused it) is handed out again at the next slow round, and since it
-        never started, that costs it nothing (see _REAP). A broker outage delays items, never fails them."""
+        never started, that costs it nothing (see worker/lua/reap_leases.lua). A broker outage delays
+        items, never fails them."""
         try:
             self.publish(deliveries)
         except Exception as exc:
@@ -667,7 +497,7 @@ class Dispatcher:
         allot = self.allot(free, job_ids, in_job, set(due), window=self.settings.job_window or target)
         if not allot:
             return waiting
-        args: list = [self.lease, now_iso(), self._leader_token]
+        args: list = [self.lease, now_iso(), self._leader_token, keys.job("")]
         for job_id, count in allot.items():
             args += [job_id, "1" if job_id in due else "0", *self._tokens(job_id, count, job_id in due)]
         taken, cursors = self._take(keys=[keys.INFLIGHT, keys.SCHED_DUE, keys.LEADER], args=args)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 import pytest
@@ -10,6 +11,7 @@ import redis
 
 from tests.helpers import RedisServer
 from worker.jobstore import JobStore
+from worker.lua_scripts import source
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +31,20 @@ def r(unit_redis_server: RedisServer) -> redis.Redis:
 @pytest.fixture
 def store(r: redis.Redis) -> JobStore:
     return JobStore(r, ttl_seconds=3600)
+
+
+@pytest.fixture(autouse=True)
+def runs_its_scripts(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test marked ``@pytest.mark.lua("name", ...)`` must run each of those scripts on the unit
+    Redis: its script cache is emptied before the test, and each script must be in it after (redis-py
+    loads a script on its first call), so a marker that names a script the test never runs fails."""
+    marker = request.node.get_closest_marker("lua")
+    if marker is None:
+        yield
+        return
+    client: redis.Redis = request.getfixturevalue("r")
+    client.script_flush()
+    yield
+    shas = [hashlib.sha1(source(name).encode()).hexdigest() for name in marker.args]
+    loaded = client.script_exists(*shas)
+    assert all(loaded), f"never ran: {[n for n, ok in zip(marker.args, loaded, strict=True) if not ok]}"

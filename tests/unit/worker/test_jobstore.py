@@ -27,6 +27,7 @@ def item(index: int, action: str = "CREATED") -> dict:
     return {"index": index, "action": action, "entityId": 1, "result": None, "errors": [], "warnings": []}
 
 
+@pytest.mark.lua("record_outcome")
 def test_an_outcome_is_recorded_once_and_only_under_its_lease(store):
     job_id = new_job(store)
     member = lease(store, job_id, 0)
@@ -76,6 +77,7 @@ def test_a_failed_item_is_listed_with_the_failures_and_hands_its_chain_on(store,
     assert (job["failureCount"], job["successCount"], job["processedCount"]) == (1, 0, 1)
 
 
+@pytest.mark.lua("defer_item", "cancel_job")
 def test_deferring_hands_the_item_back_with_its_memo_unless_its_lease_is_gone_or_the_job_cancelled(store, r):
     job_id = new_job(store)
     member = lease(store, job_id, 0)
@@ -88,6 +90,7 @@ def test_deferring_hands_the_item_back_with_its_memo_unless_its_lease_is_gone_or
     assert store.defer(other, job_id, 1, delay=5, memo={}) == 0  # record it as cancelled instead
 
 
+@pytest.mark.lua("cancel_job", "end_job")
 def test_cancel_counts_every_item_not_in_flight_at_once_and_ends_an_idle_job(store, r):
     job_id = new_job(store, n=5)
     running = lease(store, job_id, 0)
@@ -106,6 +109,7 @@ def test_cancel_counts_every_item_not_in_flight_at_once_and_ends_an_idle_job(sto
     assert [i["index"] for i in cancelled] == [1, 2, 3, 4] and cancelled[0]["input"]["profiles"]
 
 
+@pytest.mark.lua("end_job")
 def test_a_job_ends_only_when_every_item_has_an_outcome_and_its_keys_expire_only_then(store, r):
     job_id = new_job(store, n=2)
     assert r.ttl(keys.job(job_id)) == -1 and r.ttl(keys.inputs(job_id, 0)) == -1  # nothing expires while it runs
@@ -129,6 +133,7 @@ def test_a_partial_success_counts_as_written_and_as_failed(store, action):
     assert (job[f"{action.lower()}Count"], job["failureCount"], job["successCount"]) == (1, 1, 0)
 
 
+@pytest.mark.lua("claim_item")
 def test_claiming_an_item_takes_the_same_locks_the_worker_would_compute_all_or_none(store, r):
     """The intake stores each item's lock digests so the worker reads the item and locks it in one
     round trip; the keys must be exactly those IdentifierLocks names, or items stored by an older
@@ -170,6 +175,7 @@ def test_a_cancelled_or_unlocked_item_is_claimed_without_locks(store, r):
     assert old.locks is None and not old.locked
 
 
+@pytest.mark.lua("save_memo")
 def test_a_stale_delivery_cannot_overwrite_the_items_memo(store, r):
     """Defect: the memo written before an add was a plain HSET, so a delivery whose lease had been taken
     away could overwrite what the live delivery wrote (an add in doubt, a created id)."""

@@ -43,6 +43,7 @@ def messages_per_job(published: list[Delivery]) -> Counter[str]:
     return Counter(job_id for job_id, _token in messages(published))
 
 
+@pytest.mark.lua("take_items", "fleet_slots", "renew_leases")
 def test_the_fleet_gets_its_threads_and_as_many_queued_and_no_more(store, r):
     new_job(store, n=50)
     recorder = Recorder()
@@ -165,6 +166,7 @@ def test_items_waiting_for_their_chain_are_skipped_and_come_after_their_predeces
     assert sorted(x.index for x in recorder.published) == [0, 1, 2]
 
 
+@pytest.mark.lua("reap_leases")
 def test_a_lapsed_lease_is_handed_out_again_under_a_new_token_and_the_old_delivery_is_fenced_off(store, r):
     job_id = new_job(store, n=1)
     recorder = Recorder()
@@ -274,6 +276,7 @@ def test_a_job_whose_items_all_ended_is_finished_by_the_dispatcher(store, r):
     assert recorder.ended_jobs == [job_id]
 
 
+@pytest.mark.lua("renew_leases", "take_locks")
 def test_the_keeper_renews_leases_and_locks_beyond_their_first_life_and_notices_a_lost_lease(r):
     """Defect: an identifier lock (120 s) could lapse under a live item; it now lives as long as the lease."""
     keeper = LeaseKeeper(r, worker="w1", slots=2, lease_seconds=10)
@@ -295,6 +298,7 @@ def test_the_keeper_renews_leases_and_locks_beyond_their_first_life_and_notices_
         keeper.check(taken)
 
 
+@pytest.mark.lua("take_locks")
 def test_locks_are_all_or_none_and_a_later_delivery_of_the_same_item_takes_them_over(r):
     locks = IdentifierLocks(r, ttl_ms=10_000)
     both = IdentifierLocks.keys("t", [("mobile", "1", "S", "a"), ("email", "e", "S", "a")])
