@@ -69,7 +69,9 @@ def test_the_learned_rate_follows_a_limit_halved_and_restored_mid_job(make_stack
              what="the learned add rate to follow the halved limit")
     followed = time.monotonic() - halved_at
     low = learned_add_rate(stack)
-    time.sleep(5)  # some adds at the halved limit
+    added = progress(stack.api, job_id)["createdCount"]  # some adds at the halved limit, about 4 s of them
+    wait_for(lambda: progress(stack.api, job_id)["createdCount"] >= min(added + 40, 650), timeout=30,
+             what="adds at the halved limit")
     sim.configure(rateLimits={"add": limit})
     restored_at = time.monotonic()
     wait_for(lambda: learned_add_rate(stack) >= limit, timeout=45, interval=0.25,
