@@ -84,9 +84,20 @@ class StoreJournal:
     def mark_add_in_doubt(self) -> None:
         """Written before an add, fenced by the lease: a stale delivery stops here, before it writes."""
         self.memo.pop("c", None)
+        self.memo.pop("l", None)
         self.memo["d"] = 1
         if not self.store.save_memo(self.member, self.job_id, self.index, self.memo):
             raise LeaseLost(self.member)
+
+    def looked_up(self) -> tuple[bool, dict | None]:
+        if "l" not in self.memo:
+            return False, None
+        return True, self.memo["l"] or None
+
+    def record_lookup(self, found: dict | None) -> None:
+        # Saved only with a deferral that keeps the item's locks (_defer); a run that ends otherwise
+        # leaves no trace of it.
+        self.memo["l"] = found or {}
 
 
 class StorePredictionState:
@@ -269,9 +280,14 @@ def _defer(ctx: WorkerContext, job_id: str, index: int, member: str, delay: floa
     """Hand the item back to the scheduler for ``delay`` seconds; ``reason`` is the metric's label.
 
     While an add may have landed without our hearing of it, the item keeps its identifier locks:
-    no other job's item may create or claim that customer before this item has looked again.
+    no other job's item may create or claim that customer before this item has looked again. It keeps
+    them too when it has looked its customer up and waits only for its write's turn (a rate-limit
+    token), so that its next run writes without looking again (worker/upsert.py, ``looked_up``).
     """
-    keep = journal is not None and journal.add_in_doubt()
+    keep = journal is not None and (journal.add_in_doubt()
+                                    or (journal.looked_up()[0] and reason == RETRY_RATE_LIMITED))
+    if not keep:
+        memo.pop("l", None)
     answer = ctx.store.defer(member, job_id, index, delay=delay, memo=memo, locks=locks, keep_locks=keep,
                              lock_ttl_ms=int((delay + ctx.settings.item_lease_seconds * 2) * 1000))
     if answer == 0:  # cancelled meanwhile: the item ends here, as cancelled

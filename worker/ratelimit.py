@@ -109,8 +109,14 @@ INCREASE_SHARE = 0.1
 PROBE_SHARE = 0.05
 #: The rate calls go out at is an exponentially weighted count over about this many seconds.
 MEASURE_SECONDS = 2.0
-#: The rate never grows past this many times the rate calls went out at lately.
+#: A slow start's rate never grows past this many times the rate calls went out at lately; a found
+#: rate (one a 429 cut) past FOUND_GROWTH_HEADROOM times it: a rate calls do not use is not known to
+#: be allowed, and spending it at once later would land as a burst.
 GROWTH_HEADROOM = 2.0
+FOUND_GROWTH_HEADROOM = 1.25
+#: A process skips a bucket in its slow start this long when the bucket says it is far from holding
+#: anyone back (see _ACQUIRE): calls that no limit holds cost no round trip each.
+FREE_SECONDS = 1.0
 #: After a cut, no other cut until this long after its pause ends: the 429s of calls already under
 #: way, or of tokens reserved before the cut, are the same episode.
 CUT_GUARD_SECONDS = 2.0
@@ -126,8 +132,9 @@ CLIMB_HORIZON_SECONDS = 6.0
 #: The calls an endpoint sent lately, for the next cut: a count decaying over tau seconds, from m0.
 #: Calls are counted as they go out: a token used at once here, a reserved one by the process that
 #: used it, with its next script (a reserved token an item comes back too late for is no call).
-_COUNT_SENT = (f"local TAU, GROWTH, INCREASE, PROBE, HEADROOM = {MEASURE_SECONDS!r}, {SLOW_START_GROWTH!r}, "
-               f"{INCREASE_SHARE!r}, {PROBE_SHARE!r}, {GROWTH_HEADROOM!r}") + """
+_COUNT_SENT = (f"local TAU, GROWTH, INCREASE, PROBE, HEADROOM, FOUND_HEADROOM = {MEASURE_SECONDS!r}, "
+               f"{SLOW_START_GROWTH!r}, {INCREASE_SHARE!r}, {PROBE_SHARE!r}, {GROWTH_HEADROOM!r}, "
+               f"{FOUND_GROWTH_HEADROOM!r}") + """
 local function count_sent(bucket, now, tau, calls)
   local s = redis.call('HMGET', bucket, 'm', 'mt')
   local decayed = (tonumber(s[1]) or 0) * math.exp(-math.max(0, now - (tonumber(s[2]) or now)) / tau)
@@ -141,16 +148,17 @@ local function sent_rate(bucket, now)
   if not (m and mt and m0) then return 0 end
   return m * math.exp(-math.max(0, now - mt) / TAU) / (TAU * (1 - math.exp(-math.max(now - m0, 0.5) / TAU)))
 end
--- The rate after the busy time since the last look: a slow start (no base yet) doubles, a found rate
--- climbs back to its base additively, then probes more slowly; never far past the rate calls went
--- out at (a rate not used is not known to be allowed), never past the ceiling.
+-- The rate after the busy time since the last look: a slow start (no base yet) grows by GROWTH a
+-- second, a found rate climbs back to its base additively, then probes by PROBE of itself a second;
+-- never far past the rate calls went out at (a rate not used is not known to be allowed), never past
+-- the ceiling.
 local function grown(bucket, now, rate, base, ceiling, last)
   local dt = math.min(1, math.max(0, now - (last or now)))
-  local new
-  if not base then new = rate * GROWTH ^ dt
+  local new, headroom = rate, FOUND_HEADROOM
+  if not base then new, headroom = rate * GROWTH ^ dt, HEADROOM
   elseif rate < base then new = rate + INCREASE * base * dt
-  else new = rate + PROBE * base * dt end
-  new = math.min(new, math.max(rate, HEADROOM * sent_rate(bucket, now)))
+  else new = rate * (1 + PROBE * dt) end
+  new = math.min(new, math.max(rate, headroom * sent_rate(bucket, now)))
   if ceiling > 0 and new > ceiling then new = ceiling end
   return new
 end
@@ -166,15 +174,18 @@ _ACQUIRE = _COUNT_SENT + """
 -- ARGV[11]: how long the bucket's state lasts unused (s); ARGV[12]: the horizon while a found rate
 -- climbs back (s); ARGV[13], ARGV[14]: the bucket's ceiling per second (0: none)
 -- and burst (s); ARGV[15]: reserved tokens this process used since it last said.
--- Answers {wait, now, epoch} (strings, seconds; now on Redis's clock): wait 0: a token taken from
--- every limit, use it now; -w: one reserved in every limit, use it in w seconds, if the bucket's
--- epoch is still this one (a cut starts a new one); +w: nothing taken, ask again in w.
+-- Answers {wait, now, epoch, free} (strings, seconds; now on Redis's clock): wait 0: a token taken
+-- from every limit, use it now; -w: one reserved in every limit, use it in w seconds, if the bucket's
+-- epoch is still this one (a cut starts a new one); +w: nothing taken, ask again in w. free '1': the
+-- bucket is in its slow start, without a ceiling, and far from holding anyone back (its rate at
+-- least HEADROOM times the rate calls went out at, measured for MEASURE seconds): the caller may
+-- skip it for a while, counting its calls and reporting them.
 -- The bucket is a GCRA: tat, the time its next token is due at its rate, less the burst. A rate
 -- that changes spaces the tokens granted from then on, never the ones already reserved.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local pause = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(redis.call('GET', KEYS[2]) or '0'))
-if pause > now then return {tostring(pause - now), tostring(now), '0'} end
+if pause > now then return {tostring(pause - now), tostring(now), '0', '0'} end
 local horizon = tonumber(ARGV[1])
 local learn = ARGV[5] == '1'
 local wait = 0
@@ -195,6 +206,7 @@ local bucket = KEYS[5]
 local epoch = '0'
 local tat, rate, from
 local slow, ceiling = false, 0
+local free = '0'
 if bucket then
   local start = tonumber(ARGV[6])
   local burst = tonumber(ARGV[14])
@@ -222,12 +234,16 @@ if bucket then
     horizon = math.min(horizon, tonumber(ARGV[12]))
   end
   wait = math.max(wait, due - now)
+  if slow and ceiling == 0 and n == 0 and wait == 0 then
+    local m0 = tonumber(redis.call('HGET', bucket, 'm0') or now)
+    if now - m0 >= TAU and rate >= HEADROOM * sent_rate(bucket, now) then free = '1' end
+  end
   redis.call('HSET', bucket, 'grew', tostring(now))
   if learn then redis.call('HSET', bucket, 'rate', tostring(rate)) end
   if wait > 0 then redis.call('HINCRBYFLOAT', bucket, 'waited', tostring(wait)) end
   redis.call('EXPIRE', bucket, math.ceil(tonumber(ARGV[11])))
 end
-if wait > horizon then return {tostring(wait), tostring(now), epoch} end
+if wait > horizon then return {tostring(wait), tostring(now), epoch, '0'} end
 if bucket then
   if wait == 0 then count_sent(bucket, now, tonumber(ARGV[10]), 1) end
   local at = math.max(from, now + wait)
@@ -244,7 +260,7 @@ if n > 0 then
   redis.call('ZADD', KEYS[4], now + wait, ARGV[4])
   redis.call('EXPIRE', KEYS[4], math.ceil(w + horizon) + 60)
 end
-return {tostring(-wait), tostring(now), epoch}
+return {tostring(-wait), tostring(now), epoch, free}
 """
 
 _PAUSE = _COUNT_SENT + """
@@ -253,7 +269,8 @@ _PAUSE = _COUNT_SENT + """
 -- all-endpoints log whose aim to lower, or the aims hash again for none; KEYS[5]: the endpoint's
 -- bucket, if it has one. ARGV[1]: seconds; ARGV[2..4]: aim step, floor, memory (s); ARGV[5]: '1' to
 -- learn; ARGV[6..12]: cut share, least rate, measuring time (s), start rate, ceiling (0: none),
--- guard (s), how long the bucket's state lasts unused (s).
+-- guard (s), how long the bucket's state lasts unused (s); ARGV[13]: calls this process made
+-- without a token and has not reported yet (a slow start far from its rate lets it).
 -- Extends the pauses, never shortens them; counts the 429; cuts the learned rate once per episode:
 -- to a share of the rate the downstream accepted lately (grants, less the 429s), and starts a new
 -- epoch, whose tokens start after the pause: the tokens reserved at the old rate are void.
@@ -279,19 +296,27 @@ local tau = tonumber(ARGV[8])
 local start, ceiling = tonumber(ARGV[9]), tonumber(ARGV[10])
 local rate = tonumber(s[1]) or (ceiling > 0 and ceiling or start)
 -- this call went out, and was not accepted
-local m = math.max(0, count_sent(bucket, now, tau, 0) - 1)
+local m = math.max(0, count_sent(bucket, now, tau, tonumber(ARGV[13])) - 1)
 redis.call('HSET', bucket, 'm', tostring(m))
 local m0 = tonumber(redis.call('HGET', bucket, 'm0') or now)
 local accepted = m / (tau * (1 - math.exp(-math.max(now - m0, 0.5) / tau)))
 if now < (tonumber(s[3]) or 0) then return 0 end
 local share, least = tonumber(ARGV[6]), tonumber(ARGV[7])
--- a slow start's tokens went out at the pace projected for them, past the rate stored
-local basis = accepted
-if s[2] then basis = math.min(rate, accepted) end
--- never below half the rate at one cut, as TCP halves its window: a 429 among a few calls says little
--- (a limit all endpoints share may have refused it)
-local cut = math.max(least, share * basis, rate / 2)
-redis.call('HSET', bucket, 'rate', tostring(cut), 'base', tostring(math.max(basis, cut)), 'tat', tostring(untill),
+local cut, base
+if s[2] then
+  -- a found rate: never below half of it at one cut, as TCP halves its window: a 429 among a few
+  -- calls says little (a limit all endpoints share may have refused it)
+  local basis = math.min(rate, accepted)
+  cut = math.max(least, share * basis, rate / 2)
+  base = math.max(basis, cut)
+else
+  -- the first 429 ends the slow start, whose rate may be far past the limit (its tokens went out
+  -- at the pace projected for them, or without tokens): cut to a share of what the downstream
+  -- accepted; climb back towards it, or half the slow start's rate (TCP's ssthresh), quickly
+  cut = math.max(least, share * accepted)
+  base = math.max(accepted, rate / 2, cut)
+end
+redis.call('HSET', bucket, 'rate', tostring(cut), 'base', tostring(base), 'tat', tostring(untill),
            'grew', tostring(untill), 'cut', tostring(untill + tonumber(ARGV[11])))
 redis.call('HINCRBY', bucket, 'epoch', 1)
 return 1
@@ -474,8 +499,11 @@ class RateLimiter:
         self._paused = client.register_script(_PAUSED_FOR)
         #: endpoint -> (look again after, looked at, seconds paused then, the bucket's epoch, slow start)
         self._pause_checks: dict[str, tuple[float, float, float, str, bool]] = {}
-        #: reserved tokens used, by endpoint, not yet counted in Redis as calls sent
+        #: reserved tokens used (and calls made without a token while a bucket lets this process skip
+        #: it), by endpoint, not yet counted in Redis as calls sent
         self._used: Counter[str] = Counter()
+        #: endpoint -> (skip its bucket until, the bucket's epoch then): see FREE_SECONDS
+        self._free: dict[str, tuple[float, str]] = {}
         self._used_lock = threading.Lock()
         self._offset: float | None = None  # Redis's clock minus ours
 
@@ -508,14 +536,23 @@ class RateLimiter:
                 # was requeued for this token.
                 if late < 0:
                     time.sleep(min(-late, EARLY_SLEEP_SECONDS))
+                    self._raise_if_paused(endpoint)
                 with self._used_lock:
                     self._used[endpoint] += 1
                 return
         bucket = self._endpoints.get(endpoint)
-        if self._window is None and bucket is None:
-            paused, _epoch = self._paused_for(endpoint)
+        free = self._free.get(endpoint)
+        if free is not None:
+            paused, current, _slow = self._pause_check(endpoint)
             if paused > 0:
                 raise RateLimited(endpoint, paused, reserved=False, now=self.redis_now())
+            if time.monotonic() < free[0] and current == free[1]:
+                with self._used_lock:
+                    self._used[endpoint] += 1
+                return
+            del self._free[endpoint]
+        if self._window is None and bucket is None:
+            self._raise_if_paused(endpoint)
             return
         n, w = self._window or (0, 0.0)
         learning = self.learning
@@ -527,10 +564,12 @@ class RateLimiter:
         if bucket is not None:
             script_keys.append(bucket[0])
             args += [bucket[1], BURST_SECONDS, self._take_used(endpoint)]
-        raw_wait, raw_now, raw_epoch = self._acquire(keys=script_keys, args=args)
+        raw_wait, raw_now, raw_epoch, raw_free = self._acquire(keys=script_keys, args=args)
         answer, now = float(raw_wait), float(raw_now)
         self._offset = now - time.time()
         if answer == 0:
+            if raw_free == "1":
+                self._free[endpoint] = (time.monotonic() + FREE_SECONDS, str(raw_epoch))
             return
         wait = abs(answer)
         if self.metrics is not None:
@@ -549,12 +588,16 @@ class RateLimiter:
         if bucket is not None:
             with self._used_lock:
                 self._used[endpoint] += 1
+        # A 429 may have come while this call slept on its token: look again (in Redis itself after a
+        # longer sleep; a 429 this process heard is seen at once, as pause() forgets what it looked up).
         if wait > SLEEP_UNDER_SECONDS / 5:
-            # A 429 may have come while this call slept on its token: look again, in Redis itself.
             self._pause_checks.pop(endpoint, None)
-            paused, _epoch = self._paused_for(endpoint)
-            if paused > 0:
-                raise RateLimited(endpoint, paused, reserved=False, now=self.redis_now())
+        self._raise_if_paused(endpoint)
+
+    def _raise_if_paused(self, endpoint: str) -> None:
+        paused, _epoch = self._paused_for(endpoint)
+        if paused > 0:
+            raise RateLimited(endpoint, paused, reserved=False, now=self.redis_now())
 
     def _paused_for(self, endpoint: str) -> tuple[float, str]:
         paused, epoch, _slow = self._pause_check(endpoint)
@@ -598,5 +641,6 @@ class RateLimiter:
                     args=[retry_after or DEFAULT_PAUSE_SECONDS, AIM_STEP, AIM_FLOOR, AIM_MEMORY_SECONDS,
                           int(learning.enabled), CUT_SHARE, MIN_RATE, MEASURE_SECONDS,
                           learning.start_per_minute(endpoint) / 60.0, bucket[1] if bucket else 0.0, CUT_GUARD_SECONDS,
-                          learning.memory_seconds])
+                          learning.memory_seconds, self._take_used(endpoint) if bucket else 0])
         self._pause_checks.clear()  # this process heard it first: look again at once
+        self._free.pop(endpoint, None)

@@ -42,7 +42,7 @@ def grants(limiter: RateLimiter, endpoint: str, count: int, *, within_horizon: b
         if bucket:
             keys.append(bucket[0])
             args += [bucket[1], 0.5, 0]
-        wait, now, _epoch = (float(x) for x in limiter._acquire(keys=keys, args=args))
+        wait, now, _epoch, _free = (float(x) for x in limiter._acquire(keys=keys, args=args))
         assert wait <= 0 or not within_horizon, "within the horizon every call gets a token, now or reserved"
         times.append(now - wait)
     return times
@@ -216,7 +216,7 @@ def test_pinned_limits_hold_as_configured_and_leave_other_endpoints_free(r):
 def test_the_knobs_read_from_the_environment():
     one = learning_of(Settings.from_env({"CAPILLARY_RATE_START": "120", "CAPILLARY_RATE_LEARNING": "off"}))
     assert not one.enabled and one.start_per_minute("lookup") == one.start_per_minute("add") == 120
-    assert not learning_of(Settings.from_env({})).enabled  # opt-in for now
+    assert learning_of(Settings.from_env({})).enabled  # on unless turned off
     some = learning_of(Settings.from_env({"CAPILLARY_RATE_START": "add=60", "CAPILLARY_RATE_MEMORY_SECONDS": "90",
                                           "CAPILLARY_RATE_LEARNING": "on"}))
     assert some.enabled and some.start_per_minute("add") == 60 and some.start_per_minute("lookup") == 3000
