@@ -28,8 +28,9 @@ import redis
 
 from tests.helpers import RedisServer
 from worker.celery_app import create_celery
+from worker.dispatch.leases import LeaseKeeper
 from worker.dispatch.publishing import publish
-from worker.dispatch.scheduler import Dispatcher, LeaseKeeper
+from worker.dispatch.scheduler import Dispatcher
 from worker.queues import Queues
 from worker.settings import Settings, Tenant
 from worker.store import keys

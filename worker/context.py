@@ -7,7 +7,7 @@ import threading
 
 import requests
 
-from worker.dispatch.scheduler import LeaseKeeper, worker_id
+from worker.dispatch.leases import LeaseKeeper, worker_id
 from worker.downstream.client import CapillaryClient
 from worker.downstream.ratelimit import RateLimiter, learning_of
 from worker.items.locks import IdentifierLocks

@@ -87,7 +87,7 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_sees_the_imports_it_must_judge():
     graph = import_graph()
-    assert {"worker.store.keys", "worker.store.lua_scripts"} <= graph["worker.store.jobstore"]
+    assert {"worker.store.keys", "worker.store.lua_scripts"} <= graph["worker.store.claims"]
     assert "api.app" in graph and "simulator.app" in graph and "cli.main" in graph
 
 

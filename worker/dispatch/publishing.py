@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from kombu.transport import redis as kombu_redis
 from kombu.utils.uuid import uuid
 
-from worker.dispatch.scheduler import Delivery
+from worker.dispatch.leases import Delivery
 from worker.queues import Queues, TaskNames
 
 

@@ -20,17 +20,8 @@ A job gets more than one item per message only when it has more items left than 
 small job still spreads over the whole fleet; and since each slot runs one item at a time, caps
 and windows still bound the downstream calls running at once.
 
-**Leases.** Every dispatched item gets a lease: the member ``job:index:token`` of ``cu:inflight``
-with an expiry ``ITEM_LEASE_SECONDS`` ahead. The worker that takes the message off the broker keeps
-it alive with :class:`LeaseKeeper` from that moment (one script per worker process every quarter
-of a lease, for all its items and their identifier locks, plus the worker's heartbeat), while the
-message waits for a thread, while the item waits for tokens and while it runs. A lease that
-lapses (the worker was killed, froze or lost its network; the message was lost) is handed out
-again under a new token by the leader: on either broker, within about a lease. The old delivery
-is fenced off: its claim finds its member gone and it does nothing, its outcome script records
-nothing, and its keeper tells its threads to stop before their next call. An item whose lease
-lapsed more than ``MAX_LAPSES`` times *after it started* fails with 9004 instead of killing
-workers forever; a lapse while it waited costs it nothing.
+**Leases** are the worker side (worker/dispatch/leases.py): a lease that lapses is handed out
+again here, by the leader, under a new token.
 
 **Leadership** is redis-py's ``Lock`` (``LEADER_SECONDS``), and the scripts that hand out and
 recover items check the leader's token, so a leader frozen past its lock cannot dispatch beside
@@ -41,24 +32,23 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import secrets
-import socket
 import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis
 
 from worker.clock import now_iso
-from worker.metrics import ITEMS as ITEMS_METRIC
-from worker.metrics import field as metrics_field
+from worker.dispatch.leases import Delivery, new_token, worker_id
 from worker.settings import Settings, Tenant
 from worker.store import keys
 from worker.store.jobstore import job_counts
 from worker.store.lua_scripts import register
+from worker.store.metric_fields import ITEMS as ITEMS_METRIC
+from worker.store.metric_fields import field as metrics_field
 
 log = logging.getLogger(__name__)
 
@@ -88,111 +78,6 @@ IDLE_TICK_SECONDS = 0.25
 #: job's items; more would save little more and make a message, and the wait behind the queued
 #: ones, longer (see bench/throughput.py and bench/scheduling.py in the README).
 ITEMS_PER_MESSAGE = 4
-
-
-def worker_id() -> str:
-    """Unique per process on every host, so heartbeats and leadership never mix two workers."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def new_token() -> str:
-    return secrets.token_hex(4)
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """An item to publish, under the token of its lease; the deliveries of one job that share a
-    token go in one message (worker/dispatch/publishing.py)."""
-
-    job_id: str
-    index: int
-    token: str
-    tenant: str
-
-    @property
-    def member(self) -> str:
-        return keys.inflight_member(self.job_id, self.index, self.token)
-
-
-class LeaseLost(Exception):
-    """This delivery's lease was taken away: another worker runs the item now. Stop quietly."""
-
-
-# -- the worker side: keeping leases alive --------------------------------------------------------
-
-@dataclass
-class _Held:
-    locks: list[str] = field(default_factory=list)
-
-
-class LeaseKeeper:
-    """Renews the leases and locks of the items this process runs, and its heartbeat.
-
-    :meth:`check` is called before every downstream call of an item: it raises :class:`LeaseLost`
-    when the keeper found the lease gone, or when the keeper has not managed to renew for most of a
-    lease (a frozen process that wakes up, or a host cut off from Redis, must presume its leases
-    lost before it writes anything downstream).
-    """
-
-    def __init__(self, client: redis.Redis, *, worker: str, slots: int, lease_seconds: float) -> None:
-        self.redis = client
-        self.worker = worker
-        self.slots = slots
-        self.lease = lease_seconds
-        self.interval = lease_seconds / 4
-        self._renew = register(client, "renew_leases")
-        self._held: dict[str, _Held] = {}
-        self._lost: set[str] = set()
-        self._lock = threading.Lock()
-        self._renewed_at = time.monotonic()
-        self.stopping = threading.Event()
-
-    def hold(self, member: str, lock_keys: list[str]) -> None:
-        """Keep ``member``'s lease, and its identifier locks, alive until :meth:`drop`."""
-        with self._lock:
-            self._held[member] = _Held(list(lock_keys))
-
-    def drop(self, member: str) -> None:
-        with self._lock:
-            self._held.pop(member, None)
-            self._lost.discard(member)
-
-    def check(self, member: str) -> None:
-        if member in self._lost or time.monotonic() - self._renewed_at > self.lease * 0.75:
-            raise LeaseLost(member)
-
-    def renew_once(self) -> None:
-        with self._lock:
-            held = {m: list(h.locks) for m, h in self._held.items()}
-        args: list = [self.worker, self.slots, self.lease, int(self.lease * 2000)]
-        for member, locks in held.items():
-            args += [member, len(locks), *locks]
-        started = time.monotonic()
-        lost = self._renew(keys=[keys.INFLIGHT, keys.FLEET, keys.FLEET_SLOTS], args=args)
-        with self._lock:
-            self._lost.update(m for m in lost if m in self._held)
-        self._renewed_at = started
-        if lost:
-            log.warning("%s leases were taken away from this worker; their items run elsewhere now", len(lost))
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                self.renew_once()
-            except redis.RedisError as exc:
-                log.warning("cannot renew leases (%s)", type(exc).__name__)
-            self.stopping.wait(self.interval)
-
-    def leave(self) -> None:
-        """A clean shutdown: stop counting this process's slots at once."""
-        self.stopping.set()
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.zrem(keys.FLEET, self.worker)
-            pipe.hdel(keys.FLEET_SLOTS, self.worker)
-            pipe.execute()
-        except redis.RedisError:
-            pass
 
 
 # -- the leader side: dispatching, and recovering lapsed leases ----------------------------------

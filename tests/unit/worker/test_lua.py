@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.unit.worker.test_jobstore import new_job
-from worker.dispatch.scheduler import CALLBACK_HOLD_SECONDS, Dispatcher, LeaseKeeper
+from worker.dispatch.leases import LeaseKeeper
+from worker.dispatch.scheduler import CALLBACK_HOLD_SECONDS, Dispatcher
 from worker.settings import Settings
 from worker.store import keys
 from worker.store.jobstore import OUTCOME_COUNTERS

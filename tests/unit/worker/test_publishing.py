@@ -6,8 +6,8 @@ import base64
 import json
 
 from worker.celery_app import create_celery
+from worker.dispatch.leases import Delivery
 from worker.dispatch.publishing import publish
-from worker.dispatch.scheduler import Delivery
 from worker.queues import Queues, TaskNames
 from worker.settings import Settings
 

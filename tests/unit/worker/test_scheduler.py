@@ -8,15 +8,8 @@ from collections import Counter
 import pytest
 
 from tests.unit.worker.test_jobstore import new_job
-from worker.dispatch.scheduler import (
-    ITEMS_PER_MESSAGE,
-    MAX_LAPSES,
-    Delivery,
-    Dispatcher,
-    Lapsed,
-    LeaseKeeper,
-    LeaseLost,
-)
+from worker.dispatch.leases import Delivery, LeaseKeeper, LeaseLost
+from worker.dispatch.scheduler import ITEMS_PER_MESSAGE, MAX_LAPSES, Dispatcher, Lapsed
 from worker.items.locks import IdentifierLocks
 from worker.settings import Settings, Tenant
 from worker.store import keys

@@ -1,5 +1,5 @@
 -- renew_leases: a worker's heartbeat, and the renewal of the leases and identifier locks of the items
--- it runs (worker/dispatch/scheduler.py, LeaseKeeper.renew_once).
+-- it runs (worker/dispatch/leases.py, LeaseKeeper.renew_once).
 --
 -- KEYS[1]: cu:inflight, the leases.
 -- KEYS[2]: cu:fleet, the workers' heartbeats.
