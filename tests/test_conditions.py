@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from tests.helpers import JOBS, ApiClient, assert_exact, busiest_second, calls_since, customers, progress, wait_for
-from worker.dispatch.scheduler import LEADER_SECONDS
+from worker.dispatch.leadership import LEADER_SECONDS
 
 pytestmark = pytest.mark.slow
 

@@ -26,7 +26,7 @@ from typing import Any
 from worker.context import WorkerContext
 from worker.dispatch.leases import LeaseLost
 from worker.dispatch.planning import identifier_keys
-from worker.dispatch.scheduler import Lapsed
+from worker.dispatch.reaping import Lapsed
 from worker.downstream import retry
 from worker.downstream.client import DownstreamError, PermanentError, RetryableError, ThrottledError
 from worker.downstream.ratelimit import SLEEP_UNDER_SECONDS, RateLimited
