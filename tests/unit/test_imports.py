@@ -1,5 +1,7 @@
 """The import rules of docs/architecture.md, read from the source with ast (nothing is imported):
-no circle among the project's modules, the CLI imports nothing of the API, and no Lua in Python."""
+no circle among the project's modules, the worker's parts depend one way (items on dispatch, store
+and downstream; dispatch not on items; store and downstream on none of the others), the CLI imports
+nothing of the API, and no Lua in Python."""
 
 from __future__ import annotations
 
@@ -93,6 +95,59 @@ def test_the_graph_sees_the_imports_it_must_judge():
 
 def test_no_module_of_the_project_imports_itself_back_through_others():
     assert circles(import_graph()) == []
+
+
+#: The worker's parts, and the parts each must not import (worker/<part>/__init__.py says the same).
+FORBIDDEN = {
+    "worker.store": {"worker.dispatch", "worker.items", "worker.downstream"},
+    "worker.downstream": {"worker.store", "worker.dispatch", "worker.items"},
+    "worker.dispatch": {"worker.items"},
+    "worker.items": set(),
+}
+
+
+def part_of(module: str) -> str | None:
+    return next((part for part in FORBIDDEN if module == part or module.startswith(part + ".")), None)
+
+
+def test_the_worker_is_four_parts_each_a_package_that_says_what_it_owns():
+    modules = project_modules()
+    for part in FORBIDDEN:
+        assert part in modules, f"{part} is not a package"
+        doc = ast.get_docstring(ast.parse(modules[part].read_text(encoding="utf-8"))) or ""
+        assert "Owns" in doc and "May import" in doc, f"{part}/__init__.py must say what it owns and may import"
+
+
+def wrong_directions(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Each module of a part, with what it imports of the parts it must not."""
+    offending = {}
+    for name, targets in graph.items():
+        part = part_of(name)
+        wrong = sorted(t for t in targets if part is not None and part_of(t) in FORBIDDEN[part])
+        if wrong:
+            offending[name] = wrong
+    return offending
+
+
+def test_the_worker_parts_depend_one_way():
+    """items -> dispatch, store, downstream; dispatch -> store, downstream; store and downstream -> none."""
+    assert wrong_directions(import_graph()) == {}
+
+
+def test_the_direction_check_sees_a_wrong_import():
+    graph = {"worker.store.claims": {"worker.items.run", "worker.clock"}, "worker.items.run": {"worker.store.keys"},
+             "worker.dispatch.scheduler": {"worker.items.locks", "worker.downstream.ratelimit"},
+             "worker.storage": {"worker.items.run"}}
+    assert wrong_directions(graph) == {"worker.store.claims": ["worker.items.run"],
+                                       "worker.dispatch.scheduler": ["worker.items.locks"]}
+
+
+def test_the_rate_limiter_names_its_keys_with_the_stores_prefix():
+    """worker/downstream/keys.py keeps its own copy of the prefix, as downstream may not import the store."""
+    from worker.downstream import keys as downstream_keys
+    from worker.store import keys as store_keys
+
+    assert downstream_keys.PREFIX == store_keys.PREFIX
 
 
 def test_the_cli_talks_to_the_api_over_http_only_and_imports_nothing_of_it():
