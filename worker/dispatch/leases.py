@@ -104,10 +104,12 @@ class LeaseKeeper:
         with self._lock:
             held = {m: list(h.locks) for m, h in self._held.items()}
         args: list = [self.worker, self.slots, self.lease, int(self.lease * 2000)]
+        lock_keys: list[str] = []
         for member, locks in held.items():
-            args += [member, len(locks), *locks]
+            args += [member, len(locks)]
+            lock_keys += locks
         started = time.monotonic()
-        lost = self._renew(keys=[keys.INFLIGHT, keys.FLEET, keys.FLEET_SLOTS], args=args)
+        lost = self._renew(keys=[keys.INFLIGHT, keys.FLEET, keys.FLEET_SLOTS, *lock_keys], args=args)
         with self._lock:
             self._lost.update(m for m in lost if m in self._held)
         self._renewed_at = started

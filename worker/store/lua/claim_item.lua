@@ -2,7 +2,7 @@
 -- (worker/store/jobstore.py, JobStore.claim_item).
 --
 -- KEYS[1]: cu:inflight, the leases.
--- KEYS[2]: the item's input chunk (cu:job:<id>:in:<n>).
+-- KEYS[2]: the item's input chunk (cu:{job:<id>}:in:<n>).
 -- ARGV[1]: the item's index.
 -- ARGV[2]: the owner, the delivery 'job:index:token'.
 -- ARGV[3]: the item's prefix 'job:index:'.

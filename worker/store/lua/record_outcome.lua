@@ -2,10 +2,10 @@
 -- hand on its chain, in one step (worker/store/jobstore.py, JobStore.record_outcome).
 --
 -- KEYS[1]: cu:inflight, the leases.
--- KEYS[2]: the job hash (cu:job:<id>).
--- KEYS[3]: the item's result chunk (cu:job:<id>:res:<n>).
--- KEYS[4]: the job's failed items (cu:job:<id>:failed).
--- KEYS[5]: the job's ready list (cu:job:<id>:ready).
+-- KEYS[2]: the job hash (cu:{job:<id>}).
+-- KEYS[3]: the item's result chunk (cu:{job:<id>}:res:<n>).
+-- KEYS[4]: the job's failed items (cu:{job:<id>}:failed).
+-- KEYS[5]: the job's ready list (cu:{job:<id>}:ready).
 -- KEYS[6]: cu:sched:due.
 -- KEYS[7...]: the item's identifier locks, to delete.
 -- ARGV[1]: the member 'job:index:token' of the delivery's lease.

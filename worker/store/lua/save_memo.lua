@@ -2,7 +2,7 @@
 -- overwrites it (worker/store/jobstore.py, JobStore.save_memo).
 --
 -- KEYS[1]: cu:inflight, the leases.
--- KEYS[2]: the item's input chunk (cu:job:<id>:in:<n>).
+-- KEYS[2]: the item's input chunk (cu:{job:<id>}:in:<n>).
 -- ARGV[1]: the owner, the delivery 'job:index:token'.
 -- ARGV[2]: the item's index.
 -- ARGV[3]: the memo, JSON.
