@@ -1,18 +1,18 @@
 """The job store in Redis: jobs, their inputs, per-item results and counters (layout: worker/store/keys.py).
 
-Every write an item makes is fenced by its lease: the member ``job:index:token`` in
-``cu:inflight`` that the dispatcher created for this very delivery. The outcome script removes
-the member and writes the result with HSETNX in one step, so a delivery whose lease was taken
-away (its worker froze or lost its network, and the item was handed to another) records nothing,
-and no item is ever counted twice.
+:class:`JobStore` is the one object callers hold; it is put together from the store's concerns, each
+a module of its own: a new job stored as its submission is read (newjob.py), an item's claim and
+outcome, fenced by its lease, and a job's cancel and end (claims.py), the job document and the reads
+of jobs and results (documents.py). Idempotency keys are here. Callers import the names they need from
+here.
 
 The hot path is counted in Redis commands (at most about 12 per item, broker included) and in
 round trips, so an item reads everything it needs from its input chunk and takes its identifier
 locks with one script (:meth:`JobStore.claim_item`), and records its outcome, releases its locks,
-ends its lease and hands on its chain with another. An item
-bumps exactly one counter, that of its kind of outcome (:data:`OUTCOME_COUNTERS`); the job
-document's counts are sums of them, and the dispatcher, which sees every job's items in flight,
-queues the job's end once the counters add up to the total.
+ends its lease and hands on its chain with another. An item bumps exactly one counter, that of its
+kind of outcome (:data:`OUTCOME_COUNTERS`); the job document's counts are sums of them, and the
+dispatcher, which sees every job's items in flight, queues the job's end once the counters add up to
+the total.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from worker.store.documents import (
 )
 from worker.store.newjob import UNCOMMITTED_SECONDS, NewJob, NotReplicated, SeenInRedis
 
-#: The names callers take from here: the store's parts live in claims, documents and newjob.
 __all__ = ["CANCELLED", "CANCELLED_MESSAGE", "CODE_CANCELLED", "COMPLETED", "OUTCOME_COUNTERS", "QUEUED", "RUNNING",
            "UNCOMMITTED_SECONDS", "WOULD_CREATE", "WOULD_UPDATE", "ItemWork", "JobMeta", "JobStore", "NewJob",
            "NotReplicated", "Recorded", "SeenInRedis", "TenantUsage", "job_counts", "job_document"]
