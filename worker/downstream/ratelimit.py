@@ -98,7 +98,7 @@ DEFAULT_PAUSE_SECONDS = 1.0
 
 #: Learning an endpoint's rate (see the module's doc). Before its first 429 the rate grows by this
 #: factor per second the endpoint is busy.
-SLOW_START_GROWTH = 2.0
+SLOW_START_GROWTH = 4.0
 #: A 429 cuts the rate to this share of the rate calls went out at over the last MEASURE_SECONDS,
 #: less the ones refused (or of the rate itself, if lower), and to no less than half the rate: low
 #: enough to drain the downstream's bucket, not so low that the climb back wastes much of the limit.
@@ -114,8 +114,8 @@ MEASURE_SECONDS = 2.0
 #: be allowed, and spending it at once later would land as a burst.
 GROWTH_HEADROOM = 2.0
 FOUND_GROWTH_HEADROOM = 1.25
-#: A process skips a bucket in its slow start this long when the bucket says it is far from holding
-#: anyone back (see _ACQUIRE): calls that no limit holds cost no round trip each.
+#: A process skips a bucket in its slow start for FREE_SECONDS when the bucket holds no one back
+#: (see _ACQUIRE): calls that no limit holds cost no round trip each.
 FREE_SECONDS = 1.0
 #: After a cut, no other cut until this long after its pause ends: the 429s of calls already under
 #: way, or of tokens reserved before the cut, are the same episode.
@@ -132,8 +132,8 @@ CLIMB_HORIZON_SECONDS = 6.0
 #: The calls an endpoint sent lately, for the next cut: a count decaying over tau seconds, from m0.
 #: Calls are counted as they go out: a token used at once here, a reserved one by the process that
 #: used it, with its next script (a reserved token an item comes back too late for is no call).
-_COUNT_SENT = (f"local TAU, GROWTH, INCREASE, PROBE, HEADROOM, FOUND_HEADROOM = {MEASURE_SECONDS!r}, "
-               f"{SLOW_START_GROWTH!r}, {INCREASE_SHARE!r}, {PROBE_SHARE!r}, {GROWTH_HEADROOM!r}, "
+_COUNT_SENT = (f"local TAU, GROWTH, INCREASE, PROBE, HEADROOM, FOUND_HEADROOM = "
+               f"{MEASURE_SECONDS!r}, {SLOW_START_GROWTH!r}, {INCREASE_SHARE!r}, {PROBE_SHARE!r}, {GROWTH_HEADROOM!r}, "
                f"{FOUND_GROWTH_HEADROOM!r}") + """
 local function count_sent(bucket, now, tau, calls)
   local s = redis.call('HMGET', bucket, 'm', 'mt')
@@ -177,9 +177,9 @@ _ACQUIRE = _COUNT_SENT + """
 -- Answers {wait, now, epoch, free} (strings, seconds; now on Redis's clock): wait 0: a token taken
 -- from every limit, use it now; -w: one reserved in every limit, use it in w seconds, if the bucket's
 -- epoch is still this one (a cut starts a new one); +w: nothing taken, ask again in w. free '1': the
--- bucket is in its slow start, without a ceiling, and far from holding anyone back (its rate at
--- least HEADROOM times the rate calls went out at, measured for MEASURE seconds): the caller may
--- skip it for a while, counting its calls and reporting them.
+-- bucket is in its slow start, without a ceiling, and holds no one back (calls, measured for TAU
+-- seconds, come slower than its rate): the caller may skip it for a while, counting its calls and
+-- reporting them, while the slow start grows on.
 -- The bucket is a GCRA: tat, the time its next token is due at its rate, less the burst. A rate
 -- that changes spaces the tokens granted from then on, never the ones already reserved.
 local t = redis.call('TIME')
@@ -224,7 +224,8 @@ if bucket then
   from = math.max(tat, now)
   local due = math.max(now, from - slack)
   local base = tonumber(s[4])
-  if learn and due > now then  -- busy: callers wait for tokens
+  -- busy: callers wait for tokens; in a slow start, as soon as they come faster than its rate
+  if learn and (due > now or (not base and tat > now)) then
     rate = grown(bucket, now, rate, base, ceiling, tonumber(s[3]))
   end
   slow = learn and not base and not (ceiling > 0 and rate >= ceiling)
@@ -234,9 +235,9 @@ if bucket then
     horizon = math.min(horizon, tonumber(ARGV[12]))
   end
   wait = math.max(wait, due - now)
-  if slow and ceiling == 0 and n == 0 and wait == 0 then
+  if slow and ceiling == 0 and n == 0 and tat <= now then
     local m0 = tonumber(redis.call('HGET', bucket, 'm0') or now)
-    if now - m0 >= TAU and rate >= HEADROOM * sent_rate(bucket, now) then free = '1' end
+    if now - m0 >= TAU then free = '1' end
   end
   redis.call('HSET', bucket, 'grew', tostring(now))
   if learn then redis.call('HSET', bucket, 'rate', tostring(rate)) end
@@ -380,7 +381,7 @@ Reserved = dict[str, list[tuple[float, int]]]
 
 #: Where an endpoint without a configured limit starts, in calls a minute (``CAPILLARY_RATE_START``):
 #: reads are commonly allowed ten times the writes.
-DEFAULT_START = {"lookup": 3000.0, "add": 300.0, "update": 300.0, "changeIdentifier": 300.0}
+DEFAULT_START = {"lookup": 6000.0, "add": 1200.0, "update": 1200.0, "changeIdentifier": 1200.0}
 
 
 @dataclass(frozen=True)
