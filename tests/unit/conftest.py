@@ -11,7 +11,7 @@ import redis
 
 from tests.helpers import RedisServer
 from worker.store.jobstore import JobStore
-from worker.store.lua_scripts import source
+from worker.lua_scripts import source
 
 
 @pytest.fixture(scope="session")

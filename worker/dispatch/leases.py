@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import redis
 
 from worker.store import keys
-from worker.store.lua_scripts import register
+from worker.lua_scripts import register
 
 log = logging.getLogger(__name__)
 

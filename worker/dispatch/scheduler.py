@@ -44,7 +44,7 @@ from worker.dispatch.leases import Delivery, new_token, worker_id
 from worker.dispatch.reaping import ORPHAN_SECONDS, JobView, Lapsed, Reaping
 from worker.settings import Settings, Tenant
 from worker.store import keys
-from worker.store.lua_scripts import register
+from worker.lua_scripts import register
 
 log = logging.getLogger(__name__)
 

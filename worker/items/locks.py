@@ -23,7 +23,7 @@ from collections.abc import Iterable
 import redis
 
 from worker.store import keys
-from worker.store.lua_scripts import register
+from worker.lua_scripts import register
 
 
 class IdentifierLocks:
