@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import redis
 
-from worker.store import keys
 from worker.lua_scripts import register
+from worker.store import keys
 
 log = logging.getLogger(__name__)
 

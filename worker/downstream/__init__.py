@@ -4,6 +4,6 @@ Owns the client (``client``) and its HTTP transport (``transport``), the per-end
 (``ratelimit``, with the names of their Redis keys in ``keys`` and their scripts in ``lua/*.lua``) and
 the retry policy (``retry``).
 
-May import: the worker's shared modules (``settings``, ``lua_scripts``) and the standard library. Imports nothing of ``worker.store``,
-``worker.dispatch`` or ``worker.items`` (tests/unit/test_imports.py).
+May import: the worker's shared modules (``settings``, ``lua_scripts``) and the standard library.
+Imports nothing of ``worker.store``, ``worker.dispatch`` or ``worker.items`` (tests/unit/test_imports.py).
 """

@@ -1,6 +1,7 @@
-"""The Redis scripts of worker/store/lua/ and worker/downstream/lua/ as files: each says what it takes and answers, each is run by a
-test against the unit Redis, and what two of them share is the same in both. The scripts without a
-test of their own elsewhere (tests/unit/worker/test_jobstore.py, test_scheduler.py) are tested here."""
+"""The Redis scripts of worker/store/lua/ and worker/downstream/lua/ as files: each says what it takes and
+answers, each is run by a test against the unit Redis, and what two of them share is the same in both. The
+scripts without a test of their own elsewhere (tests/unit/worker/test_jobstore.py, test_scheduler.py) are
+tested here."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ import pytest
 from tests.unit.worker.test_jobstore import new_job
 from worker.dispatch.leases import LeaseKeeper
 from worker.dispatch.scheduler import CALLBACK_HOLD_SECONDS, Dispatcher
+from worker.downstream import ratelimit
+from worker.lua_scripts import LUA_DIRS, source
 from worker.settings import Settings
 from worker.store import keys
 from worker.store.jobstore import OUTCOME_COUNTERS
-from worker.downstream import ratelimit
-from worker.lua_scripts import LUA_DIRS, source
 
 SCRIPTS = sorted(path.stem for folder in LUA_DIRS for path in folder.glob("*.lua"))
 UNIT_TESTS = Path(__file__).resolve().parents[1]
