@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from api.app import create_app
 from tests.helpers import (
@@ -21,6 +22,7 @@ from tests.helpers import (
     Worker,
     make_settings,
 )
+from worker.downstream.keys import rate_limit_prefix
 from worker.settings import Settings
 
 UNIT = Path(__file__).parent / "unit"
@@ -92,7 +94,13 @@ def app(settings: Settings):
 
 
 @pytest.fixture
-def api(app) -> ApiClient:
+def api(app, redis_server: RedisServer) -> ApiClient:
+    """The shared stack's API. The rates the shared worker learned in earlier tests are forgotten first:
+    each test meets the simulator (reset by ``sim``) as a downstream never seen."""
+    client = redis.Redis.from_url(redis_server.url)
+    stale = list(client.scan_iter(match=rate_limit_prefix("*") + ":*", count=1000))
+    if stale:
+        client.delete(*stale)
     return ApiClient(app)
 
 

@@ -1,7 +1,6 @@
 """Rates learned from the downstream's own answers: a simulator that limits adds and updates apart, and
 nothing configured. Few 429s, adds near their limit, updates not held to the adds' pace; the add limit
-halved and restored mid-job, the learned rate follows both ways; no item fails for any of it. (Learning is
-opt-in, CAPILLARY_RATE_LEARNING=on: these stacks turn it on.)
+halved and restored mid-job, the learned rate follows both ways; no item fails for any of it.
 
 Bounds on durations are generous (a busy 2-core machine); bench/learned_rates.py prints the figures.
 """
@@ -23,7 +22,7 @@ ADD_LIMIT, UPDATE_LIMIT = 900.0, 3000.0  # a minute: 300 adds take 20 s, 300 upd
 
 
 def test_nothing_configured_adds_and_updates_find_their_own_limits(make_stack, sim):
-    stack = make_stack(capillary_rate_learning=True)
+    stack = make_stack()  # learning is on unless CAPILLARY_RATE_LEARNING=off
     tag = "LRN" + uuid.uuid4().hex[:6]
     known, new = customers(300, tag + "K"), customers(300, tag + "N", first_mobile=500)
     seed_customers(stack.settings, known)
@@ -40,9 +39,7 @@ def test_nothing_configured_adds_and_updates_find_their_own_limits(make_stack, s
     figures = write_figures(calls_since(sim, start), ADD_LIMIT)
     print(f"learned: {figures}")
     assert figures["share_429"] <= 0.05
-    # Learned at all: past the slow start's first rate (300 a minute, a third of the limit). How close to the
-    # limit it gets is a figure for bench/learned_rates.py (0.68 to 0.73 there; under a loaded suite, 0.44).
-    assert figures["add_rate"] > 300 / ADD_LIMIT
+    assert figures["add_rate"] >= 0.8
     assert figures["updates_done"] < 0.6
 
 
@@ -57,7 +54,7 @@ def learned_add_rate(stack) -> float:
 def test_the_learned_rate_follows_a_limit_halved_and_restored_mid_job(make_stack, sim):
     limit = 1200.0
     sim.configure(rateLimits={"add": limit})
-    stack = make_stack(capillary_rate_learning=True)
+    stack = make_stack()
     stack.worker()
     stack.worker()
     job_id = stack.api.submit(customers(700, "HLV" + uuid.uuid4().hex[:6])).get_json()["jobId"]

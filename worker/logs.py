@@ -73,6 +73,6 @@ def configure_logging(level: str | int = "INFO") -> None:
     root.setLevel(level if isinstance(level, int) else str(level).upper())
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     # Celery logs two lines per task ("received", "succeeded in"); the worker logs one outcome line
-    # per item of its own (worker/items.py), and Flower shows every task.
+    # per item of its own (worker/items/run.py), and Flower shows every task.
     for name in ("celery.worker.strategy", "celery.app.trace"):
         logging.getLogger(name).setLevel(logging.WARNING)

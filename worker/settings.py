@@ -83,10 +83,7 @@ class Settings:
     capillary_rate_limits: Mapping[str, float] = field(default_factory=dict)
     #: Each endpoint's rate is learned from the downstream's 429s (worker/downstream/ratelimit.py); off: the
     #: configured limits are held as they are and other endpoints are not limited.
-    #: Learn each endpoint's rate from the downstream's 429s (worker/downstream/ratelimit.py); off by
-    #: default for now: with nothing configured it spends a Redis round trip on every call and finds an
-    #: add limit at about 0.7 of it.
-    capillary_rate_learning: bool = False
+    capillary_rate_learning: bool = True
     #: Where endpoints without a configured limit start, in requests per minute (worker/downstream/ratelimit.py's
     #: DEFAULT_START for those not named).
     capillary_rate_start: Mapping[str, float] = field(default_factory=dict)
@@ -191,7 +188,7 @@ class Settings:
             capillary_oauth_secret=env.get("CAPILLARY_OAUTH_SECRET", ""),
             capillary_max_rps=number("CAPILLARY_MAX_RPS", 0.0),
             capillary_rate_limits=parse_rate_limits(env.get("CAPILLARY_RATE_LIMITS", "")),
-            capillary_rate_learning=switch("CAPILLARY_RATE_LEARNING", False),
+            capillary_rate_learning=switch("CAPILLARY_RATE_LEARNING", True),
             capillary_rate_start=parse_rate_start(env.get("CAPILLARY_RATE_START", "")),
             capillary_rate_memory_seconds=number("CAPILLARY_RATE_MEMORY_SECONDS", 3600.0, minimum=1),
             capillary_timeout_seconds=number("CAPILLARY_TIMEOUT_SECONDS", 10.0, minimum=0.1),

@@ -2,7 +2,7 @@
 
 Routing lives in ``task_routes`` (worker/celery_app.py) only. Each worker process also runs three
 threads of its own: the lease keeper, the dispatcher (which works only while this process holds the
-leader's lock; see worker/scheduler.py), and the metrics flusher (worker/metrics.py).
+leader's lock; see worker/dispatch/scheduler.py), and the metrics flusher (worker/metrics.py).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ T = TypeVar("T")
 @shared_task(bind=True, name=TaskNames.PROCESS_ITEM)
 def process_item(self, job_id: str, index: int | list[int], lease: str = "", tenant: str = "", **earlier: str) -> str:
     """One customer element, or several of one job (``index`` a list) run one after another.
-    ``lease`` is the delivery's lease token (worker/scheduler.py; ``token`` in messages of earlier
+    ``lease`` is the delivery's lease token (worker/dispatch/scheduler.py; ``token`` in messages of earlier
     versions, still queued across an upgrade). ``tenant`` is there for people reading Flower; the
     worker takes the tenant from the stored job.
     The answer is the item's outcome as Flower shows it, or ``#index outcome`` per item joined by
@@ -85,7 +85,7 @@ def callback(self, job_id: str, attempt: int = 0, tenant: str = "") -> str:
 
 
 def while_store_recovers(work: Callable[[], T]) -> T:
-    """Run ``work``, riding out a Redis restart instead of failing the task (worker/retry.py).
+    """Run ``work``, riding out a Redis restart instead of failing the task (worker/downstream/retry.py).
 
     The item's steps are safe to repeat, so running it again from the start is always right; after
     two minutes the task gives up, and the item's lease brings it back later.

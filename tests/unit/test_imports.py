@@ -89,7 +89,7 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_sees_the_imports_it_must_judge():
     graph = import_graph()
-    assert {"worker.store.keys", "worker.store.lua_scripts"} <= graph["worker.store.claims"]
+    assert {"worker.store.keys", "worker.lua_scripts"} <= graph["worker.store.claims"]
     assert "api.app" in graph and "simulator.app" in graph and "cli.main" in graph
 
 
@@ -157,13 +157,8 @@ def test_the_cli_talks_to_the_api_over_http_only_and_imports_nothing_of_it():
     assert {name: targets for name, targets in offending.items() if targets} == {}
 
 
-#: The rate limiter's scripts are being rewritten apart from the move of the others to worker/store/lua/, and
-#: move there with that rewrite; until then its file is the one that may hold Lua.
-LUA_NOT_YET_MOVED = {"worker/downstream/ratelimit.py"}
-
-
 def test_no_python_file_holds_lua():
-    """Redis scripts live in worker/store/lua/*.lua, each with its header (tests/unit/worker/test_lua.py)."""
+    """Redis scripts live in worker/*/lua/*.lua, each with its header (tests/unit/worker/test_lua.py)."""
     lua_markers = ("redis.call(", "redis.pcall(", "KEYS[", "ARGV[")
     holding = []
     for path in sorted(project_modules().values()):
@@ -171,5 +166,4 @@ def test_no_python_file_holds_lua():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and any(
                     marker in node.value for marker in lua_markers):
                 holding.append(str(path.relative_to(ROOT)))
-    assert set(holding) - LUA_NOT_YET_MOVED == set()
-    assert set(holding) >= LUA_NOT_YET_MOVED, "a file no longer holds Lua: take it off LUA_NOT_YET_MOVED"
+    assert holding == []

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import redis
 
+from worker.lua_scripts import register
 from worker.store import keys
-from worker.store.lua_scripts import register
 
 log = logging.getLogger(__name__)
 

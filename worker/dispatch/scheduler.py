@@ -42,9 +42,9 @@ from worker.clock import now_iso
 from worker.dispatch.leadership import Leadership
 from worker.dispatch.leases import Delivery, new_token, worker_id
 from worker.dispatch.reaping import ORPHAN_SECONDS, JobView, Lapsed, Reaping
+from worker.lua_scripts import register
 from worker.settings import Settings, Tenant
 from worker.store import keys
-from worker.store.lua_scripts import register
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
 """Downstream: talking to the v2 customer API.
 
 Owns the client (``client``) and its HTTP transport (``transport``), the per-endpoint rate limits
-(``ratelimit``, with the names of their Redis keys in ``keys``) and the retry policy (``retry``).
+(``ratelimit``, with the names of their Redis keys in ``keys`` and their scripts in ``lua/*.lua``) and
+the retry policy (``retry``).
 
-May import: the worker's settings and the standard library. Imports nothing of ``worker.store``,
-``worker.dispatch`` or ``worker.items`` (tests/unit/test_imports.py).
+May import: the worker's shared modules (``settings``, ``lua_scripts``) and the standard library.
+Imports nothing of ``worker.store``, ``worker.dispatch`` or ``worker.items`` (tests/unit/test_imports.py).
 """

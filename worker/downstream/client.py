@@ -1,6 +1,6 @@
 """The downstream v2 customer API client.
 
-Keep-alive connections (worker/transport.py: libcurl, a handle per thread), a timeout on every call,
+Keep-alive connections (worker/downstream/transport.py: libcurl, a handle per thread), a timeout on every call,
 and every transport or HTTP failure turned into our own exception types, so tasks never look at the
 HTTP library.
 
@@ -63,7 +63,7 @@ class RetryableError(DownstreamError):
 
 
 class ThrottledError(RetryableError):
-    """The downstream said 429: slow the whole fleet down (worker/ratelimit.py), and try again after
+    """The downstream said 429: slow the whole fleet down (worker/downstream/ratelimit.py), and try again after
     its Retry-After. Not the item's fault: it does not count as an attempt."""
 
 
@@ -109,7 +109,7 @@ class CapillaryClient:
     """Calls the v2 customer endpoints for one tenant.
 
     Thread-safe: the worker runs items on a thread pool that shares one client (and so one OAuth
-    token) per tenant; each thread keeps its own connection (worker/transport.py).
+    token) per tenant; each thread keeps its own connection (worker/downstream/transport.py).
     """
 
     #: Renew an OAuth token this long before the downstream says it expires.
@@ -186,7 +186,7 @@ class CapillaryClient:
                     self.on_throttle(endpoint, exc.retry_after)
                 raise
             except RetryableError as exc:
-                # worker/retry.py: a quick retry in place, unless it timed out or must wait longer.
+                # worker/downstream/retry.py: a quick retry in place, unless it timed out or must wait longer.
                 if quick_left <= 0 or exc.timed_out or (exc.retry_after or 0) > retry.QUICK_RETRY_SECONDS[1]:
                     raise
                 quick_left -= 1

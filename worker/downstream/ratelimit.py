@@ -69,6 +69,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import redis
 
+from worker import lua_scripts
 from worker.downstream import keys
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ class LimitObserver(Protocol):
 
 SLEEP_UNDER_SECONDS = 0.25
 BURST_SECONDS = 0.5
-#: The longest an item that came back early for a reserved token (worker/retry.py) sleeps for it.
+#: The longest an item that came back early for a reserved token (worker/downstream/retry.py) sleeps for it.
 EARLY_SLEEP_SECONDS = 1.0
 #: The all-endpoints limit learns from 429s: each one lowers its aim by this much, down to the
 #: floor; the lowered aim lasts this long after the last 429.
@@ -98,7 +99,7 @@ DEFAULT_PAUSE_SECONDS = 1.0
 
 #: Learning an endpoint's rate (see the module's doc). Before its first 429 the rate grows by this
 #: factor per second the endpoint is busy.
-SLOW_START_GROWTH = 2.0
+SLOW_START_GROWTH = 4.0
 #: A 429 cuts the rate to this share of the rate calls went out at over the last MEASURE_SECONDS,
 #: less the ones refused (or of the rate itself, if lower), and to no less than half the rate: low
 #: enough to drain the downstream's bucket, not so low that the climb back wastes much of the limit.
@@ -109,8 +110,14 @@ INCREASE_SHARE = 0.1
 PROBE_SHARE = 0.05
 #: The rate calls go out at is an exponentially weighted count over about this many seconds.
 MEASURE_SECONDS = 2.0
-#: The rate never grows past this many times the rate calls went out at lately.
+#: A slow start's rate never grows past this many times the rate calls went out at lately; a found
+#: rate (one a 429 cut) past FOUND_GROWTH_HEADROOM times it: a rate calls do not use is not known to
+#: be allowed, and spending it at once later would land as a burst.
 GROWTH_HEADROOM = 2.0
+FOUND_GROWTH_HEADROOM = 1.25
+#: A process skips a bucket in its slow start for FREE_SECONDS when the bucket holds no one back
+#: (see lua/take_token.lua): calls that no limit holds cost no round trip each.
+FREE_SECONDS = 1.0
 #: After a cut, no other cut until this long after its pause ends: the 429s of calls already under
 #: way, or of tokens reserved before the cut, are the same episode.
 CUT_GUARD_SECONDS = 2.0
@@ -122,211 +129,6 @@ MIN_RATE = 0.1
 #: again. A slow start reserves as far as any bucket, each token spaced at the rate projected for
 #: its time; a configured ceiling reached, too.
 CLIMB_HORIZON_SECONDS = 6.0
-
-#: The calls an endpoint sent lately, for the next cut: a count decaying over tau seconds, from m0.
-#: Calls are counted as they go out: a token used at once here, a reserved one by the process that
-#: used it, with its next script (a reserved token an item comes back too late for is no call).
-_COUNT_SENT = (f"local TAU, GROWTH, INCREASE, PROBE, HEADROOM = {MEASURE_SECONDS!r}, {SLOW_START_GROWTH!r}, "
-               f"{INCREASE_SHARE!r}, {PROBE_SHARE!r}, {GROWTH_HEADROOM!r}") + """
-local function count_sent(bucket, now, tau, calls)
-  local s = redis.call('HMGET', bucket, 'm', 'mt')
-  local decayed = (tonumber(s[1]) or 0) * math.exp(-math.max(0, now - (tonumber(s[2]) or now)) / tau)
-  if decayed < 0.01 then redis.call('HSET', bucket, 'm0', tostring(now)) end
-  redis.call('HSET', bucket, 'm', tostring(decayed + calls), 'mt', tostring(now))
-  return decayed + calls
-end
-local function sent_rate(bucket, now)
-  local s = redis.call('HMGET', bucket, 'm', 'mt', 'm0')
-  local m, mt, m0 = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
-  if not (m and mt and m0) then return 0 end
-  return m * math.exp(-math.max(0, now - mt) / TAU) / (TAU * (1 - math.exp(-math.max(now - m0, 0.5) / TAU)))
-end
--- The rate after the busy time since the last look: a slow start (no base yet) doubles, a found rate
--- climbs back to its base additively, then probes more slowly; never far past the rate calls went
--- out at (a rate not used is not known to be allowed), never past the ceiling.
-local function grown(bucket, now, rate, base, ceiling, last)
-  local dt = math.min(1, math.max(0, now - (last or now)))
-  local new
-  if not base then new = rate * GROWTH ^ dt
-  elseif rate < base then new = rate + INCREASE * base * dt
-  else new = rate + PROBE * base * dt end
-  new = math.min(new, math.max(rate, HEADROOM * sent_rate(bucket, now)))
-  if ceiling > 0 and new > ceiling then new = ceiling end
-  return new
-end
-"""
-
-_ACQUIRE = _COUNT_SENT + """
--- KEYS[1]: the tenant's pause; KEYS[2]: the endpoint's pause; KEYS[3]: aims hash (of the
--- all-endpoints limit); KEYS[4]: the all-endpoints log (a zset of call times), or the aims hash again
--- when there is no such limit; KEYS[5]: the endpoint's bucket, if it has one.
--- ARGV[1]: horizon (s); ARGV[2], ARGV[3]: the all-endpoints limit as at most n calls in any window
--- of w seconds (n 0: none); ARGV[4]: a member unique to this call; ARGV[5]: '1' to learn; ARGV[6..10]:
--- start rate (/s), slow-start growth per s, increase share, probe share, measuring time (s);
--- ARGV[11]: how long the bucket's state lasts unused (s); ARGV[12]: the horizon while a found rate
--- climbs back (s); ARGV[13], ARGV[14]: the bucket's ceiling per second (0: none)
--- and burst (s); ARGV[15]: reserved tokens this process used since it last said.
--- Answers {wait, now, epoch} (strings, seconds; now on Redis's clock): wait 0: a token taken from
--- every limit, use it now; -w: one reserved in every limit, use it in w seconds, if the bucket's
--- epoch is still this one (a cut starts a new one); +w: nothing taken, ask again in w.
--- The bucket is a GCRA: tat, the time its next token is due at its rate, less the burst. A rate
--- that changes spaces the tokens granted from then on, never the ones already reserved.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local pause = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(redis.call('GET', KEYS[2]) or '0'))
-if pause > now then return {tostring(pause - now), tostring(now), '0'} end
-local horizon = tonumber(ARGV[1])
-local learn = ARGV[5] == '1'
-local wait = 0
-local n, w = tonumber(ARGV[2]), tonumber(ARGV[3])
-if n > 0 then
-  w = w / tonumber(redis.call('HGET', KEYS[3], KEYS[4]) or '1')
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - w)
-  local last = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
-  local at = now
-  if #last > 0 then at = math.max(at, tonumber(last[2])) end
-  if redis.call('ZCARD', KEYS[4]) >= n then
-    local nth = redis.call('ZRANGE', KEYS[4], -n, -n, 'WITHSCORES')
-    at = math.max(at, tonumber(nth[2]) + w)
-  end
-  wait = at - now
-end
-local bucket = KEYS[5]
-local epoch = '0'
-local tat, rate, from
-local slow, ceiling = false, 0
-if bucket then
-  local start = tonumber(ARGV[6])
-  local burst = tonumber(ARGV[14])
-  ceiling = tonumber(ARGV[13])
-  if tonumber(ARGV[15]) > 0 then count_sent(bucket, now, tonumber(ARGV[10]), tonumber(ARGV[15])) end
-  local s = redis.call('HMGET', bucket, 'tat', 'rate', 'grew', 'base', 'epoch')
-  epoch = s[5] or '0'
-  rate = tonumber(s[2])
-  if not rate or not learn then
-    if ceiling > 0 then rate = ceiling else rate = start end
-  end
-  if ceiling > 0 and rate > ceiling then rate = ceiling end
-  local slack = (math.max(1, rate * burst) - 1) / rate
-  tat = tonumber(s[1]) or now
-  from = math.max(tat, now)
-  local due = math.max(now, from - slack)
-  local base = tonumber(s[4])
-  if learn and due > now then  -- busy: callers wait for tokens
-    rate = grown(bucket, now, rate, base, ceiling, tonumber(s[3]))
-  end
-  slow = learn and not base and not (ceiling > 0 and rate >= ceiling)
-  if learn and base and not (ceiling > 0 and rate >= ceiling) then
-    -- a found rate that climbs back reserves less far ahead: only the tokens after the ones
-    -- reserved take a new rate
-    horizon = math.min(horizon, tonumber(ARGV[12]))
-  end
-  wait = math.max(wait, due - now)
-  redis.call('HSET', bucket, 'grew', tostring(now))
-  if learn then redis.call('HSET', bucket, 'rate', tostring(rate)) end
-  if wait > 0 then redis.call('HINCRBYFLOAT', bucket, 'waited', tostring(wait)) end
-  redis.call('EXPIRE', bucket, math.ceil(tonumber(ARGV[11])))
-end
-if wait > horizon then return {tostring(wait), tostring(now), epoch} end
-if bucket then
-  if wait == 0 then count_sent(bucket, now, tonumber(ARGV[10]), 1) end
-  local at = math.max(from, now + wait)
-  local pace = rate
-  if slow then
-    -- a slow start spaces each token at the rate it will have grown to by then: tokens reserved
-    -- ahead keep up with it, until a 429 voids them
-    pace = rate * GROWTH ^ math.min(10, at - now)
-    if ceiling > 0 then pace = math.min(pace, ceiling) end
-  end
-  redis.call('HSET', bucket, 'tat', tostring(at + 1 / pace))
-end
-if n > 0 then
-  redis.call('ZADD', KEYS[4], now + wait, ARGV[4])
-  redis.call('EXPIRE', KEYS[4], math.ceil(w + horizon) + 60)
-end
-return {tostring(-wait), tostring(now), epoch}
-"""
-
-_PAUSE = _COUNT_SENT + """
--- A 429 for a call to one endpoint. KEYS[1]: the endpoint's pause; KEYS[2]: the tenant's pause, or
--- the endpoint's again when the tenant has no all-endpoints limit; KEYS[3]: aims hash; KEYS[4]: the
--- all-endpoints log whose aim to lower, or the aims hash again for none; KEYS[5]: the endpoint's
--- bucket, if it has one. ARGV[1]: seconds; ARGV[2..4]: aim step, floor, memory (s); ARGV[5]: '1' to
--- learn; ARGV[6..12]: cut share, least rate, measuring time (s), start rate, ceiling (0: none),
--- guard (s), how long the bucket's state lasts unused (s).
--- Extends the pauses, never shortens them; counts the 429; cuts the learned rate once per episode:
--- to a share of the rate the downstream accepted lately (grants, less the 429s), and starts a new
--- epoch, whose tokens start after the pause: the tokens reserved at the old rate are void.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local untill = now + tonumber(ARGV[1])
-for k = 1, 2 do
-  local current = tonumber(redis.call('GET', KEYS[k]) or '0')
-  if untill > current then redis.call('SET', KEYS[k], tostring(untill), 'EX', math.ceil(tonumber(ARGV[1])) + 1) end
-end
-if KEYS[4] ~= KEYS[3] then
-  local aim = tonumber(redis.call('HGET', KEYS[3], KEYS[4]) or '1')
-  redis.call('HSET', KEYS[3], KEYS[4], tostring(math.max(tonumber(ARGV[3]), aim * tonumber(ARGV[2]))))
-  redis.call('EXPIRE', KEYS[3], ARGV[4])
-end
-if not KEYS[5] then return 0 end
-local bucket = KEYS[5]
-redis.call('HINCRBY', bucket, 'throttled', 1)
-redis.call('EXPIRE', bucket, math.ceil(tonumber(ARGV[12])))
-if ARGV[5] ~= '1' then return 0 end
-local s = redis.call('HMGET', bucket, 'rate', 'base', 'cut')
-local tau = tonumber(ARGV[8])
-local start, ceiling = tonumber(ARGV[9]), tonumber(ARGV[10])
-local rate = tonumber(s[1]) or (ceiling > 0 and ceiling or start)
--- this call went out, and was not accepted
-local m = math.max(0, count_sent(bucket, now, tau, 0) - 1)
-redis.call('HSET', bucket, 'm', tostring(m))
-local m0 = tonumber(redis.call('HGET', bucket, 'm0') or now)
-local accepted = m / (tau * (1 - math.exp(-math.max(now - m0, 0.5) / tau)))
-if now < (tonumber(s[3]) or 0) then return 0 end
-local share, least = tonumber(ARGV[6]), tonumber(ARGV[7])
--- a slow start's tokens went out at the pace projected for them, past the rate stored
-local basis = accepted
-if s[2] then basis = math.min(rate, accepted) end
--- never below half the rate at one cut, as TCP halves its window: a 429 among a few calls says little
--- (a limit all endpoints share may have refused it)
-local cut = math.max(least, share * basis, rate / 2)
-redis.call('HSET', bucket, 'rate', tostring(cut), 'base', tostring(math.max(basis, cut)), 'tat', tostring(untill),
-           'grew', tostring(untill), 'cut', tostring(untill + tonumber(ARGV[11])))
-redis.call('HINCRBY', bucket, 'epoch', 1)
-return 1
-"""
-
-
-_PAUSED_FOR = _COUNT_SENT + """
--- KEYS[1], KEYS[2]: pause keys; KEYS[3]: the endpoint's bucket, if it has one. ARGV[1]: reserved
--- tokens this process used since it last said; ARGV[2]: the measuring time (s); ARGV[3]: the
--- bucket's ceiling per second (0: none); ARGV[4]: '1' to learn. Answers the seconds the longer
--- pause holds for, on Redis's clock, the bucket's epoch, and 1 while it is in its slow start.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-if KEYS[3] and tonumber(ARGV[1]) > 0 then
-  count_sent(KEYS[3], now, tonumber(ARGV[2]), tonumber(ARGV[1]))
-  -- reserved tokens used: the endpoint is busy, though its items ask for no new tokens
-  local s = redis.call('HMGET', KEYS[3], 'rate', 'base', 'grew')
-  if ARGV[4] == '1' and s[1] then
-    redis.call('HSET', KEYS[3], 'rate', tostring(grown(KEYS[3], now, tonumber(s[1]), tonumber(s[2]),
-                                                            tonumber(ARGV[3]), tonumber(s[3]))),
-               'grew', tostring(now))
-  end
-end
-local left = math.max(0, tonumber(redis.call('GET', KEYS[1]) or '0') - now,
-                      tonumber(redis.call('GET', KEYS[2]) or '0') - now)
-local epoch, slow = '0', 0
-if KEYS[3] then
-  local b = redis.call('HMGET', KEYS[3], 'epoch', 'base', 'rate')
-  epoch = b[1] or '0'
-  local ceiling = tonumber(ARGV[3])
-  if ARGV[4] == '1' and not b[2] and not (ceiling > 0 and (tonumber(b[3]) or ceiling) >= ceiling) then slow = 1 end
-end
-return {tostring(left), epoch, slow}
-"""
-
 
 #: Write endpoints: an item that must wait long for one of these is requeued holding a reserved
 #: token. Lookups and the all-endpoints limit are waited out in place: every item needs them
@@ -355,7 +157,7 @@ Reserved = dict[str, list[tuple[float, int]]]
 
 #: Where an endpoint without a configured limit starts, in calls a minute (``CAPILLARY_RATE_START``):
 #: reads are commonly allowed ten times the writes.
-DEFAULT_START = {"lookup": 3000.0, "add": 300.0, "update": 300.0, "changeIdentifier": 300.0}
+DEFAULT_START = {"lookup": 6000.0, "add": 1200.0, "update": 1200.0, "changeIdentifier": 1200.0}
 
 
 @dataclass(frozen=True)
@@ -469,13 +271,16 @@ class RateLimiter:
         names = ENDPOINTS if self.learning.enabled else tuple(limits)
         #: endpoint -> (bucket key, ceiling per second, 0 for none)
         self._endpoints = {name: (bucket_key(tenant_id, name), limits.get(name, 0.0) / 60.0) for name in names}
-        self._acquire = client.register_script(_ACQUIRE)
-        self._pause = client.register_script(_PAUSE)
-        self._paused = client.register_script(_PAUSED_FOR)
+        self._acquire = lua_scripts.register(client, "take_token")
+        self._pause = lua_scripts.register(client, "throttled")
+        self._paused = lua_scripts.register(client, "pause_left")
         #: endpoint -> (look again after, looked at, seconds paused then, the bucket's epoch, slow start)
         self._pause_checks: dict[str, tuple[float, float, float, str, bool]] = {}
-        #: reserved tokens used, by endpoint, not yet counted in Redis as calls sent
+        #: reserved tokens used (and calls made without a token while a bucket lets this process skip
+        #: it), by endpoint, not yet counted in Redis as calls sent
         self._used: Counter[str] = Counter()
+        #: endpoint -> (skip its bucket until, the bucket's epoch then): see FREE_SECONDS
+        self._free: dict[str, tuple[float, str]] = {}
         self._used_lock = threading.Lock()
         self._offset: float | None = None  # Redis's clock minus ours
 
@@ -508,14 +313,23 @@ class RateLimiter:
                 # was requeued for this token.
                 if late < 0:
                     time.sleep(min(-late, EARLY_SLEEP_SECONDS))
+                    self._raise_if_paused(endpoint)
                 with self._used_lock:
                     self._used[endpoint] += 1
                 return
         bucket = self._endpoints.get(endpoint)
-        if self._window is None and bucket is None:
-            paused, _epoch = self._paused_for(endpoint)
+        free = self._free.get(endpoint)
+        if free is not None:
+            paused, current, _slow = self._pause_check(endpoint)
             if paused > 0:
                 raise RateLimited(endpoint, paused, reserved=False, now=self.redis_now())
+            if time.monotonic() < free[0] and current == free[1]:
+                with self._used_lock:
+                    self._used[endpoint] += 1
+                return
+            del self._free[endpoint]
+        if self._window is None and bucket is None:
+            self._raise_if_paused(endpoint)
             return
         n, w = self._window or (0, 0.0)
         learning = self.learning
@@ -527,10 +341,12 @@ class RateLimiter:
         if bucket is not None:
             script_keys.append(bucket[0])
             args += [bucket[1], BURST_SECONDS, self._take_used(endpoint)]
-        raw_wait, raw_now, raw_epoch = self._acquire(keys=script_keys, args=args)
+        raw_wait, raw_now, raw_epoch, raw_free = self._acquire(keys=script_keys, args=args)
         answer, now = float(raw_wait), float(raw_now)
         self._offset = now - time.time()
         if answer == 0:
+            if raw_free == "1":
+                self._free[endpoint] = (time.monotonic() + FREE_SECONDS, str(raw_epoch))
             return
         wait = abs(answer)
         if self.metrics is not None:
@@ -549,12 +365,16 @@ class RateLimiter:
         if bucket is not None:
             with self._used_lock:
                 self._used[endpoint] += 1
+        # A 429 may have come while this call slept on its token: look again (in Redis itself after a
+        # longer sleep; a 429 this process heard is seen at once, as pause() forgets what it looked up).
         if wait > SLEEP_UNDER_SECONDS / 5:
-            # A 429 may have come while this call slept on its token: look again, in Redis itself.
             self._pause_checks.pop(endpoint, None)
-            paused, _epoch = self._paused_for(endpoint)
-            if paused > 0:
-                raise RateLimited(endpoint, paused, reserved=False, now=self.redis_now())
+        self._raise_if_paused(endpoint)
+
+    def _raise_if_paused(self, endpoint: str) -> None:
+        paused, _epoch = self._paused_for(endpoint)
+        if paused > 0:
+            raise RateLimited(endpoint, paused, reserved=False, now=self.redis_now())
 
     def _paused_for(self, endpoint: str) -> tuple[float, str]:
         paused, epoch, _slow = self._pause_check(endpoint)
@@ -598,5 +418,6 @@ class RateLimiter:
                     args=[retry_after or DEFAULT_PAUSE_SECONDS, AIM_STEP, AIM_FLOOR, AIM_MEMORY_SECONDS,
                           int(learning.enabled), CUT_SHARE, MIN_RATE, MEASURE_SECONDS,
                           learning.start_per_minute(endpoint) / 60.0, bucket[1] if bucket else 0.0, CUT_GUARD_SECONDS,
-                          learning.memory_seconds])
+                          learning.memory_seconds, self._take_used(endpoint) if bucket else 0])
         self._pause_checks.clear()  # this process heard it first: look again at once
+        self._free.pop(endpoint, None)

@@ -22,8 +22,8 @@ from collections.abc import Iterable
 
 import redis
 
+from worker.lua_scripts import register
 from worker.store import keys
-from worker.store.lua_scripts import register
 
 
 class IdentifierLocks:

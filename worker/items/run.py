@@ -45,7 +45,7 @@ CODE_RETRIES_EXHAUSTED = 9001
 CODE_DOWNSTREAM_REFUSED = 9003
 CODE_REDELIVERED = 9004
 CODE_UNKNOWN_TENANT = 9005
-#: "Customer details not sent": a CSV row that is no customer at all (worker/csvrows.py)
+#: "Customer details not sent": a CSV row that is no customer at all (worker/items/csvrows.py)
 CODE_BAD_ROW = 8084
 
 
@@ -61,7 +61,7 @@ class ItemRun:
 
 
 class StoreJournal:
-    """The item's memory across runs (worker/upsert.py's Journal), kept in its memo.
+    """The item's memory across runs (worker/items/upsert.py's Journal), kept in its memo.
 
     The memo travels in the item's input chunk: read with the input, written back when the item
     is deferred, and written at once only where a crash must not lose it: before an add, whose
@@ -85,13 +85,24 @@ class StoreJournal:
     def mark_add_in_doubt(self) -> None:
         """Written before an add, fenced by the lease: a stale delivery stops here, before it writes."""
         self.memo.pop("c", None)
+        self.memo.pop("l", None)
         self.memo["d"] = 1
         if not self.store.save_memo(self.member, self.job_id, self.index, self.memo):
             raise LeaseLost(self.member)
 
+    def looked_up(self) -> tuple[bool, dict | None]:
+        if "l" not in self.memo:
+            return False, None
+        return True, self.memo["l"] or None
+
+    def record_lookup(self, found: dict | None) -> None:
+        # Saved only with a deferral that keeps the item's locks (_defer); a run that ends otherwise
+        # leaves no trace of it.
+        self.memo["l"] = found or {}
+
 
 class StorePredictionState:
-    """A dry run's prediction state (worker/dryrun.py), in the job store."""
+    """A dry run's prediction state (worker/items/dryrun.py), in the job store."""
 
     def __init__(self, store: JobStore, job_id: str) -> None:
         self.store, self.job_id = store, job_id
@@ -111,7 +122,7 @@ def message_members(job_id: str, index: int | list[int], token: str) -> list[str
 
 def run_items(ctx: WorkerContext, job_id: str, indexes: list[int], token: str,
               guard: Callable[[Callable[[], ItemRun]], ItemRun] | None = None) -> list[ItemRun]:
-    """A message's items (worker/scheduler.py), one after another, each run through ``guard``.
+    """A message's items (worker/dispatch/scheduler.py), one after another, each run through ``guard``.
 
     The items waiting their turn have their leases kept alive by the keeper from the start, so a
     slow first item never lets the others lapse and run a second time elsewhere; and each one's
@@ -184,7 +195,7 @@ def _gate(ctx: WorkerContext, work: ItemWork, meta: JobMeta) -> ItemOutcome | No
 
 def _run_under_locks(ctx: WorkerContext, work: ItemWork, meta: JobMeta, job_id: str, index: int,
                      member: str, last_in_message: bool = True) -> tuple[ItemOutcome, list[str]] | ItemRun:
-    """Take the item's identifier locks, upsert, and decide what a failure means (worker/retry.py).
+    """Take the item's identifier locks, upsert, and decide what a failure means (worker/downstream/retry.py).
     Answers the outcome and the locks held, or the run's end when the item went back to the scheduler."""
     memo = dict(work.memo)
     if meta.dry_run:  # reads only: nothing to guard, and no real job's item may wait for a dry run
@@ -270,9 +281,14 @@ def _defer(ctx: WorkerContext, job_id: str, index: int, member: str, delay: floa
     """Hand the item back to the scheduler for ``delay`` seconds; ``reason`` is the metric's label.
 
     While an add may have landed without our hearing of it, the item keeps its identifier locks:
-    no other job's item may create or claim that customer before this item has looked again.
+    no other job's item may create or claim that customer before this item has looked again. It keeps
+    them too when it has looked its customer up and waits only for its write's turn (a rate-limit
+    token), so that its next run writes without looking again (worker/items/upsert.py, ``looked_up``).
     """
-    keep = journal is not None and journal.add_in_doubt()
+    keep = journal is not None and (journal.add_in_doubt()
+                                    or (journal.looked_up()[0] and reason == RETRY_RATE_LIMITED))
+    if not keep:
+        memo.pop("l", None)
     answer = ctx.store.defer(member, job_id, index, delay=delay, memo=memo, locks=locks, keep_locks=keep,
                              lock_ttl_ms=int((delay + ctx.settings.item_lease_seconds * 2) * 1000))
     if answer == 0:  # cancelled meanwhile: the item ends here, as cancelled

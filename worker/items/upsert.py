@@ -74,6 +74,13 @@ class Journal(Protocol):
     The mark also stays after an add answered without an id (a 429, an 8006 for a racing writer); if that
     run is retried and another writer created the customer meanwhile, the item reports CREATED for it:
     rare, and only the label is wrong.
+
+    ``looked_up`` / ``record_lookup``: what an earlier run of this item found by its lookups (a customer,
+    or none), kept while the item went back to the scheduler only to wait for a rate-limit token and
+    held its identifier locks meanwhile: no item of this service can have created or changed that
+    customer since, so the next run goes on to its write instead of looking again. A writer outside
+    the service still makes an add answer 8006, which turns it into an update as for any racing writer.
+    ``looked_up`` answers ``(False, None)`` when nothing is kept.
     """
 
     def created_id(self) -> int | None: ...
@@ -84,6 +91,10 @@ class Journal(Protocol):
 
     def mark_add_in_doubt(self) -> None: ...
 
+    def looked_up(self) -> tuple[bool, dict | None]: ...
+
+    def record_lookup(self, found: dict | None) -> None: ...
+
 
 class MemoryJournal:
     """A journal kept in memory: enough when the retries of an item run in one process (tools, tests)."""
@@ -91,6 +102,7 @@ class MemoryJournal:
     def __init__(self) -> None:
         self._created: int | None = None
         self._in_doubt = False
+        self._found: tuple[bool, dict | None] = (False, None)
 
     def created_id(self) -> int | None:
         return self._created
@@ -103,6 +115,12 @@ class MemoryJournal:
 
     def mark_add_in_doubt(self) -> None:
         self._created, self._in_doubt = None, True  # as in the job store: one field, id or mark
+
+    def looked_up(self) -> tuple[bool, dict | None]:
+        return self._found
+
+    def record_lookup(self, found: dict | None) -> None:
+        self._found = (True, found)
 
 
 def error(code: int, message: str) -> dict:
@@ -142,9 +160,12 @@ def upsert_valid_customer(
     # Read before this run marks its own add: only an earlier run's unanswered add makes a found customer ours.
     earlier_add_in_doubt = journal.add_in_doubt()
 
-    found, failure = find_customer(client, source, account, identifiers)
-    if failure is not None:
-        return failure
+    known, found = journal.looked_up()
+    if not known or earlier_add_in_doubt:
+        found, failure = find_customer(client, source, account, identifiers)
+        if failure is not None:
+            return failure
+        journal.record_lookup(found and _as_found(found, source, account))
 
     warnings: list[dict] = []
     user_id: int | None = None  # set here when this run adds the customer
@@ -311,6 +332,14 @@ def _profile_for(customer: dict, source: str, account: str | None) -> dict | Non
         if profile.get("source") == source and (profile.get("accountId") or None) == account:
             return profile
     return profiles[0] if profiles else None
+
+
+def _as_found(customer: dict, source: str, account: str | None) -> dict:
+    """What the rest of a run reads of a customer found by lookup: its id and the identifiers of the
+    profile it writes, so a later run can go on from it (``Journal.looked_up``)."""
+    profile = _profile_for(customer, source, account) or {}
+    return {"id": _user_id(customer), "profiles": [{"source": source, "accountId": account,
+                                                    "identifiers": profile.get("identifiers") or []}]}
 
 
 def _user_id(customer: dict) -> int | None:

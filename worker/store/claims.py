@@ -19,9 +19,9 @@ import redis
 from redis.commands.core import Script
 
 from worker.clock import now_iso
+from worker.lua_scripts import register
 from worker.store import keys, metric_fields
 from worker.store.documents import CANCELLED, COMPLETED, JobMeta, outcome_counter
-from worker.store.lua_scripts import register
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""The Redis scripts of worker/store/lua/ as files: each says what it takes and answers, each is run by a
-test against the unit Redis, and what two of them share is the same in both. The scripts without a
-test of their own elsewhere (tests/unit/worker/test_jobstore.py, test_scheduler.py) are tested here."""
+"""The Redis scripts of worker/store/lua/ and worker/downstream/lua/ as files: each says what it takes and
+answers, each is run by a test against the unit Redis, and what two of them share is the same in both. The
+scripts without a test of their own elsewhere (tests/unit/worker/test_jobstore.py, test_scheduler.py) are
+tested here."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import pytest
 from tests.unit.worker.test_jobstore import new_job
 from worker.dispatch.leases import LeaseKeeper
 from worker.dispatch.scheduler import CALLBACK_HOLD_SECONDS, Dispatcher
+from worker.downstream import ratelimit
+from worker.lua_scripts import LUA_DIRS, source
 from worker.settings import Settings
 from worker.store import keys
 from worker.store.jobstore import OUTCOME_COUNTERS
-from worker.store.lua_scripts import LUA_DIR, source
 
-SCRIPTS = sorted(path.stem for path in LUA_DIR.glob("*.lua"))
+SCRIPTS = sorted(path.stem for folder in LUA_DIRS for path in folder.glob("*.lua"))
 UNIT_TESTS = Path(__file__).resolve().parents[1]
 
 
@@ -46,7 +48,8 @@ def scripts_marked_in_tests() -> set[str]:
 
 
 def test_the_scripts_are_where_the_package_ships_them():
-    assert len(SCRIPTS) >= 13 and "claim_item" in SCRIPTS and "take_items" in SCRIPTS
+    assert len(SCRIPTS) >= 16 and {"claim_item", "take_items", "take_token"} <= set(SCRIPTS)
+    assert len(set(SCRIPTS)) == len(SCRIPTS), "a script's name is unique across the folders"
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -71,6 +74,26 @@ def lua_function(name: str, function: str) -> str:
 def test_the_two_copies_of_take_all_are_the_same():
     """The claim and IdentifierLocks.acquire must take locks alike: Redis scripts cannot share code."""
     assert lua_function("claim_item", "take_all") == lua_function("take_locks", "take_all")
+
+
+RATE_SCRIPTS = ("take_token", "throttled", "pause_left")
+
+
+def rate_constants(name: str) -> dict[str, float]:
+    match = re.search(r"^local (TAU, [A-Z_, ]+) = ([0-9., ]+)$", source(name), re.M)
+    assert match, f"{name}.lua has no line of the rates' constants"
+    return dict(zip(match.group(1).split(", "), (float(v) for v in match.group(2).split(", ")), strict=True))
+
+
+def test_the_three_copies_of_the_rates_shared_part_are_the_same_and_hold_the_limiters_constants():
+    """A rate grows, is measured and counted alike whichever of the limiter's scripts looks at it."""
+    for function in ("count_sent", "sent_rate", "grown"):
+        assert len({lua_function(name, function) for name in RATE_SCRIPTS}) == 1, function
+    assert len({tuple(rate_constants(name).items()) for name in RATE_SCRIPTS}) == 1
+    assert rate_constants("take_token") == {
+        "TAU": ratelimit.MEASURE_SECONDS, "GROWTH": ratelimit.SLOW_START_GROWTH, "INCREASE": ratelimit.INCREASE_SHARE,
+        "PROBE": ratelimit.PROBE_SHARE, "HEADROOM": ratelimit.GROWTH_HEADROOM,
+        "FOUND_HEADROOM": ratelimit.FOUND_GROWTH_HEADROOM}
 
 
 @pytest.mark.parametrize("name", ["cancel_job", "end_job"])

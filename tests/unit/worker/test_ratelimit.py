@@ -42,7 +42,7 @@ def grants(limiter: RateLimiter, endpoint: str, count: int, *, within_horizon: b
         if bucket:
             keys.append(bucket[0])
             args += [bucket[1], 0.5, 0]
-        wait, now, _epoch = (float(x) for x in limiter._acquire(keys=keys, args=args))
+        wait, now, _epoch, _free = (float(x) for x in limiter._acquire(keys=keys, args=args))
         assert wait <= 0 or not within_horizon, "within the horizon every call gets a token, now or reserved"
         times.append(now - wait)
     return times
@@ -161,6 +161,7 @@ def test_an_endpoint_busy_and_never_refused_grows_from_the_start_rate(r):
     assert rate(r) > 1.5  # doubling each busy second, about 2.8 after 1.5 s
 
 
+@pytest.mark.lua("take_token", "throttled", "pause_left")
 def test_a_429_cuts_the_rate_to_a_share_of_what_was_granted_once_per_episode(r):
     limiter = RateLimiter(r, "t", per_minute={"add": 600})  # a ceiling of 10 a second, started at it
     times = grants(limiter, "add", 20)  # 2 s of tokens at 10 a second
@@ -194,6 +195,30 @@ def test_the_rate_climbs_back_while_busy_and_never_passes_the_ceiling(r):
     assert rate(r) == 10
 
 
+def script_calls(r) -> int:
+    return int(r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_a_slow_start_that_holds_no_one_back_costs_no_round_trip_per_call_until_a_429(r):
+    limiter = RateLimiter(r, "t", learning=Learning(start={"lookup": 6000}))  # 100 a second
+    calls_before, started = script_calls(r), time.monotonic()
+    while time.monotonic() - started < MEASURE_SECONDS + 1.5:  # 50 a second: the bucket holds no one back
+        limiter.acquire("lookup")
+        time.sleep(0.02)
+    made = int((time.monotonic() - started) / 0.02)
+    scripts = script_calls(r) - calls_before
+    # A script a call for the measuring time, then one a second (FREE_SECONDS) and a pause check each half second.
+    assert scripts < made * 0.8, f"{scripts} scripts for about {made} calls"
+
+    limiter.pause("lookup", 0.2)
+    with pytest.raises(RateLimited):
+        limiter.acquire("lookup")  # the 429 ends the skipping at once, in this process
+    found = r.hmget("cu:ratelimit:t:lookup", "rate", "base")
+    assert found[1] is not None  # the slow start is over
+    # cut to a share of what the downstream accepted (about 50 a second), not of the slow start's rate
+    assert float(found[0]) == pytest.approx(CUT_SHARE * 50, rel=0.35)
+
+
 def test_a_learned_rate_outlives_the_workers_and_expires_unused(r):
     limiter = RateLimiter(r, "t", learning=Learning(memory_seconds=60))
     grants(limiter, "add", 3)
@@ -216,10 +241,10 @@ def test_pinned_limits_hold_as_configured_and_leave_other_endpoints_free(r):
 def test_the_knobs_read_from_the_environment():
     one = learning_of(Settings.from_env({"CAPILLARY_RATE_START": "120", "CAPILLARY_RATE_LEARNING": "off"}))
     assert not one.enabled and one.start_per_minute("lookup") == one.start_per_minute("add") == 120
-    assert not learning_of(Settings.from_env({})).enabled  # opt-in for now
+    assert learning_of(Settings.from_env({})).enabled  # on unless turned off
     some = learning_of(Settings.from_env({"CAPILLARY_RATE_START": "add=60", "CAPILLARY_RATE_MEMORY_SECONDS": "90",
                                           "CAPILLARY_RATE_LEARNING": "on"}))
-    assert some.enabled and some.start_per_minute("add") == 60 and some.start_per_minute("lookup") == 3000
+    assert some.enabled and some.start_per_minute("add") == 60 and some.start_per_minute("lookup") == 6000
     assert some.memory_seconds == 90
     for bad in ({"CAPILLARY_RATE_LEARNING": "maybe"}, {"CAPILLARY_RATE_START": "adds=5"},
                 {"CAPILLARY_RATE_START": "-1"}):

@@ -1,0 +1,137 @@
+-- take_token: a token for one call to one endpoint of one tenant, from the all-endpoints limit and the
+-- endpoint's learned bucket together, in one round trip (worker/downstream/ratelimit.py, RateLimiter.acquire).
+--
+-- KEYS[1]: the tenant's pause; KEYS[2]: the endpoint's pause; KEYS[3]: aims hash (of the
+-- all-endpoints limit); KEYS[4]: the all-endpoints log (a zset of call times), or the aims hash again
+-- when there is no such limit; KEYS[5]: the endpoint's bucket, if it has one.
+-- ARGV[1]: horizon (s); ARGV[2], ARGV[3]: the all-endpoints limit as at most n calls in any window
+-- of w seconds (n 0: none); ARGV[4]: a member unique to this call; ARGV[5]: '1' to learn; ARGV[6..10]:
+-- start rate (/s), slow-start growth per s, increase share, probe share, measuring time (s);
+-- ARGV[11]: how long the bucket's state lasts unused (s); ARGV[12]: the horizon while a found rate
+-- climbs back (s); ARGV[13], ARGV[14]: the bucket's ceiling per second (0: none)
+-- and burst (s); ARGV[15]: reserved tokens this process used since it last said.
+-- Reply: {wait, now, epoch, free} (strings, seconds; now on Redis's clock): wait 0: a token taken
+-- from every limit, use it now; -w: one reserved in every limit, use it in w seconds, if the bucket's
+-- epoch is still this one (a cut starts a new one); +w: nothing taken, ask again in w. free '1': the
+-- bucket is in its slow start, without a ceiling, and holds no one back (calls, measured for TAU
+-- seconds, come slower than its rate): the caller may skip it for a while, counting its calls and
+-- reporting them, while the slow start grows on.
+-- The bucket is a GCRA: tat, the time its next token is due at its rate, less the burst. A rate
+-- that changes spaces the tokens granted from then on, never the ones already reserved.
+
+-- The rates' shared part: the same in take_token.lua, throttled.lua and pause_left.lua (Redis scripts
+-- cannot share code; tests/unit/worker/test_lua.py holds the copies equal, and these constants equal
+-- worker/downstream/ratelimit.py's MEASURE_SECONDS, SLOW_START_GROWTH, INCREASE_SHARE, PROBE_SHARE,
+-- GROWTH_HEADROOM and FOUND_GROWTH_HEADROOM).
+-- The calls an endpoint sent lately, for the next cut: a count decaying over tau seconds, from m0.
+-- Calls are counted as they go out: a token used at once here, a reserved one (or a call made while
+-- the bucket let the process skip it) by the process that made it, with its next script.
+local TAU, GROWTH, INCREASE, PROBE, HEADROOM, FOUND_HEADROOM = 2.0, 4.0, 0.1, 0.05, 2.0, 1.25
+local function count_sent(bucket, now, tau, calls)
+  local s = redis.call('HMGET', bucket, 'm', 'mt')
+  local decayed = (tonumber(s[1]) or 0) * math.exp(-math.max(0, now - (tonumber(s[2]) or now)) / tau)
+  if decayed < 0.01 then redis.call('HSET', bucket, 'm0', tostring(now)) end
+  redis.call('HSET', bucket, 'm', tostring(decayed + calls), 'mt', tostring(now))
+  return decayed + calls
+end
+local function sent_rate(bucket, now)
+  local s = redis.call('HMGET', bucket, 'm', 'mt', 'm0')
+  local m, mt, m0 = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
+  if not (m and mt and m0) then return 0 end
+  return m * math.exp(-math.max(0, now - mt) / TAU) / (TAU * (1 - math.exp(-math.max(now - m0, 0.5) / TAU)))
+end
+-- The rate after the busy time since the last look: a slow start (no base yet) grows by GROWTH a
+-- second, a found rate climbs back to its base additively, then probes by PROBE of itself a second;
+-- never far past the rate calls went out at (a rate not used is not known to be allowed), never past
+-- the ceiling.
+local function grown(bucket, now, rate, base, ceiling, last)
+  local dt = math.min(1, math.max(0, now - (last or now)))
+  local new, headroom = rate, FOUND_HEADROOM
+  if not base then new, headroom = rate * GROWTH ^ dt, HEADROOM
+  elseif rate < base then new = rate + INCREASE * base * dt
+  else new = rate * (1 + PROBE * dt) end
+  new = math.min(new, math.max(rate, headroom * sent_rate(bucket, now)))
+  if ceiling > 0 and new > ceiling then new = ceiling end
+  return new
+end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local pause = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(redis.call('GET', KEYS[2]) or '0'))
+if pause > now then return {tostring(pause - now), tostring(now), '0', '0'} end
+local horizon = tonumber(ARGV[1])
+local learn = ARGV[5] == '1'
+local wait = 0
+local n, w = tonumber(ARGV[2]), tonumber(ARGV[3])
+if n > 0 then
+  w = w / tonumber(redis.call('HGET', KEYS[3], KEYS[4]) or '1')
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - w)
+  local last = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
+  local at = now
+  if #last > 0 then at = math.max(at, tonumber(last[2])) end
+  if redis.call('ZCARD', KEYS[4]) >= n then
+    local nth = redis.call('ZRANGE', KEYS[4], -n, -n, 'WITHSCORES')
+    at = math.max(at, tonumber(nth[2]) + w)
+  end
+  wait = at - now
+end
+local bucket = KEYS[5]
+local epoch = '0'
+local tat, rate, from
+local slow, ceiling = false, 0
+local free = '0'
+if bucket then
+  local start = tonumber(ARGV[6])
+  local burst = tonumber(ARGV[14])
+  ceiling = tonumber(ARGV[13])
+  if tonumber(ARGV[15]) > 0 then count_sent(bucket, now, tonumber(ARGV[10]), tonumber(ARGV[15])) end
+  local s = redis.call('HMGET', bucket, 'tat', 'rate', 'grew', 'base', 'epoch')
+  epoch = s[5] or '0'
+  rate = tonumber(s[2])
+  if not rate or not learn then
+    if ceiling > 0 then rate = ceiling else rate = start end
+  end
+  if ceiling > 0 and rate > ceiling then rate = ceiling end
+  local slack = (math.max(1, rate * burst) - 1) / rate
+  tat = tonumber(s[1]) or now
+  from = math.max(tat, now)
+  local due = math.max(now, from - slack)
+  local base = tonumber(s[4])
+  -- busy: callers wait for tokens; in a slow start, as soon as they come faster than its rate
+  if learn and (due > now or (not base and tat > now)) then
+    rate = grown(bucket, now, rate, base, ceiling, tonumber(s[3]))
+  end
+  slow = learn and not base and not (ceiling > 0 and rate >= ceiling)
+  if learn and base and not (ceiling > 0 and rate >= ceiling) then
+    -- a found rate that climbs back reserves less far ahead: only the tokens after the ones
+    -- reserved take a new rate
+    horizon = math.min(horizon, tonumber(ARGV[12]))
+  end
+  wait = math.max(wait, due - now)
+  if slow and ceiling == 0 and n == 0 and tat <= now then
+    local m0 = tonumber(redis.call('HGET', bucket, 'm0') or now)
+    if now - m0 >= TAU then free = '1' end
+  end
+  redis.call('HSET', bucket, 'grew', tostring(now))
+  if learn then redis.call('HSET', bucket, 'rate', tostring(rate)) end
+  if wait > 0 then redis.call('HINCRBYFLOAT', bucket, 'waited', tostring(wait)) end
+  redis.call('EXPIRE', bucket, math.ceil(tonumber(ARGV[11])))
+end
+if wait > horizon then return {tostring(wait), tostring(now), epoch, '0'} end
+if bucket then
+  if wait == 0 then count_sent(bucket, now, tonumber(ARGV[10]), 1) end
+  local at = math.max(from, now + wait)
+  local pace = rate
+  if slow then
+    -- a slow start spaces each token at the rate it will have grown to by then: tokens reserved
+    -- ahead keep up with it, until a 429 voids them
+    pace = rate * GROWTH ^ math.min(10, at - now)
+    if ceiling > 0 then pace = math.min(pace, ceiling) end
+  end
+  redis.call('HSET', bucket, 'tat', tostring(at + 1 / pace))
+end
+if n > 0 then
+  redis.call('ZADD', KEYS[4], now + wait, ARGV[4])
+  redis.call('EXPIRE', KEYS[4], math.ceil(w + horizon) + 60)
+end
+return {tostring(-wait), tostring(now), epoch, free}
