@@ -10,7 +10,6 @@ from worker.queues import Queues, TaskNames
 from worker.redis_connection import is_sentinel_url
 from worker.settings import Settings
 
-
 #: How long a task event waits in the worker before it is published with the others of that moment: Flower
 #: sees every task, at most this much later.
 EVENT_FLUSH_SECONDS = 0.1
