@@ -28,6 +28,7 @@ from tests.helpers import (
     wait_for,
 )
 from worker.settings import Settings
+from worker.store import keys
 
 GOOD = [{"profiles": [{"identifiers": [{"type": "externalId", "value": "H1"}], "source": "INSTORE"}]}]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -207,8 +208,9 @@ def test_queue_messages_carry_the_job_and_tenant_ids_and_never_a_credential(tmp_
     import redis
 
     from worker.celery_app import create_celery
-    from worker.publishing import publish
-    from worker.scheduler import Dispatcher, LeaseKeeper
+    from worker.dispatch.leases import LeaseKeeper
+    from worker.dispatch.publishing import publish
+    from worker.dispatch.scheduler import Dispatcher
 
     redis_server = RedisServer(tmp_path).start()
     tenants = tmp_path / "tenants.toml"
@@ -361,7 +363,7 @@ def test_a_callback_failing_across_a_worker_restart_is_delivered_once_the_receiv
         assert json.loads(Receiver.received[-1][1])["state"] == "COMPLETED"
         store = redis.Redis.from_url(redis_server.url, decode_responses=True)
         wait_for(lambda: store.zcard("cu:callbacks") == 0, timeout=10, what="the callback to be no longer due")
-        assert store.hget(f"cu:job:{job_id}", "cb.outcome") == "delivered"
+        assert store.hget(keys.job(job_id), "cb.outcome") == "delivered"
     finally:
         server.shutdown()
         for worker in workers:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from worker import keys
-from worker.jobstore import JobStore, job_document
+from worker.store import keys
+from worker.store.jobstore import JobStore, job_document
 
 
 def new_job(store: JobStore, n: int = 3, tenant: str = "t", chains: dict[int, int] | None = None) -> str:
@@ -138,8 +138,8 @@ def test_claiming_an_item_takes_the_same_locks_the_worker_would_compute_all_or_n
     """The intake stores each item's lock digests so the worker reads the item and locks it in one
     round trip; the keys must be exactly those IdentifierLocks names, or items stored by an older
     version and new ones would not exclude each other."""
-    from worker.locks import IdentifierLocks
-    from worker.planning import identifier_keys
+    from worker.dispatch.planning import identifier_keys
+    from worker.items.locks import IdentifierLocks
 
     element = {"profiles": [{"identifiers": [{"type": "mobile", "value": "919800000001"},
                                              {"type": "email", "value": "a@b.example"}], "source": "INSTORE"}]}
@@ -187,3 +187,15 @@ def test_a_stale_delivery_cannot_overwrite_the_items_memo(store, r):
     assert not store.save_memo(stale, job_id, 0, {"d": 1})
 
     assert store.load_item(job_id, 0).memo == {"c": 500000001}
+
+
+def test_every_key_of_a_job_hashes_to_one_slot_and_other_jobs_spread(store, r):
+    """A job's keys carry its hash tag, so the scripts of one job touch one Redis Cluster slot."""
+    from redis.crc import key_slot
+
+    job_id = new_job(store, n=keys.CHUNK + 1)  # two chunks
+    stored = [k for k in r.scan_iter(match="cu:{job:*") if job_id in k]
+    assert len(stored) >= 3  # the hash and its two input chunks, at least
+    assert set(stored) <= set(keys.job_keys(job_id, keys.CHUNK + 1))
+    assert len({key_slot(k.encode()) for k in keys.job_keys(job_id, keys.CHUNK + 1)}) == 1
+    assert len({key_slot(keys.job(f"{n:032x}").encode()) for n in range(20)}) > 1
