@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 
-from worker.validation import _SCHEMA, _error, _flatten, _not_lookupable, _plainly_valid, validate_customer
+from worker.items.validation import _SCHEMA, _error, _flatten, _not_lookupable, _plainly_valid, validate_customer
 
 GOOD = {"profiles": [{"firstName": "Ann", "lastName": None, "source": "WEB_ENGAGE", "accountId": "acc1",
                       "identifiers": [{"type": "externalId", "value": "E-1"},
