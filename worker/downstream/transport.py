@@ -20,6 +20,7 @@ import io
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import pycurl
 import requests
@@ -35,12 +36,26 @@ class TransportTimeout(TransportError):
 
 @dataclass(frozen=True)
 class Answer:
-    """What came back: the status, the headers (names in lower case; the last of a repeated one) and the
-    raw body."""
+    """What came back: the status, the raw body, and the header lines as libcurl handed them over, read
+    into :attr:`headers` only when asked for (the client reads one header, and only on a refusal)."""
 
     status: int
-    headers: Mapping[str, str]
+    header_lines: list[bytes]
     content: bytes
+
+    @cached_property
+    def headers(self) -> Mapping[str, str]:
+        """The last response's headers: names in lower case, the last of a repeated one."""
+        received: dict[str, str] = {}
+        for raw in self.header_lines:
+            line = raw.decode("iso-8859-1")
+            if line.startswith("HTTP/"):
+                received.clear()  # a new response's headers (after a 100 Continue, say)
+                continue
+            name, sep, value = line.partition(":")
+            if sep:
+                received[name.strip().lower()] = value.strip()
+        return received
 
 
 class CurlTransport:
@@ -60,20 +75,11 @@ class CurlTransport:
         """One call. Raises :class:`TransportTimeout` or :class:`TransportError` when nothing came back."""
         curl = self._handle()
         buffer = io.BytesIO()
-        received: dict[str, str] = {}
-
-        def header_line(raw: bytes) -> None:
-            line = raw.decode("iso-8859-1")
-            if line.startswith("HTTP/"):
-                received.clear()  # a new response's headers (after a 100 Continue, say)
-                return
-            name, sep, value = line.partition(":")
-            if sep:
-                received[name.strip().lower()] = value.strip()
-
+        header_lines: list[bytes] = []
         curl.setopt(pycurl.URL, url)
         curl.setopt(pycurl.WRITEDATA, buffer)
-        curl.setopt(pycurl.HEADERFUNCTION, header_line)
+        # list.append, not a function of ours: libcurl calls it for every header line of every answer
+        curl.setopt(pycurl.HEADERFUNCTION, header_lines.append)
         # "Expect:" off: curl would otherwise wait for a 100 Continue before sending a body over 1 KB.
         curl.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in headers.items()] + ["Expect:"])
         if body is None:
@@ -91,7 +97,7 @@ class CurlTransport:
             if code == pycurl.E_OPERATION_TIMEDOUT:
                 raise TransportTimeout(f"no answer within {self.timeout_ms} ms") from exc
             raise TransportError(_CURL_ERRORS.get(code, f"curl error {code}")) from exc
-        return Answer(curl.getinfo(pycurl.RESPONSE_CODE), received, buffer.getvalue())
+        return Answer(curl.getinfo(pycurl.RESPONSE_CODE), header_lines, buffer.getvalue())
 
     def _handle(self) -> pycurl.Curl:
         curl = getattr(self._local, "curl", None)

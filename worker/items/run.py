@@ -319,9 +319,10 @@ def _record(ctx: WorkerContext, work: ItemWork, job_id: str, index: int, member:
             return ItemRun("ABANDONED: lease lost")
         return ItemRun("DUPLICATE: recorded already")
     ctx.metrics.item(work.meta.tenant if work.meta else "", outcome.action, outcome.failed)
-    log.info("item %s entity=%s identifiers=[%s]%s", outcome.action, outcome.entity_id,
-             _masked_identifiers(work.element),
-             "".join(f" error {e.get('code')}: {e.get('message')}" for e in item["errors"]))
+    if log.isEnabledFor(logging.INFO):  # its arguments cost more than the check: built only for a line written
+        log.info("item %s entity=%s identifiers=[%s]%s", outcome.action, outcome.entity_id,
+                 _masked_identifiers(work.element),
+                 "".join(f" error {e.get('code')}: {e.get('message')}" for e in item["errors"]))
     return ItemRun(outcome_summary(outcome))
 
 
