@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from api.errors import STORE_FULL_RETRY_SECONDS, ApiError
-from worker.jobstore import JobStore
+from worker.store.jobstore import JobStore
 
 #: Redis bytes a byte of a submission's body comes to, with its results, before its items are
 #: counted: measured 595 B an item once accepted and 2,387 B once done for 350-byte profiles

@@ -59,10 +59,10 @@ def protective_headers(response):
 
 
 def warn_about_the_store(client) -> None:
-    """Say loudly, once at start, what is unsafe about this Redis (worker/store_health.py)."""
+    """Say loudly, once at start, what is unsafe about this Redis (worker/store/health.py)."""
     import redis
 
-    from worker.store_health import store_findings
+    from worker.store.health import store_findings
 
     try:
         for finding in store_findings(client):

@@ -8,7 +8,7 @@ import redis
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from worker.jobstore import NotReplicated
+from worker.store.jobstore import NotReplicated
 
 log = logging.getLogger(__name__)
 

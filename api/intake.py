@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from api.errors import ApiError
-from worker import csvrows
-from worker.jobstore import JobStore, NewJob
-from worker.keys import CHUNK
-from worker.planning import ChainPlanner
-from worker.validation import json_kind
+from worker.dispatch.planning import ChainPlanner
+from worker.items import csvrows
+from worker.items.validation import json_kind
+from worker.store.jobstore import JobStore, NewJob
+from worker.store.keys import CHUNK
 
 JSON_TYPES = ("application/json",)
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines")
@@ -46,7 +46,7 @@ def is_csv(request) -> bool:
 
 
 def csv_elements(stream, max_items: int) -> Iterator[Any]:
-    """One element per row of a CSV body (worker/csvrows.py), read from the stream as it is consumed.
+    """One element per row of a CSV body (worker/items/csvrows.py), read from the stream as it is consumed.
 
     UTF-8 with or without a byte order mark, CRLF or LF, RFC 4180 quoting (a quoted cell may hold
     commas, doubled quotes and line breaks). The header is checked first: a column we do not know is a
@@ -196,7 +196,7 @@ def accept(store: JobStore, elements: Iterable[Any], *, tenant: str, skip_change
     Each element is checked, planned and written to Redis as it comes, so only one chunk of
     inputs is held at a time; a submission refused part way (a bad line, too many items) is
     removed again and nothing is queued. The intake publishes nothing itself: the workers'
-    dispatcher takes the job's items a window at a time (worker/scheduler.py).
+    dispatcher takes the job's items a window at a time (worker/dispatch/scheduler.py).
 
     With an ``idempotency_key``: the job this key already made for the same submission, or a new
     one. The same key with a different submission (body, skipChangeIdentifier or callbackUrl;
@@ -207,7 +207,7 @@ def accept(store: JobStore, elements: Iterable[Any], *, tenant: str, skip_change
     raises to refuse the rest, and then nothing of the submission is left; ``before_commit`` is
     called with the number of items once they are all stored (api/quotas.py), and may refuse too.
 
-    ``dry_run``: the job predicts and writes nothing (worker/dryrun.py). ``fields``: more of the job
+    ``dry_run``: the job predicts and writes nothing (worker/items/dryrun.py). ``fields``: more of the job
     document (a real run names the dry run it came from). ``csv``: the elements are rows of a CSV
     body, so item errors tell their row and column.
     """

@@ -1,6 +1,6 @@
 """The OpenAPI document of the public API, built with apispec from marshmallow schemas.
 
-The request schema of a customer is the one the worker validates with (worker/validation.py), so
+The request schema of a customer is the one the worker validates with (worker/items/validation.py), so
 the document cannot drift from what is enforced; the response schemas below describe what the
 views and the job store produce, and the schemathesis test holds the service to them.
 """
@@ -12,9 +12,9 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 from marshmallow import validate as v
 
-from worker.jobstore import CANCELLED, COMPLETED, QUEUED, RUNNING
+from worker.items.validation import CustomerSchema
 from worker.paths import JOBS_PREFIX as JOBS
-from worker.validation import CustomerSchema
+from worker.store.jobstore import CANCELLED, COMPLETED, QUEUED, RUNNING
 
 STATES = [QUEUED, RUNNING, COMPLETED, CANCELLED]
 

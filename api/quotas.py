@@ -18,9 +18,9 @@ be committed: a quota can be overshot by one batch, never by more.
 from __future__ import annotations
 
 from api.errors import ApiError
-from worker.jobstore import JobStore, TenantUsage
-from worker.keys import DAY_SECONDS
 from worker.settings import Tenant
+from worker.store.jobstore import JobStore, TenantUsage
+from worker.store.keys import DAY_SECONDS
 
 #: Retry-After for the pending-items and concurrent-jobs quotas: they free as jobs end.
 BUSY_RETRY_SECONDS = 30

@@ -11,10 +11,10 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from api.admission import Admission
 from worker.celery_app import create_celery
-from worker.jobstore import JobStore
+from worker.downstream.ratelimit import learning_of
 from worker.metrics import Collector
-from worker.ratelimit import learning_of
 from worker.settings import Settings, Tenant
+from worker.store.jobstore import JobStore
 
 
 @dataclass

@@ -17,13 +17,13 @@ from api.intake import accept, is_csv, request_elements, run_dry_run_inputs
 from api.openapi import build_spec
 from api.quotas import check_quotas, tenant_view
 from api.services import services
-from worker.callbacks import callback_problem
-from worker.estimate import with_estimate
+from worker.dispatch.estimate import with_estimate
+from worker.downstream.ratelimit import EndpointRate, learned_rates, learning_of
+from worker.items.callbacks import callback_problem
 from worker.jobs import cancel_job as cancel
-from worker.jobstore import COMPLETED
 from worker.paths import JOBS_PREFIX
-from worker.ratelimit import EndpointRate, learned_rates, learning_of
-from worker.store_health import store_summary
+from worker.store.health import store_summary
+from worker.store.jobstore import COMPLETED
 
 jobs = Blueprint("jobs", __name__, url_prefix=JOBS_PREFIX)
 
@@ -219,7 +219,7 @@ def healthz():
 @health.get("/readyz")
 def readyz():
     """Ready while the store answers; ``store`` says what it is and what is unsafe about it
-    (worker/store_health.py): warnings, not a refusal, so a cautious operator's Redis still serves."""
+    (worker/store/health.py): warnings, not a refusal, so a cautious operator's Redis still serves."""
     try:
         store = store_summary(services().store.redis)
     except redis.RedisError:

@@ -2,7 +2,7 @@
 in the way (items end the moment they are handed out, as with a downstream that answers at once and
 workers without limit).
 
-The real dispatcher (worker/scheduler.py) runs its own loop against a private Redis, publishing real
+The real dispatcher (worker/dispatch/scheduler.py) runs its own loop against a private Redis, publishing real
 Celery messages to the Redis broker; a stand-in for the fleet frees every slot as soon as it is
 taken (it removes the leases and empties the broker's queue, the work a fleet's items would do),
 so the only limit left is the leader's own: its CPU, and the Redis commands of its ticks. Measured
@@ -27,13 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis
 
 from tests.helpers import RedisServer
-from worker import keys
 from worker.celery_app import create_celery
-from worker.jobstore import JobStore
-from worker.publishing import publish
+from worker.dispatch.leases import LeaseKeeper
+from worker.dispatch.publishing import publish
+from worker.dispatch.scheduler import Dispatcher
 from worker.queues import Queues
-from worker.scheduler import Dispatcher, LeaseKeeper
 from worker.settings import Settings, Tenant
+from worker.store import keys
+from worker.store.jobstore import JobStore
 
 #: A day of Salesforce Bulk 2.0's allowance, the scale our largest users push.
 ITEMS_PER_DAY = 150_000_000

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis
 
 from tests.helpers import Simulator, Stack, calls_since, customers, seed_customers, wait_for, write_figures
-from worker.ratelimit import learned_rates, learning_of
+from worker.downstream.ratelimit import learned_rates, learning_of
 from worker.settings import DEFAULT_TENANT_ID
 
 

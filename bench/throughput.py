@@ -1,6 +1,6 @@
 """Throughput of the whole service against a direct client measured in the same run, and what it costs.
 
-Direct client: the same upsert logic (worker/upsert.py) called from a thread pool of the same size,
+Direct client: the same upsert logic (worker/items/upsert.py) called from a thread pool of the same size,
 with no API, broker, job store or Celery in the way: what the simulator and the client alone allow
 on this machine right now. Service: the same number of new customers submitted as one job to the
 API, processed by one real Celery worker process from the Procfile's line. The ratio is the cost of
@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis
 
 from tests.helpers import Simulator, Stack, calls_since, customers
-from worker.client import CapillaryClient
 from worker.clock import parse_iso
-from worker.upsert import upsert_customer
+from worker.downstream.client import CapillaryClient
+from worker.items.upsert import upsert_customer
 
 #: Profiles per call of the synchronous bulk upsert users call today ("a handful").
 VENDOR_BATCH = 10

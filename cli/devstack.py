@@ -45,9 +45,9 @@ from cli.api_client import ApiClient
 from cli.batches import open_batch
 from cli.errors import CliError
 from cli.report import summary
-from worker import keys
 from worker.queues import Queues
 from worker.settings import Settings
+from worker.store import keys
 
 DEFAULT_SIMULATOR_URL = Settings().capillary_base_url
 #: The database of an existing Redis that dev uses, away from database 0 where other programs keep theirs.

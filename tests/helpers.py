@@ -396,8 +396,8 @@ def seed_customers(settings: Settings, elements: list[dict], concurrency: int = 
     past its rate limits, whose learned state stays untouched)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from worker.client import CapillaryClient
-    from worker.upsert import upsert_customer
+    from worker.downstream.client import CapillaryClient
+    from worker.items.upsert import upsert_customer
 
     client = CapillaryClient(settings.default_tenant(), timeout=10)
     with ThreadPoolExecutor(concurrency) as pool:

@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.helpers import SIM_PASSWORD, SIM_TILL
-from worker.client import CapillaryClient, PermanentError, RetryableError, basic_auth_header
+from worker.downstream.client import CapillaryClient, PermanentError, RetryableError, basic_auth_header
+from worker.items.upsert import CREATED, FAILED, UPDATED, upsert_customer
 from worker.settings import Tenant
-from worker.upsert import CREATED, FAILED, UPDATED, upsert_customer
 
 
 def tenant(sim, **overrides) -> Tenant:

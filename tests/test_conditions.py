@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from tests.helpers import JOBS, ApiClient, assert_exact, busiest_second, calls_since, customers, progress, wait_for
-from worker.scheduler import LEADER_SECONDS
+from worker.dispatch.leadership import LEADER_SECONDS
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +133,7 @@ def test_the_leader_killed_mid_job_hands_over_and_no_key_outlives_its_job(make_s
         raise AssertionError(f"left behind: {[(n, r.type(n), r.ttl(n)) for n in leftovers()]}") from None
 
 
-#: The service's own keys, that live as long as it does (worker/keys.py); each is small.
+#: The service's own keys, that live as long as it does (worker/store/keys.py); each is small.
 SERVICE_KEYS = {"cu:metrics", "cu:fleet", "cu:fleet:slots", "cu:sched:jobs", "cu:sched:due", "cu:inflight",
                 "cu:callbacks"}
 

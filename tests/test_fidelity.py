@@ -12,8 +12,8 @@ import pytest
 from tests.helpers import wait_for
 from tests.test_client import tenant
 from tests.test_pipeline import SEED, customer, unique_digits
-from worker.client import CapillaryClient, RetryableError
-from worker.upsert import CREATED, MemoryJournal, upsert_customer
+from worker.downstream.client import CapillaryClient, RetryableError
+from worker.items.upsert import CREATED, MemoryJournal, upsert_customer
 
 pytestmark = pytest.mark.usefixtures("worker")
 

@@ -207,8 +207,9 @@ def test_queue_messages_carry_the_job_and_tenant_ids_and_never_a_credential(tmp_
     import redis
 
     from worker.celery_app import create_celery
-    from worker.publishing import publish
-    from worker.scheduler import Dispatcher, LeaseKeeper
+    from worker.dispatch.leases import LeaseKeeper
+    from worker.dispatch.publishing import publish
+    from worker.dispatch.scheduler import Dispatcher
 
     redis_server = RedisServer(tmp_path).start()
     tenants = tmp_path / "tenants.toml"

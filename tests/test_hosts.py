@@ -34,7 +34,7 @@ from tests.helpers import (
     settings_env,
     wait_for,
 )
-from worker import keys
+from worker.store import keys
 
 pytestmark = [
     pytest.mark.slow,

@@ -12,10 +12,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.helpers import RedisServer, assert_exact, customers, wait_for
-from worker import keys
 from worker.jobs import cancel_job
-from worker.jobstore import JobStore
 from worker.metrics import Collector, Flusher, Metrics
+from worker.store import keys
+from worker.store.jobstore import JobStore
 
 Samples = dict[tuple[str, frozenset], float]
 LE = ("0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "10.0", "+Inf")

@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 
 from tests.helpers import assert_exact, busiest_second, calls_since, customers, make_settings, progress, wait_for
-from worker.client import CapillaryClient
+from worker.downstream.client import CapillaryClient
 
 # -- workers killed -------------------------------------------------------------------------------
 

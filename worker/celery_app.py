@@ -19,7 +19,7 @@ def create_celery(settings: Settings) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
-        # An item's own lease (worker/scheduler.py) brings it back when its worker dies, on either
+        # An item's own lease (worker/dispatch/scheduler.py) brings it back when its worker dies, on either
         # broker, within ITEM_LEASE_SECONDS, so messages are acknowledged as their task starts: late
         # acknowledgements would add nothing but a stall (under the gevent pool, Celery's synloop
         # runs deferred acks only between two-second broker polls). Each thread takes one message

@@ -7,13 +7,13 @@ import threading
 
 import requests
 
-from worker.client import CapillaryClient
-from worker.jobstore import JobStore
-from worker.locks import IdentifierLocks
+from worker.dispatch.leases import LeaseKeeper, worker_id
+from worker.downstream.client import CapillaryClient
+from worker.downstream.ratelimit import RateLimiter, learning_of
+from worker.items.locks import IdentifierLocks
 from worker.metrics import Flusher, Metrics
-from worker.ratelimit import RateLimiter, learning_of
-from worker.scheduler import LeaseKeeper, worker_id
 from worker.settings import Settings, Tenant
+from worker.store.jobstore import JobStore
 
 
 class WorkerContext:

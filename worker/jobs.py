@@ -6,9 +6,10 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from worker import callbacks, retry
-from worker.client import PermanentError, RetryableError
-from worker.jobstore import JobStore
+from worker.downstream import retry
+from worker.downstream.client import PermanentError, RetryableError
+from worker.items import callbacks
+from worker.store.jobstore import JobStore
 
 if TYPE_CHECKING:  # the web process imports this module; it has no worker context
     from worker.context import WorkerContext
@@ -40,9 +41,9 @@ def send_callback(ctx: WorkerContext, job_id: str) -> str:
 
     The callback is due in the store (``cu:callbacks``, scheduled by the job's end) until it is
     delivered, refused for good (a 4xx other than 408 and 429) or has failed for
-    :data:`worker.retry.CALLBACK_PATIENCE_SECONDS`; a failed attempt schedules the next one there,
+    :data:`worker.downstream.retry.CALLBACK_PATIENCE_SECONDS`; a failed attempt schedules the next one there,
     so a worker that dies or restarts loses none (the leader sends what is due, see
-    worker/scheduler.py). Every attempt carries the same body, signature and ``Idempotency-Key``
+    worker/dispatch/scheduler.py). Every attempt carries the same body, signature and ``Idempotency-Key``
     (the job id), so a receiver can tell a repeat. Answers what happened, for the task's result.
     """
     store = ctx.store

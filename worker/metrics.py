@@ -8,7 +8,7 @@ item's hot path gains no Redis command), and :class:`Flusher` adds those counts 
 ``cu:metrics``, every :data:`FLUSH_SECONDS` in one MULTI/EXEC (HINCRBY, HINCRBYFLOAT), and once more
 as the worker shuts down. A worker killed outright loses at most its last flush interval's counts.
 Counts made by one Redis script go into the same hash from that script: items a cancel ends at once,
-and jobs finished (worker/jobstore.py). A field of the hash is the JSON array of the metric's name
+and jobs finished (worker/store/jobstore.py). A field of the hash is the JSON array of the metric's name
 and label values (:func:`field`), so any tenant id fits in it.
 
 :class:`Collector` is registered with the web process's own registry. At each scrape it reads the
@@ -31,14 +31,14 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from worker import keys
-from worker.metric_fields import ITEMS, JOBS_FINISHED, field
-from worker.ratelimit import Learning, learned_rates
-from worker.store_health import store_findings
+from worker.downstream.ratelimit import Learning, learned_rates
+from worker.store import keys
+from worker.store.health import store_findings
+from worker.store.metric_fields import ITEMS, JOBS_FINISHED, field
 
 if TYPE_CHECKING:
-    from worker.jobstore import JobStore
     from worker.settings import Tenant
+    from worker.store.jobstore import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ _LE = tuple(floatToGoString(b) for b in BUCKETS)
 _BUCKET = CALL_SECONDS + "_bucket"
 _SUM = CALL_SECONDS + "_sum"
 
-#: Why an item went back to the scheduler: the ``reason`` label of RETRIES (see worker/items.py).
+#: Why an item went back to the scheduler: the ``reason`` label of RETRIES (see worker/items/run.py).
 RETRY_TRANSIENT = "transient"
 RETRY_THROTTLED = "throttled"
 RETRY_RATE_LIMITED = "rate_limited"
@@ -101,7 +101,7 @@ class Metrics:
             self._counts[(ITEMS, tenant, item_outcome(action, failed))] += 1
 
     def downstream_call(self, endpoint: str, status: str, seconds: float) -> None:
-        """One HTTP request to the downstream (worker.client.CallObserver)."""
+        """One HTTP request to the downstream (worker.downstream.client.CallObserver)."""
         le = _LE[bisect_left(BUCKETS, seconds)]
         with self._lock:
             self._counts[(CALLS, endpoint, status)] += 1
@@ -226,7 +226,7 @@ class Collector:
         yield self._rates()
 
     def _rates(self) -> Metric:
-        """Each tenant's downstream rate per endpoint, as the fleet learned it (worker/ratelimit.py)."""
+        """Each tenant's downstream rate per endpoint, as the fleet learned it (worker/downstream/ratelimit.py)."""
         gauge = GaugeMetricFamily("upsert_downstream_rate_per_minute", "Calls a minute each downstream endpoint "
                                   "is let through at now, learned from its 429s under any configured ceiling; "
                                   "an endpoint not limited has none", labels=["tenant", "endpoint"])

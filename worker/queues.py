@@ -3,7 +3,7 @@
 
 class Queues:
     #: Messages of one to four customer elements of one job, and never many more than the fleet can
-    #: run at once (worker/scheduler.py).
+    #: run at once (worker/dispatch/scheduler.py).
     ITEMS = "items"
     #: Job-level work (finishing, callbacks): kept apart so it never waits behind items.
     JOBS = "jobs"

@@ -46,7 +46,7 @@ class Tenant:
     callback_hosts: tuple[str, ...] = ()
     #: Tasks of this tenant queued or running at once, all its jobs together (each runs one item at a
     #: time, so this bounds its downstream calls at once); 0: no cap beyond its fair share (see
-    #: worker/scheduler.py).
+    #: worker/dispatch/scheduler.py).
     max_concurrency: int = 0
     #: Quotas (api/quotas.py): items accepted and not yet ended, jobs not yet ended, items accepted
     #: in the last 24 hours; 0: no limit.
@@ -62,7 +62,7 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_sentinel_master: str = ""
     broker_url: str = ""  # empty: the broker is REDIS_URL
-    #: A dispatched item's lease (worker/scheduler.py): its worker renews it every quarter of this;
+    #: A dispatched item's lease (worker/dispatch/scheduler.py): its worker renews it every quarter of this;
     #: once it lapses the item is handed out again, so a dead worker's items run again this soon.
     item_lease_seconds: float = 20.0
     #: Tasks of one job queued or running at once; 0: as many as the fleet can take.
@@ -81,12 +81,13 @@ class Settings:
     capillary_oauth_secret: str = field(default="", repr=False)
     capillary_max_rps: float = 0.0
     capillary_rate_limits: Mapping[str, float] = field(default_factory=dict)
-    #: Each endpoint's rate is learned from the downstream's 429s (worker/ratelimit.py); off: the
+    #: Each endpoint's rate is learned from the downstream's 429s (worker/downstream/ratelimit.py); off: the
     #: configured limits are held as they are and other endpoints are not limited.
-    #: Learn each endpoint's rate from the downstream's 429s (worker/ratelimit.py); off by default for now: with
-    #: nothing configured it spends a Redis round trip on every call and finds an add limit at about 0.7 of it.
+    #: Learn each endpoint's rate from the downstream's 429s (worker/downstream/ratelimit.py); off by
+    #: default for now: with nothing configured it spends a Redis round trip on every call and finds an
+    #: add limit at about 0.7 of it.
     capillary_rate_learning: bool = False
-    #: Where endpoints without a configured limit start, in requests per minute (worker/ratelimit.py's
+    #: Where endpoints without a configured limit start, in requests per minute (worker/downstream/ratelimit.py's
     #: DEFAULT_START for those not named).
     capillary_rate_start: Mapping[str, float] = field(default_factory=dict)
     #: How long a learned rate lasts unused.

@@ -19,15 +19,15 @@ import redis
 from celery import shared_task
 from celery.signals import celeryd_init, setup_logging, task_received, worker_ready, worker_shutdown
 
-from worker import retry
 from worker.context import context_of
-from worker.items import end_lapsed, message_members, run_item, run_items
+from worker.dispatch.publishing import publish
+from worker.dispatch.scheduler import Dispatcher
+from worker.downstream import retry
+from worker.items.run import end_lapsed, message_members, run_item, run_items
 from worker.jobs import end_job, send_callback
 from worker.logs import configure_logging
-from worker.publishing import publish
 from worker.queues import TaskNames
-from worker.scheduler import Dispatcher
-from worker.store_health import store_findings
+from worker.store.health import store_findings
 
 log = logging.getLogger(__name__)
 

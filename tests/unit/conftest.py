@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from tests.helpers import RedisServer
-from worker.jobstore import JobStore
-from worker.lua_scripts import source
+from worker.store.jobstore import JobStore
+from worker.store.lua_scripts import source
 
 
 @pytest.fixture(scope="session")

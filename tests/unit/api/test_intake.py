@@ -89,7 +89,7 @@ def test_a_column_we_do_not_know_is_a_400_naming_it(header, column):
 
 
 def test_rows_that_are_no_customer_fail_alone_naming_their_row_and_empty_rows_at_the_end_are_ignored():
-    from worker.csvrows import row_problem
+    from worker.items.csvrows import row_problem
 
     rows = csv_rows("identifiers.mobile,firstName\n919800000001,A\n\n919800000002\n919800000003,C,extra\n\n\n")
 
@@ -112,8 +112,8 @@ def test_a_csv_body_that_cannot_be_read_is_a_400(body, code):
 
 
 def test_errors_of_a_csv_row_name_its_row_and_column():
-    from worker.csvrows import locate
-    from worker.validation import validate_customer
+    from worker.items.csvrows import locate
+    from worker.items.validation import validate_customer
 
     element = csv_rows("identifiers.externalId,identifiers.mobile,source,accountId\nE-1,12,WEB_ENGAGE,acc1\n")[0]
     missing = csv_rows("firstName,identifiers.mobile,source\nAnn,,INSTORE\n")[0]

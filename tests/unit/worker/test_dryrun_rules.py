@@ -1,6 +1,6 @@
 """A dry run's rules that need no downstream: what an update would change, and the customer it would leave."""
 
-from worker.dryrun import applied, field_changes, masked
+from worker.items.dryrun import applied, field_changes, masked
 
 HELD = {"id": 7, "profiles": [{"source": "WEB_ENGAGE", "accountId": "acc1", "firstName": "Ann", "lastName": "Lee",
                                "fields": {"city": "Pune"},

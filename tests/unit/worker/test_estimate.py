@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from worker.estimate import seconds_left, with_estimate
-from worker.ratelimit import EndpointRate
+from worker.dispatch.estimate import seconds_left, with_estimate
+from worker.downstream.ratelimit import EndpointRate
 from worker.settings import Tenant
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from tests.unit.worker.test_jobstore import lease
-from worker import keys
 from worker.context import WorkerContext
-from worker.items import run_item, run_items
+from worker.items.run import run_item, run_items
 from worker.settings import Settings
+from worker.store import keys
 
 
 def context(r, store, **settings) -> WorkerContext:
@@ -56,7 +56,7 @@ def test_a_delivery_of_a_cancelled_job_ends_cancelled_without_a_call(r, store):
 
 
 def test_a_messages_items_run_in_turn_and_those_waiting_keep_their_lease_alive(r, store):
-    """A message of several items (worker/scheduler.py): while the first runs, the keeper renews the
+    """A message of several items (worker/dispatch/scheduler.py): while the first runs, the keeper renews the
     leases of those behind it, so a slow first item never lets them lapse and run twice elsewhere."""
     invalid = {"profiles": [{"identifiers": [{"type": "mobile", "value": "911111111"}]}]}  # no source: 8004
     job = store.new_job("default")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from worker import keys
-from worker.jobstore import JobStore, job_document
+from worker.store import keys
+from worker.store.jobstore import JobStore, job_document
 
 
 def new_job(store: JobStore, n: int = 3, tenant: str = "t", chains: dict[int, int] | None = None) -> str:
@@ -138,8 +138,8 @@ def test_claiming_an_item_takes_the_same_locks_the_worker_would_compute_all_or_n
     """The intake stores each item's lock digests so the worker reads the item and locks it in one
     round trip; the keys must be exactly those IdentifierLocks names, or items stored by an older
     version and new ones would not exclude each other."""
-    from worker.locks import IdentifierLocks
-    from worker.planning import identifier_keys
+    from worker.dispatch.planning import identifier_keys
+    from worker.items.locks import IdentifierLocks
 
     element = {"profiles": [{"identifiers": [{"type": "mobile", "value": "919800000001"},
                                              {"type": "email", "value": "a@b.example"}], "source": "INSTORE"}]}

@@ -1,4 +1,4 @@
-"""The Redis scripts of worker/lua/ as files: each says what it takes and answers, each is run by a
+"""The Redis scripts of worker/store/lua/ as files: each says what it takes and answers, each is run by a
 test against the unit Redis, and what two of them share is the same in both. The scripts without a
 test of their own elsewhere (tests/unit/worker/test_jobstore.py, test_scheduler.py) are tested here."""
 
@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from tests.unit.worker.test_jobstore import new_job
-from worker import keys
-from worker.jobstore import OUTCOME_COUNTERS
-from worker.lua_scripts import LUA_DIR, source
-from worker.scheduler import CALLBACK_HOLD_SECONDS, Dispatcher, LeaseKeeper
+from worker.dispatch.leases import LeaseKeeper
+from worker.dispatch.scheduler import CALLBACK_HOLD_SECONDS, Dispatcher
 from worker.settings import Settings
+from worker.store import keys
+from worker.store.jobstore import OUTCOME_COUNTERS
+from worker.store.lua_scripts import LUA_DIR, source
 
 SCRIPTS = sorted(path.stem for path in LUA_DIR.glob("*.lua"))
 UNIT_TESTS = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """Which items of a job must run in order."""
 
-from worker.planning import ChainPlanner, identifier_keys
+from worker.dispatch.planning import ChainPlanner, identifier_keys
 
 
 def element(*identifiers: tuple[str, str], source: str = "INSTORE", account: str = "") -> dict:

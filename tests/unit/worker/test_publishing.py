@@ -6,9 +6,9 @@ import base64
 import json
 
 from worker.celery_app import create_celery
-from worker.publishing import publish
+from worker.dispatch.leases import Delivery
+from worker.dispatch.publishing import publish
 from worker.queues import Queues, TaskNames
-from worker.scheduler import Delivery
 from worker.settings import Settings
 
 

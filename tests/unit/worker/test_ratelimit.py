@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from worker.ratelimit import (
+from worker.downstream.ratelimit import (
     CLIMB_HORIZON_SECONDS,
     CUT_SHARE,
     INCREASE_SHARE,
@@ -116,7 +116,7 @@ def test_due_times_come_from_redis_not_from_the_workers_clock(r, monkeypatch):
     limiter = RateLimiter(r, "t", per_minute={"add": 60})
     grants(limiter, "add", 1)  # the bucket's burst is gone: the next add must wait about a second
     skewed = time.time() + 100
-    monkeypatch.setattr("worker.ratelimit.time.time", lambda: skewed + (time.monotonic() - started))
+    monkeypatch.setattr("worker.downstream.ratelimit.time.time", lambda: skewed + (time.monotonic() - started))
     started = time.monotonic()
     skewed_limiter = RateLimiter(r, "t", per_minute={"add": 60})
 

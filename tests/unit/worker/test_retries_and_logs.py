@@ -5,11 +5,11 @@ import logging
 
 import pytest
 
-from worker.client import RetryableError
-from worker.items import gave_up_error, outcome_summary
+from worker.downstream.client import RetryableError
+from worker.downstream.retry import RetryPolicy, callback_delay, store_outage_pauses
+from worker.items.run import gave_up_error, outcome_summary
+from worker.items.upsert import CANCELLED, CREATED, FAILED, ItemOutcome, error
 from worker.logs import JsonFormatter, mask, mask_value
-from worker.retry import RetryPolicy, callback_delay, store_outage_pauses
-from worker.upsert import CANCELLED, CREATED, FAILED, ItemOutcome, error
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3, 8])

@@ -8,10 +8,12 @@ from collections import Counter
 import pytest
 
 from tests.unit.worker.test_jobstore import new_job
-from worker import keys
-from worker.locks import IdentifierLocks
-from worker.scheduler import ITEMS_PER_MESSAGE, MAX_LAPSES, Delivery, Dispatcher, Lapsed, LeaseKeeper, LeaseLost
+from worker.dispatch.leases import Delivery, LeaseKeeper, LeaseLost
+from worker.dispatch.reaping import MAX_LAPSES, Lapsed
+from worker.dispatch.scheduler import ITEMS_PER_MESSAGE, Dispatcher
+from worker.items.locks import IdentifierLocks
 from worker.settings import Settings, Tenant
+from worker.store import keys
 
 
 class Recorder:
@@ -32,7 +34,7 @@ def dispatcher(r, recorder: Recorder, *, slots: int = 4, lease: float = 20.0, te
 
 
 def messages(published: list[Delivery]) -> dict[tuple[str, str], list[int]]:
-    """The messages the deliveries make (worker/publishing.py): one per job and token."""
+    """The messages the deliveries make (worker/dispatch/publishing.py): one per job and token."""
     out: dict[tuple[str, str], list[int]] = {}
     for x in published:
         out.setdefault((x.job_id, x.token), []).append(x.index)
@@ -337,9 +339,9 @@ def test_a_cancelled_job_whose_running_item_hands_on_its_chain_still_ends(store,
 def test_the_sweeper_ends_a_job_that_nothing_would_end(store, r, monkeypatch):
     """Every job ends: a job with nothing queued, running or due whose outcomes fall short is rescued,
     a running one by dispatching its items without an outcome again, a cancelled one by counting them."""
-    import worker.scheduler as scheduler
+    import worker.dispatch.reaping as reaping
 
-    monkeypatch.setattr(scheduler, "STUCK_SECONDS", 0.0)
+    monkeypatch.setattr(reaping, "STUCK_SECONDS", 0.0)
     running_id, cancelled_id = new_job(store, n=2), new_job(store, n=2)
     recorder = Recorder()
     d = dispatcher(r, recorder, slots=8)
@@ -379,7 +381,7 @@ def test_a_job_that_lost_its_place_in_the_scheduler_is_scheduled_again_and_a_gon
     """The last write of an acceptance (the job's place in the scheduler) lost in a failover, or never
     made because the web process died: the leader finds the job among the tenant's active ones and
     schedules it, so an accepted job still runs. A job whose hash is gone only leaves the active set."""
-    from worker.scheduler import ORPHAN_SECONDS
+    from worker.dispatch.reaping import ORPHAN_SECONDS
 
     tenants = {"t": Tenant(id="t", token="x")}
     orphan, young, gone = new_job(store, n=5), new_job(store, n=5), new_job(store, n=5)

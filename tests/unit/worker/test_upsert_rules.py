@@ -1,7 +1,7 @@
 """The upsert's rules that need no downstream: identifier changes, lookup order, the update body,
 and how an outcome becomes an item."""
 
-from worker.upsert import CREATED, FAILED, ItemOutcome, identifier_changes, order_identifiers, update_body
+from worker.items.upsert import CREATED, FAILED, ItemOutcome, identifier_changes, order_identifiers, update_body
 
 
 def ids(*pairs: tuple[str, str]) -> list[dict]:

@@ -1,0 +1,602 @@
+"""Downstream rate limits shared by every worker on every host, in Redis, on Redis's clock.
+
+**Each endpoint's rate is learned** (lookup, add, update, changeIdentifier; a read by id counts as a
+lookup), per tenant, fleet-wide: one token bucket per endpoint in Redis, whose rate the downstream's
+own answers set, as TCP's congestion control and the AWS SDKs' adaptive retry mode do:
+
+* it **starts** from the endpoint's configured limit (``CAPILLARY_RATE_LIMITS``, per minute, as the
+  vendor states them), or from ``CAPILLARY_RATE_START`` when none is configured;
+* until its first 429 it **doubles every second** the endpoint is busy (callers wait for tokens): a
+  slow start that finds an unknown limit in a few seconds;
+* **a 429 cuts it** to :data:`CUT_SHARE` of the rate the endpoint was granted over the last seconds
+  (:data:`MEASURE_SECONDS`), and pauses that endpoint, fleet-wide, for the ``Retry-After`` the
+  downstream gave (:data:`DEFAULT_PAUSE_SECONDS` without one). One cut per throttling episode: the
+  429s of calls already in flight cut nothing more (:data:`CUT_GUARD_SECONDS`);
+* while calls succeed and the endpoint is busy it **climbs back additively**: by
+  :data:`INCREASE_SHARE` of the rate it was cut from, every second, up to that rate, then slower
+  (:data:`PROBE_SHARE`), probing for more;
+* a configured limit is a **ceiling** the learned rate never passes;
+* the state lives in Redis, so every worker shares it and a restart keeps it; it expires after
+  ``CAPILLARY_RATE_MEMORY_SECONDS`` without use, so a stale rate does not last for ever.
+
+``CAPILLARY_RATE_LEARNING=off`` pins the rates: a configured limit is held as it is, and an endpoint
+without one is not limited (a 429 still pauses it).
+
+A 429 pauses only the endpoint that got it, so adds held back by their limit never hold back
+updates. Under the all-endpoints limit (``CAPILLARY_MAX_RPS``), a 429 may be that limit's, so it
+pauses the tenant's whole fleet, and aims that limit lower (5% per 429, to at most 30% under it, for
+ten minutes) when the endpoint has no configured limit.
+
+Each call passes the all-endpoints limit and its endpoint's bucket in one script and so one round
+trip. The scripts read Redis's own clock, and every reply carries it, so reserved tokens fall due at
+the same moment for every host whatever their clocks say.
+
+**The all-endpoints limit is strict**: a log of call times, in which a call is granted no sooner
+than a window after the call ``max_rps`` places before it, so no second ever sees more than
+``max_rps`` calls (a token bucket lets a burst through on top of its rate). The window keeps a
+small margin (:data:`WINDOW_MARGIN_SHARE`, :data:`WINDOW_MARGIN_SECONDS`) for the jitter between a
+grant and the call's arrival downstream (a busy host delays a thread by tens of milliseconds),
+which is what it costs: about 88% of ``max_rps`` is used. A call that wakes from its wait later
+than the margin takes a fresh grant instead of landing among the next window's calls.
+
+**Endpoint buckets** hold half a second of tokens, so bursts stay well inside the downstream's own
+bucket (the simulator, like most gateways, allows about a second's worth).
+
+A call that finds no token reserves the next free one (waiters line up instead of stampeding), but
+no further ahead than :data:`LEARNED_HORIZON_SECONDS` while the rate is learned: a token reserved
+far ahead would be spent at a rate since cut or grown. A write that must wait for its own
+endpoint's limit does not sleep on its worker slot: it raises :class:`RateLimited` and the item
+goes back to the scheduler until a little before its token is due
+(:data:`worker.retry.REQUEUE_LEAD_SECONDS`), so a slot is never held by an ``add`` that waits while
+an ``update`` could run; the requeued run passes its token back to :meth:`RateLimiter.acquire`,
+which waits out the last moment. A reserved bucket token is used even somewhat late
+(:data:`LATE_TOLERANCE_SECONDS`, half a second): later than that, spending it would land as a burst
+the downstream answers with 429s, so it is dropped and a fresh one taken; under the strict limit the
+tolerance is its margin. Waits for lookups or for the all-endpoints limit are slept in place (see
+:data:`REQUEUE_ENDPOINTS`), the item's lease kept alive meanwhile. Waits beyond the horizon reserve
+nothing: the item is requeued and looks again later.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import redis
+
+from worker.downstream import keys
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
+
+
+class LimitObserver(Protocol):
+    """What the limiter reports (worker/metrics.py's ``Metrics`` is one): time waited for tokens, and
+    429s. A protocol, so that the metrics module may read the limiter's state without a circle."""
+
+    def rate_limit_wait(self, endpoint: str, seconds: float) -> None: ...
+
+    def throttled(self, endpoint: str) -> None: ...
+
+SLEEP_UNDER_SECONDS = 0.25
+BURST_SECONDS = 0.5
+#: The longest an item that came back early for a reserved token (worker/retry.py) sleeps for it.
+EARLY_SLEEP_SECONDS = 1.0
+#: The all-endpoints limit learns from 429s: each one lowers its aim by this much, down to the
+#: floor; the lowered aim lasts this long after the last 429.
+AIM_STEP = 0.95
+AIM_FLOOR = 0.7
+AIM_MEMORY_SECONDS = 600
+#: How stale a process's view of a 429 pause may be, for calls that no bucket limits.
+PAUSE_CHECK_SECONDS = 0.5
+DEFAULT_PAUSE_SECONDS = 1.0
+
+#: Learning an endpoint's rate (see the module's doc). Before its first 429 the rate grows by this
+#: factor per second the endpoint is busy.
+SLOW_START_GROWTH = 2.0
+#: A 429 cuts the rate to this share of the rate calls went out at over the last MEASURE_SECONDS,
+#: less the ones refused (or of the rate itself, if lower), and to no less than half the rate: low
+#: enough to drain the downstream's bucket, not so low that the climb back wastes much of the limit.
+CUT_SHARE = 0.8
+#: The climb back, per busy second, as a share of the rate the last cut measured: up to that rate,
+#: then slower, probing past it (a limit found once is likely where it was).
+INCREASE_SHARE = 0.1
+PROBE_SHARE = 0.05
+#: The rate calls go out at is an exponentially weighted count over about this many seconds.
+MEASURE_SECONDS = 2.0
+#: The rate never grows past this many times the rate calls went out at lately.
+GROWTH_HEADROOM = 2.0
+#: After a cut, no other cut until this long after its pause ends: the 429s of calls already under
+#: way, or of tokens reserved before the cut, are the same episode.
+CUT_GUARD_SECONDS = 2.0
+#: The learned rate never drops below this (calls per second): an endpoint always gets a call through.
+MIN_RATE = 0.1
+#: How far ahead a bucket reserves tokens while a found rate climbs back (or probes): a changed rate
+#: spaces only the tokens after the ones reserved. Further would keep an old pace longer; nearer
+#: would make more of the items that wait come back without a token, and look their customers up
+#: again. A slow start reserves as far as any bucket, each token spaced at the rate projected for
+#: its time; a configured ceiling reached, too.
+CLIMB_HORIZON_SECONDS = 6.0
+
+#: The calls an endpoint sent lately, for the next cut: a count decaying over tau seconds, from m0.
+#: Calls are counted as they go out: a token used at once here, a reserved one by the process that
+#: used it, with its next script (a reserved token an item comes back too late for is no call).
+_COUNT_SENT = (f"local TAU, GROWTH, INCREASE, PROBE, HEADROOM = {MEASURE_SECONDS!r}, {SLOW_START_GROWTH!r}, "
+               f"{INCREASE_SHARE!r}, {PROBE_SHARE!r}, {GROWTH_HEADROOM!r}") + """
+local function count_sent(bucket, now, tau, calls)
+  local s = redis.call('HMGET', bucket, 'm', 'mt')
+  local decayed = (tonumber(s[1]) or 0) * math.exp(-math.max(0, now - (tonumber(s[2]) or now)) / tau)
+  if decayed < 0.01 then redis.call('HSET', bucket, 'm0', tostring(now)) end
+  redis.call('HSET', bucket, 'm', tostring(decayed + calls), 'mt', tostring(now))
+  return decayed + calls
+end
+local function sent_rate(bucket, now)
+  local s = redis.call('HMGET', bucket, 'm', 'mt', 'm0')
+  local m, mt, m0 = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
+  if not (m and mt and m0) then return 0 end
+  return m * math.exp(-math.max(0, now - mt) / TAU) / (TAU * (1 - math.exp(-math.max(now - m0, 0.5) / TAU)))
+end
+-- The rate after the busy time since the last look: a slow start (no base yet) doubles, a found rate
+-- climbs back to its base additively, then probes more slowly; never far past the rate calls went
+-- out at (a rate not used is not known to be allowed), never past the ceiling.
+local function grown(bucket, now, rate, base, ceiling, last)
+  local dt = math.min(1, math.max(0, now - (last or now)))
+  local new
+  if not base then new = rate * GROWTH ^ dt
+  elseif rate < base then new = rate + INCREASE * base * dt
+  else new = rate + PROBE * base * dt end
+  new = math.min(new, math.max(rate, HEADROOM * sent_rate(bucket, now)))
+  if ceiling > 0 and new > ceiling then new = ceiling end
+  return new
+end
+"""
+
+_ACQUIRE = _COUNT_SENT + """
+-- KEYS[1]: the tenant's pause; KEYS[2]: the endpoint's pause; KEYS[3]: aims hash (of the
+-- all-endpoints limit); KEYS[4]: the all-endpoints log (a zset of call times), or the aims hash again
+-- when there is no such limit; KEYS[5]: the endpoint's bucket, if it has one.
+-- ARGV[1]: horizon (s); ARGV[2], ARGV[3]: the all-endpoints limit as at most n calls in any window
+-- of w seconds (n 0: none); ARGV[4]: a member unique to this call; ARGV[5]: '1' to learn; ARGV[6..10]:
+-- start rate (/s), slow-start growth per s, increase share, probe share, measuring time (s);
+-- ARGV[11]: how long the bucket's state lasts unused (s); ARGV[12]: the horizon while a found rate
+-- climbs back (s); ARGV[13], ARGV[14]: the bucket's ceiling per second (0: none)
+-- and burst (s); ARGV[15]: reserved tokens this process used since it last said.
+-- Answers {wait, now, epoch} (strings, seconds; now on Redis's clock): wait 0: a token taken from
+-- every limit, use it now; -w: one reserved in every limit, use it in w seconds, if the bucket's
+-- epoch is still this one (a cut starts a new one); +w: nothing taken, ask again in w.
+-- The bucket is a GCRA: tat, the time its next token is due at its rate, less the burst. A rate
+-- that changes spaces the tokens granted from then on, never the ones already reserved.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local pause = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(redis.call('GET', KEYS[2]) or '0'))
+if pause > now then return {tostring(pause - now), tostring(now), '0'} end
+local horizon = tonumber(ARGV[1])
+local learn = ARGV[5] == '1'
+local wait = 0
+local n, w = tonumber(ARGV[2]), tonumber(ARGV[3])
+if n > 0 then
+  w = w / tonumber(redis.call('HGET', KEYS[3], KEYS[4]) or '1')
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - w)
+  local last = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
+  local at = now
+  if #last > 0 then at = math.max(at, tonumber(last[2])) end
+  if redis.call('ZCARD', KEYS[4]) >= n then
+    local nth = redis.call('ZRANGE', KEYS[4], -n, -n, 'WITHSCORES')
+    at = math.max(at, tonumber(nth[2]) + w)
+  end
+  wait = at - now
+end
+local bucket = KEYS[5]
+local epoch = '0'
+local tat, rate, from
+local slow, ceiling = false, 0
+if bucket then
+  local start = tonumber(ARGV[6])
+  local burst = tonumber(ARGV[14])
+  ceiling = tonumber(ARGV[13])
+  if tonumber(ARGV[15]) > 0 then count_sent(bucket, now, tonumber(ARGV[10]), tonumber(ARGV[15])) end
+  local s = redis.call('HMGET', bucket, 'tat', 'rate', 'grew', 'base', 'epoch')
+  epoch = s[5] or '0'
+  rate = tonumber(s[2])
+  if not rate or not learn then
+    if ceiling > 0 then rate = ceiling else rate = start end
+  end
+  if ceiling > 0 and rate > ceiling then rate = ceiling end
+  local slack = (math.max(1, rate * burst) - 1) / rate
+  tat = tonumber(s[1]) or now
+  from = math.max(tat, now)
+  local due = math.max(now, from - slack)
+  local base = tonumber(s[4])
+  if learn and due > now then  -- busy: callers wait for tokens
+    rate = grown(bucket, now, rate, base, ceiling, tonumber(s[3]))
+  end
+  slow = learn and not base and not (ceiling > 0 and rate >= ceiling)
+  if learn and base and not (ceiling > 0 and rate >= ceiling) then
+    -- a found rate that climbs back reserves less far ahead: only the tokens after the ones
+    -- reserved take a new rate
+    horizon = math.min(horizon, tonumber(ARGV[12]))
+  end
+  wait = math.max(wait, due - now)
+  redis.call('HSET', bucket, 'grew', tostring(now))
+  if learn then redis.call('HSET', bucket, 'rate', tostring(rate)) end
+  if wait > 0 then redis.call('HINCRBYFLOAT', bucket, 'waited', tostring(wait)) end
+  redis.call('EXPIRE', bucket, math.ceil(tonumber(ARGV[11])))
+end
+if wait > horizon then return {tostring(wait), tostring(now), epoch} end
+if bucket then
+  if wait == 0 then count_sent(bucket, now, tonumber(ARGV[10]), 1) end
+  local at = math.max(from, now + wait)
+  local pace = rate
+  if slow then
+    -- a slow start spaces each token at the rate it will have grown to by then: tokens reserved
+    -- ahead keep up with it, until a 429 voids them
+    pace = rate * GROWTH ^ math.min(10, at - now)
+    if ceiling > 0 then pace = math.min(pace, ceiling) end
+  end
+  redis.call('HSET', bucket, 'tat', tostring(at + 1 / pace))
+end
+if n > 0 then
+  redis.call('ZADD', KEYS[4], now + wait, ARGV[4])
+  redis.call('EXPIRE', KEYS[4], math.ceil(w + horizon) + 60)
+end
+return {tostring(-wait), tostring(now), epoch}
+"""
+
+_PAUSE = _COUNT_SENT + """
+-- A 429 for a call to one endpoint. KEYS[1]: the endpoint's pause; KEYS[2]: the tenant's pause, or
+-- the endpoint's again when the tenant has no all-endpoints limit; KEYS[3]: aims hash; KEYS[4]: the
+-- all-endpoints log whose aim to lower, or the aims hash again for none; KEYS[5]: the endpoint's
+-- bucket, if it has one. ARGV[1]: seconds; ARGV[2..4]: aim step, floor, memory (s); ARGV[5]: '1' to
+-- learn; ARGV[6..12]: cut share, least rate, measuring time (s), start rate, ceiling (0: none),
+-- guard (s), how long the bucket's state lasts unused (s).
+-- Extends the pauses, never shortens them; counts the 429; cuts the learned rate once per episode:
+-- to a share of the rate the downstream accepted lately (grants, less the 429s), and starts a new
+-- epoch, whose tokens start after the pause: the tokens reserved at the old rate are void.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local untill = now + tonumber(ARGV[1])
+for k = 1, 2 do
+  local current = tonumber(redis.call('GET', KEYS[k]) or '0')
+  if untill > current then redis.call('SET', KEYS[k], tostring(untill), 'EX', math.ceil(tonumber(ARGV[1])) + 1) end
+end
+if KEYS[4] ~= KEYS[3] then
+  local aim = tonumber(redis.call('HGET', KEYS[3], KEYS[4]) or '1')
+  redis.call('HSET', KEYS[3], KEYS[4], tostring(math.max(tonumber(ARGV[3]), aim * tonumber(ARGV[2]))))
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
+end
+if not KEYS[5] then return 0 end
+local bucket = KEYS[5]
+redis.call('HINCRBY', bucket, 'throttled', 1)
+redis.call('EXPIRE', bucket, math.ceil(tonumber(ARGV[12])))
+if ARGV[5] ~= '1' then return 0 end
+local s = redis.call('HMGET', bucket, 'rate', 'base', 'cut')
+local tau = tonumber(ARGV[8])
+local start, ceiling = tonumber(ARGV[9]), tonumber(ARGV[10])
+local rate = tonumber(s[1]) or (ceiling > 0 and ceiling or start)
+-- this call went out, and was not accepted
+local m = math.max(0, count_sent(bucket, now, tau, 0) - 1)
+redis.call('HSET', bucket, 'm', tostring(m))
+local m0 = tonumber(redis.call('HGET', bucket, 'm0') or now)
+local accepted = m / (tau * (1 - math.exp(-math.max(now - m0, 0.5) / tau)))
+if now < (tonumber(s[3]) or 0) then return 0 end
+local share, least = tonumber(ARGV[6]), tonumber(ARGV[7])
+-- a slow start's tokens went out at the pace projected for them, past the rate stored
+local basis = accepted
+if s[2] then basis = math.min(rate, accepted) end
+-- never below half the rate at one cut, as TCP halves its window: a 429 among a few calls says little
+-- (a limit all endpoints share may have refused it)
+local cut = math.max(least, share * basis, rate / 2)
+redis.call('HSET', bucket, 'rate', tostring(cut), 'base', tostring(math.max(basis, cut)), 'tat', tostring(untill),
+           'grew', tostring(untill), 'cut', tostring(untill + tonumber(ARGV[11])))
+redis.call('HINCRBY', bucket, 'epoch', 1)
+return 1
+"""
+
+
+_PAUSED_FOR = _COUNT_SENT + """
+-- KEYS[1], KEYS[2]: pause keys; KEYS[3]: the endpoint's bucket, if it has one. ARGV[1]: reserved
+-- tokens this process used since it last said; ARGV[2]: the measuring time (s); ARGV[3]: the
+-- bucket's ceiling per second (0: none); ARGV[4]: '1' to learn. Answers the seconds the longer
+-- pause holds for, on Redis's clock, the bucket's epoch, and 1 while it is in its slow start.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+if KEYS[3] and tonumber(ARGV[1]) > 0 then
+  count_sent(KEYS[3], now, tonumber(ARGV[2]), tonumber(ARGV[1]))
+  -- reserved tokens used: the endpoint is busy, though its items ask for no new tokens
+  local s = redis.call('HMGET', KEYS[3], 'rate', 'base', 'grew')
+  if ARGV[4] == '1' and s[1] then
+    redis.call('HSET', KEYS[3], 'rate', tostring(grown(KEYS[3], now, tonumber(s[1]), tonumber(s[2]),
+                                                            tonumber(ARGV[3]), tonumber(s[3]))),
+               'grew', tostring(now))
+  end
+end
+local left = math.max(0, tonumber(redis.call('GET', KEYS[1]) or '0') - now,
+                      tonumber(redis.call('GET', KEYS[2]) or '0') - now)
+local epoch, slow = '0', 0
+if KEYS[3] then
+  local b = redis.call('HMGET', KEYS[3], 'epoch', 'base', 'rate')
+  epoch = b[1] or '0'
+  local ceiling = tonumber(ARGV[3])
+  if ARGV[4] == '1' and not b[2] and not (ceiling > 0 and (tonumber(b[3]) or ceiling) >= ceiling) then slow = 1 end
+end
+return {tostring(left), epoch, slow}
+"""
+
+
+#: Write endpoints: an item that must wait long for one of these is requeued holding a reserved
+#: token. Lookups and the all-endpoints limit are waited out in place: every item needs them
+#: first, so requeueing for them would only restart the item at its first lookup, forever.
+REQUEUE_ENDPOINTS = frozenset({"add", "update", "changeIdentifier"})
+#: The endpoints whose rates are learned (a read by id counts as a lookup).
+ENDPOINTS = ("lookup", "add", "update", "changeIdentifier")
+
+#: A reserved token used later than this after its time is dropped and a fresh one taken: late
+#: tokens spent together with on-time ones land as a burst, which must stay inside the downstream's
+#: own burst allowance (about a second's worth). Measured: using bucket tokens up to 5 s late drew
+#: 43 answers 429 from a downstream holding adds to 600 a minute and used 0.63 of its limit, where
+#: dropping them past half a second draws none and uses all of it. Under the strict all-endpoints
+#: limit the tolerance is the margin its window keeps for jitter.
+LATE_TOLERANCE_SECONDS = 0.5
+#: The all-endpoints window keeps this margin (a share of it, and a constant) for the jitter between
+#: the moment a call is granted and the moment it lands downstream.
+WINDOW_MARGIN_SHARE = 0.08
+WINDOW_MARGIN_SECONDS = 0.05
+
+#: Tokens an item reserved on earlier runs, by endpoint: the epoch seconds each one is due, and the
+#: epoch of its bucket (a cut voids the tokens reserved before it). The item carries them in its memo
+#: and hands them to :meth:`RateLimiter.acquire`, which uses them up.
+Reserved = dict[str, list[tuple[float, int]]]
+
+
+#: Where an endpoint without a configured limit starts, in calls a minute (``CAPILLARY_RATE_START``):
+#: reads are commonly allowed ten times the writes.
+DEFAULT_START = {"lookup": 3000.0, "add": 300.0, "update": 300.0, "changeIdentifier": 300.0}
+
+
+@dataclass(frozen=True)
+class Learning:
+    """How endpoint rates are learned (``CAPILLARY_RATE_LEARNING``, ``CAPILLARY_RATE_START``,
+    ``CAPILLARY_RATE_MEMORY_SECONDS``); the same for every tenant."""
+
+    enabled: bool = True
+    start: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_START))  # per minute
+    memory_seconds: float = 3600.0
+
+    def start_per_minute(self, endpoint: str) -> float:
+        return self.start.get(endpoint) or DEFAULT_START.get(endpoint) or DEFAULT_START["add"]
+
+
+def learning_of(settings: Settings) -> Learning:
+    return Learning(settings.capillary_rate_learning, DEFAULT_START | dict(settings.capillary_rate_start),
+                    settings.capillary_rate_memory_seconds)
+
+
+@dataclass(frozen=True)
+class EndpointRate:
+    """What the fleet knows of one endpoint of one tenant, for /metrics, /ui/ and the ETA.
+
+    ``per_minute``: the rate calls are let through at now (None: not limited); ``found``: it came from
+    the downstream's own answers (a 429 was seen, or it is the configured ceiling), not a slow start
+    still looking; ``throttled`` and ``waited_seconds``: 429s seen and seconds calls waited for tokens
+    while the state lasts."""
+
+    per_minute: float | None
+    ceiling_per_minute: float | None
+    found: bool
+    throttled: int
+    waited_seconds: float
+
+
+class RateLimited(Exception):
+    """No token for a while: requeue the item after ``wait`` seconds rather than hold a worker slot.
+
+    ``reserved``: a token for ``endpoint`` is already taken for the item, due after ``wait``;
+    the next run passes it back to :meth:`RateLimiter.acquire` instead of asking again.
+    """
+
+    def __init__(self, endpoint: str, wait: float, *, reserved: bool, now: float | None = None,
+                 epoch: int = 0) -> None:
+        super().__init__(f"{endpoint}: rate limited for {wait:.2f}s")
+        self.endpoint = endpoint
+        self.wait = wait
+        self.reserved = reserved
+        self.epoch = epoch
+        #: when the reserved token is due, on Redis's clock (every worker reads the same one)
+        self.due = (time.time() if now is None else now) + wait
+
+
+def window(max_rps: float) -> tuple[int, float]:
+    """The strict all-endpoints limit as at most ``n`` calls in any window of ``w`` seconds: whole
+    calls per second, or one call per ``1/max_rps`` seconds below one a second; the window keeps a
+    margin for jitter, so arrivals downstream keep to ``max_rps`` in every second too."""
+    n, w = (int(max_rps), 1.0) if max_rps >= 1 else (1, 1.0 / max_rps)
+    return n, w * (1 + WINDOW_MARGIN_SHARE) + WINDOW_MARGIN_SECONDS
+
+
+def bucket_key(tenant_id: str, endpoint: str) -> str:
+    return f"{keys.rate_limit_prefix(tenant_id)}:{endpoint}"
+
+
+def learned_rates(client: redis.Redis, tenant_id: str, per_minute: Mapping[str, float],
+                  learning: Learning) -> dict[str, EndpointRate]:
+    """Each endpoint's rate for one tenant, as the fleet holds it now, in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for endpoint in ENDPOINTS:
+        pipe.hmget(bucket_key(tenant_id, endpoint), "rate", "base", "throttled", "waited")
+    rates = {}
+    for endpoint, (rate, base, throttled, waited) in zip(ENDPOINTS, pipe.execute(), strict=True):
+        ceiling = per_minute.get(endpoint)
+        if not learning.enabled:
+            current, found = ceiling, ceiling is not None
+        elif rate is not None:
+            current = float(rate) * 60
+            current = min(current, ceiling) if ceiling else current
+            found = base is not None or current == ceiling
+        else:
+            current = ceiling or learning.start_per_minute(endpoint)
+            found = ceiling is not None
+        rates[endpoint] = EndpointRate(current, ceiling, found, int(throttled or 0), float(waited or 0.0))
+    return rates
+
+
+class RateLimiter:
+    """A tenant's limits, shared by every worker: the all-endpoints limit (``CAPILLARY_MAX_RPS``),
+    strict per window, and a learned bucket per endpoint, ``CAPILLARY_RATE_LIMITS`` its ceilings.
+    Times come from Redis's clock: each reply carries it, and the process keeps its offset from its
+    own."""
+
+    def __init__(self, client: redis.Redis, tenant_id: str, *, max_rps: float = 0.0,
+                 per_minute: Mapping[str, float] | None = None, horizon: float = 30.0,
+                 metrics: LimitObserver | None = None, learning: Learning | None = None) -> None:
+        self.redis = client
+        self.learning = learning or Learning()
+        self.horizon = horizon
+        self.metrics = metrics
+        prefix = keys.rate_limit_prefix(tenant_id)
+        self.pause_key = f"{prefix}:pause"
+        self.aims_key = f"{prefix}:aims"
+        self.log_key = f"{prefix}:all"
+        self._window = window(max_rps) if max_rps > 0 else None
+        self._late_tolerance = LATE_TOLERANCE_SECONDS
+        if self._window is not None:
+            self._late_tolerance = self._window[1] - (1.0 if max_rps >= 1 else 1.0 / max_rps)
+        limits = per_minute or {}
+        names = ENDPOINTS if self.learning.enabled else tuple(limits)
+        #: endpoint -> (bucket key, ceiling per second, 0 for none)
+        self._endpoints = {name: (bucket_key(tenant_id, name), limits.get(name, 0.0) / 60.0) for name in names}
+        self._acquire = client.register_script(_ACQUIRE)
+        self._pause = client.register_script(_PAUSE)
+        self._paused = client.register_script(_PAUSED_FOR)
+        #: endpoint -> (look again after, looked at, seconds paused then, the bucket's epoch, slow start)
+        self._pause_checks: dict[str, tuple[float, float, float, str, bool]] = {}
+        #: reserved tokens used, by endpoint, not yet counted in Redis as calls sent
+        self._used: Counter[str] = Counter()
+        self._used_lock = threading.Lock()
+        self._offset: float | None = None  # Redis's clock minus ours
+
+    def endpoint_pause_key(self, endpoint: str) -> str:
+        return f"{self.pause_key}:{endpoint}"
+
+    def redis_now(self) -> float:
+        if self._offset is None:
+            seconds, micros = self.redis.time()
+            self._offset = seconds + micros / 1e6 - time.time()
+        return time.time() + self._offset
+
+    def acquire(self, endpoint: str, reserved: Reserved | None = None, *,
+                sleep_under: float = SLEEP_UNDER_SECONDS) -> None:
+        """Take a token for one call to ``endpoint`` (or use one of ``reserved``); sleep through a
+        wait under ``sleep_under``, raise :class:`RateLimited` on a longer one for a write, or while
+        the endpoint is paused by a 429."""
+        if endpoint == "get":  # reading a customer by id counts against the lookup limit
+            endpoint = "lookup"
+        if reserved and reserved.get(endpoint):
+            due, epoch = reserved[endpoint].pop(0)
+            late = self.redis_now() - due
+            paused, current, slow = self._pause_check(endpoint)
+            if paused > 0:  # a 429 since it was reserved: the pause holds for reserved tokens too
+                raise RateLimited(endpoint, paused, reserved=False, now=self.redis_now())
+            # In a slow start no limit is known yet, so a late token lands in no burst that matters;
+            # dropping it would only make its item wait again at the back.
+            if (late <= self._late_tolerance or slow) and str(int(epoch)) == current:
+                # Not counted as a wait: this sleep is the tail of the wait counted whole when the item
+                # was requeued for this token.
+                if late < 0:
+                    time.sleep(min(-late, EARLY_SLEEP_SECONDS))
+                with self._used_lock:
+                    self._used[endpoint] += 1
+                return
+        bucket = self._endpoints.get(endpoint)
+        if self._window is None and bucket is None:
+            paused, _epoch = self._paused_for(endpoint)
+            if paused > 0:
+                raise RateLimited(endpoint, paused, reserved=False, now=self.redis_now())
+            return
+        n, w = self._window or (0, 0.0)
+        learning = self.learning
+        script_keys = [self.pause_key, self.endpoint_pause_key(endpoint), self.aims_key,
+                       self.log_key if self._window else self.aims_key]
+        args: list = [self.horizon, n, w, secrets.token_hex(8), int(learning.enabled),
+                      learning.start_per_minute(endpoint) / 60.0, SLOW_START_GROWTH, INCREASE_SHARE, PROBE_SHARE,
+                      MEASURE_SECONDS, learning.memory_seconds, CLIMB_HORIZON_SECONDS]
+        if bucket is not None:
+            script_keys.append(bucket[0])
+            args += [bucket[1], BURST_SECONDS, self._take_used(endpoint)]
+        raw_wait, raw_now, raw_epoch = self._acquire(keys=script_keys, args=args)
+        answer, now = float(raw_wait), float(raw_now)
+        self._offset = now - time.time()
+        if answer == 0:
+            return
+        wait = abs(answer)
+        if self.metrics is not None:
+            self.metrics.rate_limit_wait(endpoint, wait)
+        if answer > 0:
+            raise RateLimited(endpoint, answer, reserved=False, now=now)
+        # Under the all-endpoints limit, which every endpoint shares anyway, a learned bucket's waits are
+        # slept in place: a token of that limit reserved ahead is kept only for its window's margin.
+        requeue = bucket is not None and (self._window is None or bucket[1] > 0)
+        if wait > sleep_under and endpoint in REQUEUE_ENDPOINTS and requeue:
+            raise RateLimited(endpoint, wait, reserved=True, now=now, epoch=int(raw_epoch))
+        time.sleep(wait)
+        if self._window is not None and self.redis_now() - (now + wait) > self._late_tolerance:
+            # Woke too late (a busy host): landing now could crowd the next window; ask again.
+            return self.acquire(endpoint)
+        if bucket is not None:
+            with self._used_lock:
+                self._used[endpoint] += 1
+        if wait > SLEEP_UNDER_SECONDS / 5:
+            # A 429 may have come while this call slept on its token: look again, in Redis itself.
+            self._pause_checks.pop(endpoint, None)
+            paused, _epoch = self._paused_for(endpoint)
+            if paused > 0:
+                raise RateLimited(endpoint, paused, reserved=False, now=self.redis_now())
+
+    def _paused_for(self, endpoint: str) -> tuple[float, str]:
+        paused, epoch, _slow = self._pause_check(endpoint)
+        return paused, epoch
+
+    def _pause_check(self, endpoint: str) -> tuple[float, str, bool]:
+        """Seconds the endpoint (or the whole tenant) is paused for, its bucket's epoch and whether it is
+        in its slow start, read from Redis (on its clock) at most every PAUSE_CHECK_SECONDS per process
+        and endpoint, so calls no limit counts and reserved tokens cost no round trip of their own."""
+        now = time.monotonic()
+        until, at, remaining, epoch, slow = self._pause_checks.get(endpoint, (0.0, 0.0, 0.0, "0", False))
+        if now >= until:
+            bucket = self._endpoints.get(endpoint)
+            raw_left, epoch, raw_slow = self._paused(
+                keys=[self.pause_key, self.endpoint_pause_key(endpoint), *([bucket[0]] if bucket else [])],
+                args=[self._take_used(endpoint) if bucket else 0, MEASURE_SECONDS, bucket[1] if bucket else 0.0,
+                      int(self.learning.enabled)])
+            remaining, at, epoch, slow = float(raw_left), now, str(epoch), bool(int(raw_slow))
+            self._pause_checks[endpoint] = (now + PAUSE_CHECK_SECONDS, at, remaining, epoch, slow)
+        return max(0.0, remaining - (now - at)), epoch, slow
+
+    def _take_used(self, endpoint: str) -> int:
+        with self._used_lock:
+            return self._used.pop(endpoint, 0)
+
+    def pause(self, endpoint: str, retry_after: float | None) -> None:
+        """The downstream said 429 to a call to ``endpoint``: hold the endpoint back for ``retry_after``
+        on every worker (the whole tenant under an all-endpoints limit, which may be the one refusing),
+        and cut the endpoint's learned rate."""
+        if self.metrics is not None:
+            self.metrics.throttled(endpoint)
+        endpoint = "lookup" if endpoint == "get" else endpoint
+        bucket = self._endpoints.get(endpoint)
+        own_pause = self.endpoint_pause_key(endpoint)
+        lower = self.log_key if self._window and not (bucket and bucket[1]) else self.aims_key
+        script_keys = [own_pause, self.pause_key if self._window else own_pause, self.aims_key, lower]
+        if bucket is not None:
+            script_keys.append(bucket[0])
+        learning = self.learning
+        self._pause(keys=script_keys,
+                    args=[retry_after or DEFAULT_PAUSE_SECONDS, AIM_STEP, AIM_FLOOR, AIM_MEMORY_SECONDS,
+                          int(learning.enabled), CUT_SHARE, MIN_RATE, MEASURE_SECONDS,
+                          learning.start_per_minute(endpoint) / 60.0, bucket[1] if bucket else 0.0, CUT_GUARD_SECONDS,
+                          learning.memory_seconds])
+        self._pause_checks.clear()  # this process heard it first: look again at once

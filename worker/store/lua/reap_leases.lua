@@ -1,0 +1,57 @@
+-- reap_leases: the leader's recovery of lapsed leases (worker/dispatch/scheduler.py, Dispatcher.recover_lapsed).
+--
+-- KEYS[1]: cu:inflight, the leases.
+-- KEYS[2]: cu:sched:leader, the leader's lock.
+-- ARGV[1]: the lease in seconds.
+-- ARGV[2]: the most lapses an item may have before it is given up.
+-- ARGV[3]: the caller's leader token: nothing is done unless it holds the leader's lock.
+-- ARGV[4]: the job key prefix (cu:job:, worker/store/keys.py).
+-- ARGV[5]: the items per input chunk (worker/store/keys.py, CHUNK).
+-- ARGV[6]: the lock key prefix (cu:lock:).
+-- ARGV[7...]: fresh tokens; at most this many lapsed leases are looked at.
+-- Reply: a list of {'again', member} for an item handed out again under a new lease,
+-- {'end', member, state, lapses} for one to record now (its job was cancelled, or it lapsed too
+-- often), {'gone', member} for one whose job has ended or expired.
+--
+-- The lapsed leases are found here, so the keys of their jobs (ARGV[4] .. id, its input chunk
+-- ARGV[4] .. id .. ':in:' .. n) and of their first identifier lock are built here too.
+-- Only a lease that lapsed while its item ran counts towards giving the item up ('l:i'); one whose
+-- message waited, or was lost on the way, is handed out again for free: waiting is never the item's
+-- fault. An item has started when its claim took its identifier locks: its first lock holds this
+-- very delivery (the locks outlive the lease by a lease, so they still do). An item without locks
+-- is taken as started: its lapses count, as they always did.
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then return {} end
+local job_prefix, chunk, lock_prefix = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, #ARGV - 6)
+local out = {}
+for n, member in ipairs(lapsed) do
+  local job, index = string.match(member, '^([^:]+):(%d+):')
+  local jk = job_prefix .. job
+  local state = redis.call('HGET', jk, 'state')
+  if not state or state == 'COMPLETED' then
+    redis.call('ZREM', KEYS[1], member)
+    out[#out + 1] = {'gone', member}
+  else
+    local ck = jk .. ':in:' .. math.floor(tonumber(index) / chunk)
+    local lapses = 0
+    local digests = redis.call('HGET', ck, 'k:' .. index)
+    local first = digests and string.match(digests, '%S+')
+    if not first or redis.call('GET', lock_prefix .. first) == member then
+      lapses = redis.call('HINCRBY', ck, 'l:' .. index, 1)
+    else
+      lapses = tonumber(redis.call('HGET', ck, 'l:' .. index) or '0')
+    end
+    if state == 'CANCELLED' or lapses > tonumber(ARGV[2]) then
+      redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), member)
+      out[#out + 1] = {'end', member, state, tostring(lapses)}
+    else
+      redis.call('ZREM', KEYS[1], member)
+      local again = job .. ':' .. index .. ':' .. ARGV[n + 6]
+      redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), again)
+      out[#out + 1] = {'again', again}
+    end
+  end
+end
+return out
