@@ -21,7 +21,7 @@ from redis.commands.core import Script
 from worker.dispatch.leadership import Leadership
 from worker.dispatch.leases import Delivery, new_token
 from worker.settings import Tenant
-from worker.store import keys
+from worker.store import keys, packing
 from worker.store.jobstore import job_counts
 from worker.store.metric_fields import ITEMS as ITEMS_METRIC
 from worker.store.metric_fields import field as metrics_field
@@ -121,7 +121,7 @@ class Reaping:
     def recover_lapsed(self, limit: int = 200) -> int:
         out = self._reap(keys=[keys.INFLIGHT, keys.LEADER],
                          args=[self.lease, MAX_LAPSES, self.leadership.token, keys.job(""), keys.CHUNK,
-                               keys.LOCK_PREFIX, *(new_token() for _ in range(limit))])
+                               keys.LOCK_PREFIX, packing.BLOCK, *(new_token() for _ in range(limit))])
         again: list[Delivery] = []
         for entry in out:
             kind, member = entry[0], entry[1]

@@ -1,15 +1,16 @@
 """The job store in Redis: jobs, their inputs, per-item results and counters (layout: worker/store/keys.py).
 
-Every write an item makes is fenced by its lease: the member ``job:index:token`` in
+Every outcome an item records is fenced by its lease: the member ``job:index:token`` in
 ``cu:inflight`` that the dispatcher created for this very delivery. The outcome script removes
-the member and writes the result with HSETNX in one step, so a delivery whose lease was taken
-away (its worker froze or lost its network, and the item was handed to another) records nothing,
-and no item is ever counted twice.
+the member and writes the result, unless one is there already, in one step, so a delivery whose
+lease was taken away (its worker froze or lost its network, and the item was handed to another)
+records nothing, and no item is ever counted twice.
 
-The hot path is counted in Redis commands (at most about 12 per item, broker included) and in
-round trips, so an item reads everything it needs from its input chunk and takes its identifier
-locks with one script (:meth:`JobStore.claim_item`), and records its outcome, releases its locks,
-ends its lease and hands on its chain with another. An item
+The hot path is counted in Redis commands (about 5 per item, broker and polling included) and in
+round trips: a message's items are read, and their leases checked, in one round trip
+(:meth:`JobStore.claim_items`); each takes its identifier locks as it starts; and the message's
+outcomes are recorded, their leases ended, their locks released and their chains handed on by one
+script (:meth:`JobStore.record_outcomes`). Inputs and results are packed (worker/store/packing.py). An item
 bumps exactly one counter, that of its kind of outcome (:data:`OUTCOME_COUNTERS`); the job
 document's counts are sums of them, and the dispatcher, which sees every job's items in flight,
 queues the job's end once the counters add up to the total.
@@ -25,7 +26,7 @@ import redis
 
 from worker.redis_connection import connect
 from worker.store import keys
-from worker.store.claims import ItemClaims, ItemWork, Recorded
+from worker.store.claims import ItemClaims, ItemWork, Outcome, Recorded
 from worker.store.documents import (
     CANCELLED,
     CANCELLED_MESSAGE,
@@ -47,7 +48,7 @@ from worker.store.newjob import UNCOMMITTED_SECONDS, NewJob, NotReplicated, Seen
 #: The names callers take from here: the store's parts live in claims, documents and newjob.
 __all__ = ["CANCELLED", "CANCELLED_MESSAGE", "CODE_CANCELLED", "COMPLETED", "OUTCOME_COUNTERS", "QUEUED", "RUNNING",
            "UNCOMMITTED_SECONDS", "WOULD_CREATE", "WOULD_UPDATE", "ItemWork", "JobMeta", "JobStore", "NewJob",
-           "NotReplicated", "Recorded", "SeenInRedis", "TenantUsage", "job_counts", "job_document"]
+           "NotReplicated", "Outcome", "Recorded", "SeenInRedis", "TenantUsage", "job_counts", "job_document"]
 
 
 class JobStore(ItemClaims, JobReads):
@@ -79,9 +80,8 @@ class JobStore(ItemClaims, JobReads):
         """A job's stored elements in input order, a chunk at a time (a dry run's, for its real run)."""
         total = int(self.redis.hget(keys.job(job_id), "totalCount") or 0)
         for start in range(0, total, keys.CHUNK):
-            indexes = [str(i) for i in range(start, min(start + keys.CHUNK, total))]
-            for raw in self.redis.hmget(keys.inputs(job_id, start), indexes):
-                yield json.loads(raw) if raw is not None else None
+            for work in self.load_items(job_id, list(range(start, min(start + keys.CHUNK, total)))):
+                yield work.element
 
     def claim_idempotency_key(self, tenant: str, key: str, digest: str) -> dict | None:
         """Claim ``key`` for a new submission; answer the earlier claim if there is one.

@@ -46,7 +46,7 @@ def scripts_marked_in_tests() -> set[str]:
 
 
 def test_the_scripts_are_where_the_package_ships_them():
-    assert len(SCRIPTS) >= 13 and "claim_item" in SCRIPTS and "take_items" in SCRIPTS
+    assert len(SCRIPTS) >= 11 and "record_outcomes" in SCRIPTS and "take_items" in SCRIPTS
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -66,11 +66,6 @@ def lua_function(name: str, function: str) -> str:
     match = re.search(rf"^local function {function}\(.*?^end$", source(name), re.M | re.S)
     assert match, f"{name}.lua has no function {function}"
     return match.group(0)
-
-
-def test_the_two_copies_of_take_all_are_the_same():
-    """The claim and IdentifierLocks.acquire must take locks alike: Redis scripts cannot share code."""
-    assert lua_function("claim_item", "take_all") == lua_function("take_locks", "take_all")
 
 
 @pytest.mark.parametrize("name", ["cancel_job", "end_job"])

@@ -206,9 +206,22 @@ def test_only_lapses_count_towards_giving_an_item_up_not_its_retries(store, r):
     assert [(e.state, e.lapses) for e in recorder.ended] == [("RUNNING", MAX_LAPSES + 1)]
 
 
+def start(store, r, member: str):
+    """What a worker does as it starts an item: read it (its lease checked), then take its locks."""
+    from worker.dispatch.planning import identifier_keys
+    from worker.items.locks import IdentifierLocks
+
+    job_id, index, token = keys.parse_member(member)
+    work = store.claim_items(job_id, [index], token)[0]
+    if not work.stale:
+        locks = IdentifierLocks(r, ttl_ms=10_000)
+        assert locks.acquire(locks.keys(work.meta.tenant, identifier_keys(work.element)), member)
+    return work
+
+
 def die_running(store, r, job_id: str, member: str) -> None:
-    """A worker starts the item (its claim) and dies: the lease lapses while the item runs."""
-    assert not store.claim_item(job_id, keys.parse_member(member)[1], member, lock_ttl_ms=10_000).stale
+    """A worker starts the item (reads it, takes its locks) and dies: the lease lapses while the item runs."""
+    assert not start(store, r, member).stale
     r.zadd(keys.INFLIGHT, {member: 0})
 
 
@@ -226,9 +239,9 @@ def test_a_lease_that_lapses_while_its_message_waits_never_counts_against_the_it
 
     assert recorder.ended == [] and len(recorder.published) == MAX_LAPSES * 3 + 1
     assert r.hget(keys.inputs(job_id, 0), "l:0") is None
-    stale = store.claim_item(job_id, 0, recorder.published[0].member, lock_ttl_ms=10_000)
+    stale = start(store, r, recorder.published[0].member)
     assert stale.stale and stale.element is None  # an old message finds its lease gone: it does nothing
-    live = store.claim_item(job_id, 0, recorder.published[-1].member, lock_ttl_ms=10_000)
+    live = start(store, r, recorder.published[-1].member)
     assert not live.stale and live.element is not None
 
 
@@ -278,7 +291,7 @@ def test_a_job_whose_items_all_ended_is_finished_by_the_dispatcher(store, r):
     assert recorder.ended_jobs == [job_id]
 
 
-@pytest.mark.lua("renew_leases", "take_locks")
+@pytest.mark.lua("renew_leases")
 def test_the_keeper_renews_leases_and_locks_beyond_their_first_life_and_notices_a_lost_lease(r):
     """Defect: an identifier lock (120 s) could lapse under a live item; it now lives as long as the lease."""
     keeper = LeaseKeeper(r, worker="w1", slots=2, lease_seconds=10)
