@@ -59,10 +59,11 @@ SLOW_ROUND_SECONDS = 1.0
 #: three Redis commands, so it is not quicker than the buffer needs (see :meth:`Dispatcher.target`).
 BUSY_TICK_SECONDS = 0.1
 IDLE_TICK_SECONDS = 0.25
-#: Items one message carries at most. Four takes three quarters of the per-message cost off a big
-#: job's items; more would save little more and make a message, and the wait behind the queued
-#: ones, longer (see bench/throughput.py and bench/scheduling.py in the README).
-ITEMS_PER_MESSAGE = 4
+#: Items one message carries at most. Eight take seven eighths of the per-message cost off a big
+#: job's items: Celery's and the broker's, and the Redis commands of reading the items and recording
+#: their outcomes, which a message's items share (bench/redis_cost.py); more would save little more
+#: and make a message, and the wait behind the queued ones, longer (bench/scheduling.py).
+ITEMS_PER_MESSAGE = 8
 
 
 class Dispatcher(Reaping):

@@ -47,7 +47,7 @@ def messages_per_job(published: list[Delivery]) -> Counter[str]:
 
 @pytest.mark.lua("take_items", "fleet_slots", "renew_leases")
 def test_the_fleet_gets_its_threads_and_as_many_queued_and_no_more(store, r):
-    new_job(store, n=50)
+    new_job(store, n=10 * ITEMS_PER_MESSAGE)
     recorder = Recorder()
     d = dispatcher(r, recorder, slots=4)
 
@@ -78,7 +78,7 @@ def test_a_jobs_last_items_are_spread_evenly_over_the_slots_they_get(store, r):
 
 
 def test_a_messages_slot_is_freed_by_its_last_item_not_its_first(store, r):
-    job_id = new_job(store, n=40)
+    job_id = new_job(store, n=10 * ITEMS_PER_MESSAGE)
     recorder = Recorder()
     d = dispatcher(r, recorder, slots=2)
     d.tick()
@@ -91,7 +91,7 @@ def test_a_messages_slot_is_freed_by_its_last_item_not_its_first(store, r):
 
     record(first)
     d.tick()
-    assert len(recorder.published) == 6 * ITEMS_PER_MESSAGE  # three items of its message still to run
+    assert len(recorder.published) == 6 * ITEMS_PER_MESSAGE  # the rest of its message still to run
     for index in rest:
         record(index)
     d.tick()
@@ -99,8 +99,8 @@ def test_a_messages_slot_is_freed_by_its_last_item_not_its_first(store, r):
 
 
 def test_once_messages_carry_several_items_fewer_of_them_are_queued(store, r):
-    """Each thread needs about one item queued behind it, not one message: with four items a message,
-    a quarter as many queued messages keep it busy, and a new job's first message waits behind fewer."""
+    """Each thread needs about one item queued behind it, not one message: with several items a message,
+    fewer queued messages keep it busy, and a new job's first message waits behind fewer."""
     job_id = new_job(store, n=200)
     recorder = Recorder()
     d = dispatcher(r, recorder, slots=8)
@@ -292,8 +292,9 @@ def test_a_job_whose_items_all_ended_is_finished_by_the_dispatcher(store, r):
 
 
 @pytest.mark.lua("renew_leases")
-def test_the_keeper_renews_leases_and_locks_beyond_their_first_life_and_notices_a_lost_lease(r):
-    """Defect: an identifier lock (120 s) could lapse under a live item; it now lives as long as the lease."""
+def test_the_keeper_renews_leases_and_locks_beyond_their_first_life_and_notices_a_lost_lease(r, monkeypatch):
+    """Defect: an identifier lock (120 s) could lapse under a live item; it now lives as long as the lease.
+    Locks are extended once held for over half a lease (they are taken for two leases)."""
     keeper = LeaseKeeper(r, worker="w1", slots=2, lease_seconds=10)
     locks = IdentifierLocks(r, ttl_ms=300)
     mine, taken = "job:1:a", "job:2:b"
@@ -303,6 +304,10 @@ def test_the_keeper_renews_leases_and_locks_beyond_their_first_life_and_notices_
     keeper.hold(mine, lock_keys)
     keeper.hold(taken, [])
     r.zrem(keys.INFLIGHT, taken)  # handed out again elsewhere
+    keeper.renew_once()
+    assert r.pttl(lock_keys[0]) <= 300  # taken just now: not extended yet
+    later = time.monotonic() + 6
+    monkeypatch.setattr("worker.dispatch.leases.time.monotonic", lambda: later)
 
     keeper.renew_once()
 
@@ -413,7 +418,7 @@ def test_a_job_that_lost_its_place_in_the_scheduler_is_scheduled_again_and_a_gon
 def test_a_big_fleets_tick_hands_out_more_items_than_lua_can_unpack_at_once(store, r):
     """Defect: a fleet of 2,100 threads (4,200 messages of 4 items a tick) made the take script fail
     with 'too many results to unpack', and the leader dispatched nothing at all."""
-    new_job(store, n=20_000)
+    new_job(store, n=5000 * ITEMS_PER_MESSAGE)
     recorder = Recorder()
     dispatcher(r, recorder, slots=2100).tick()
 

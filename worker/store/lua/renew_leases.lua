@@ -8,25 +8,41 @@
 -- ARGV[2]: its slots.
 -- ARGV[3]: the lease in seconds.
 -- ARGV[4]: the locks' ttl in ms.
--- ARGV[5...]: per item: its member 'job:index:token', its number of locks n, then its n lock keys.
+-- ARGV[5...]: per item: its member 'job:index:token', its number of locks n, then its n lock keys
+-- (the worker passes only the locks that need it: those taken or extended more than half a lease ago).
 -- Reply: the members whose lease is gone.
 --
 -- The lock keys come in ARGV, not KEYS, as a list per item; the worker holds them, so they could be
--- KEYS too, but the per-item grouping is what tells which locks belong to a lost lease.
+-- KEYS too, but the per-item grouping is what tells which locks belong to a lost lease. The leases
+-- are looked up and extended a thousand at a time (ZMSCORE, ZADD XX), not one by one: a worker holds
+-- a few hundred of them, renewed every quarter of a lease.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local expiry = now + tonumber(ARGV[3])
 redis.call('ZADD', KEYS[2], now, ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-local lost = {}
+local members, at = {}, {}
 local i = 5
 while i <= #ARGV do
-  local member, nlocks = ARGV[i], tonumber(ARGV[i + 1])
-  if redis.call('ZSCORE', KEYS[1], member) then
-    redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[3]), member)
-    for j = i + 2, i + 1 + nlocks do redis.call('PEXPIRE', ARGV[j], ARGV[4]) end
-  else
-    lost[#lost + 1] = member
+  members[#members + 1] = ARGV[i]
+  at[#at + 1] = i
+  i = i + 2 + tonumber(ARGV[i + 1])
+end
+local lost = {}
+for from = 1, #members, 1000 do
+  local last = math.min(from + 999, #members)
+  local scores = redis.call('ZMSCORE', KEYS[1], unpack(members, from, last))
+  local renew = {}
+  for n = from, last do
+    if scores[n - from + 1] then
+      renew[#renew + 1] = expiry
+      renew[#renew + 1] = members[n]
+      local j = at[n]
+      for x = j + 2, j + 1 + tonumber(ARGV[j + 1]) do redis.call('PEXPIRE', ARGV[x], ARGV[4]) end
+    else
+      lost[#lost + 1] = members[n]
+    end
   end
-  i = i + 2 + nlocks
+  if #renew > 0 then redis.call('ZADD', KEYS[1], 'XX', unpack(renew)) end
 end
 return lost
