@@ -144,6 +144,12 @@ def run_items(ctx: WorkerContext, job_id: str, indexes: list[int], token: str,
         ctx.keeper.hold(member, [])
     runs: dict[int, ItemRun] = {}
     ran: list[tuple[int, _Ran]] = []
+
+    def record() -> None:
+        recorded = guarded(lambda: _record_all(ctx, job_id, [r for _, r in ran]))
+        runs.update({position: run for (position, _), run in zip(ran, recorded, strict=True)})
+        ran.clear()
+
     try:
         claimed = guarded(lambda: ctx.store.claim_items(job_id, indexes, token))
         for position, (index, member) in enumerate(zip(indexes, members, strict=True)):
@@ -157,15 +163,19 @@ def run_items(ctx: WorkerContext, job_id: str, indexes: list[int], token: str,
                 work = tries.pop() if tries else ctx.store.claim_items(job_id, [index], token)[0]
                 with _current(job_id, index):
                     return _run_claimed(ctx, work, job_id, index, member, last)
-            result = guarded(run)
+            try:
+                result = guarded(run)
+            except BaseException:
+                if ran:  # what the items before it did stands: recorded before the error goes on
+                    record()
+                raise
             if isinstance(result, _Ran):
                 ran.append((position, result))
             else:
                 runs[position] = result
                 ctx.keeper.drop(member)
         if ran:
-            recorded = guarded(lambda: _record_all(ctx, job_id, [r for _, r in ran]))
-            runs.update({position: run for (position, _), run in zip(ran, recorded, strict=True)})
+            record()
     finally:
         for member in members:
             ctx.keeper.drop(member)
@@ -233,7 +243,12 @@ def _run_under_locks(ctx: WorkerContext, work: ItemWork, meta: JobMeta, job_id: 
         locks, locked = [], True
     else:
         locks = ctx.locks.keys(meta.tenant, identifier_keys(work.element))
-        ctx.keeper.check(member)  # no lock is taken for a delivery whose lease is gone
+        try:
+            ctx.keeper.check(member)  # no lock is taken for a delivery whose lease is gone
+        except LeaseLost:
+            log.warning("job %s item %s: lease lost to another worker before the item started here; leaving "
+                        "it to that worker", job_id, index)
+            return ItemRun("ABANDONED: lease lost")
         locked = ctx.locks.acquire(locks, member)
     if not locked:
         delay = retry.identifiers_locked_delay()
