@@ -27,6 +27,7 @@ from api.app import create_app
 from cli import procfile
 from worker.paths import JOBS_PREFIX
 from worker.settings import Settings
+from worker.store import keys
 
 TOKEN = "test-token-" + uuid.uuid4().hex
 SIM_TILL = "test.till"
@@ -331,6 +332,17 @@ def customers(n: int, tag: str, first_mobile: int = 0, **profile) -> list[dict]:
 
 def progress(api: ApiClient, job_id: str) -> dict:
     return api.get(f"/jobs/{job_id}").get_json()
+
+
+#: A job's id in any of its key names: every key of a job carries its hash tag (worker/store/keys.py).
+JOB_TAG = re.compile(re.escape(keys.job("")[:-1]) + r"(\w+)\}")
+
+
+def stored_job_ids(client: redis.Redis, *, whole_jobs_only: bool = False) -> set[str]:
+    """The jobs of which some key is stored (the job hash alone with ``whole_jobs_only``)."""
+    pattern = keys.job("*") if whole_jobs_only else keys.job("*") + "*"
+    names = (name.decode() if isinstance(name, bytes) else name for name in client.scan_iter(pattern))
+    return {match.group(1) for name in names if (match := JOB_TAG.match(name))}
 
 
 def calls_since(sim: Simulator, since: float) -> list[dict]:

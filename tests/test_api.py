@@ -9,7 +9,17 @@ import pytest
 import redis
 
 from api.app import create_app
-from tests.helpers import JOBS, TOKEN, ApiClient, RedisServer, make_settings, ndjson_file, post_ndjson
+from tests.helpers import (
+    JOBS,
+    TOKEN,
+    ApiClient,
+    RedisServer,
+    make_settings,
+    ndjson_file,
+    post_ndjson,
+    stored_job_ids,
+)
+from worker.store import keys
 
 
 @pytest.fixture
@@ -68,7 +78,7 @@ def test_an_ndjson_file_is_stored_as_it_is_read_not_held_in_memory(idle_app, tmp
     # one chunk of 1,000 lines and a 16-byte digest per identifier are all the intake holds.
     print(f"NDJSON intake peak: {peak / 1e6:.1f} MB for a {size / 1e6:.1f} MB file")
     assert peak < 1.5 * size, (peak, size)
-    stored = r.hget(f"cu:job:{response.get_json()['jobId']}:in:9", "9999")
+    stored = r.hget(keys.inputs(response.get_json()['jobId'], 9999), "9999")
     assert json.loads(stored)["profiles"][0]["identifiers"][0]["value"] == "X-9999"
 
 
@@ -78,7 +88,7 @@ def test_a_bad_line_late_in_an_ndjson_file_leaves_nothing_behind(idle_app, tmp_p
     response = post_file(app, ndjson_file(tmp_path / "bad.ndjson", 3_000, bad_line=2_501))
 
     assert response.status_code == 400 and response.get_json()["errors"][0]["field"] == "line 2501"
-    assert not r.keys("cu:job:*") and r.llen("jobs") == 0  # the 2,500 lines stored before it are gone
+    assert not stored_job_ids(r) and r.llen("jobs") == 0  # the 2,500 lines stored before it are gone
     assert not r.keys("cu:idem:*")  # and the Idempotency-Key is free for the corrected file
 
 
@@ -191,7 +201,7 @@ def test_an_unknown_query_parameter_is_a_400_naming_it_and_queues_nothing(idle_a
     assert repr(unknown) in error["message"]
     if hint:
         assert f"did you mean {hint!r}" in error["message"]
-    assert not r.keys("cu:job:*") and not r.zcard("cu:sched:jobs")
+    assert not stored_job_ids(r) and not r.zcard("cu:sched:jobs")
 
 
 @pytest.mark.parametrize(("path", "query"), [("/jobs", {"limit": "5", "stat": "QUEUED"}),
@@ -244,6 +254,6 @@ def test_bodies_and_batches_over_the_limits_are_413_and_queue_nothing(tmp_path, 
         assert too_big.status_code == 413 and "MAX_BODY_BYTES" in too_big.get_json()["errors"][0]["message"]
         assert too_many.status_code == 413 and "at most 5" in too_many.get_json()["errors"][0]["message"]
         assert ndjson.status_code == 413
-        assert r.llen("jobs") == 0 and not r.keys("cu:job:*")
+        assert r.llen("jobs") == 0 and not stored_job_ids(r)
     finally:
         server.stop()

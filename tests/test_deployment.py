@@ -15,6 +15,7 @@ import yaml
 from cli import procfile
 from tests.helpers import JOBS, TOKEN, RedisServer, free_port, settings_env, wait_for
 from worker.queues import Queues
+from worker.store import keys as store_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Procfile process -> compose service. Compose calls the web process by its role.
@@ -103,7 +104,7 @@ def test_dev_runs_the_whole_stack_and_the_example_job(redis_of_its_own, tmp_path
     job_id = re.search(r"job ([0-9a-f]{32}) COMPLETED: total 2, created 1, updated 0, failed 1, cancelled 0",
                        run.stdout)
     dev_db = redis.Redis(port=redis_server.port, db=15)
-    keys = list(dev_db.scan_iter(f"cu:job:{job_id.group(1)}*")) if job_id else []
+    keys = list(dev_db.scan_iter(store_keys.job(job_id.group(1)) + "*")) if job_id else []
 
     assert run.returncode == 0, run.stdout + run.stderr
     assert job_id, run.stdout
@@ -115,7 +116,7 @@ def test_dev_runs_the_whole_stack_and_the_example_job(redis_of_its_own, tmp_path
     assert "the seed's second example has no source" in lines[failed + 1]
     assert f"redis://127.0.0.1:{redis_server.port}/15" in run.stdout
     assert keys and all(0 < dev_db.ttl(key) <= 3600 for key in keys)
-    assert not redis.Redis(port=redis_server.port, db=0).exists(f"cu:job:{job_id.group(1)}")
+    assert not redis.Redis(port=redis_server.port, db=0).exists(store_keys.job(job_id.group(1)))
     assert (tmp_path / ".dev" / "logs" / "worker.log").exists()
 
 

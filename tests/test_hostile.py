@@ -28,6 +28,7 @@ from tests.helpers import (
     wait_for,
 )
 from worker.settings import Settings
+from worker.store import keys
 
 GOOD = [{"profiles": [{"identifiers": [{"type": "externalId", "value": "H1"}], "source": "INSTORE"}]}]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -362,7 +363,7 @@ def test_a_callback_failing_across_a_worker_restart_is_delivered_once_the_receiv
         assert json.loads(Receiver.received[-1][1])["state"] == "COMPLETED"
         store = redis.Redis.from_url(redis_server.url, decode_responses=True)
         wait_for(lambda: store.zcard("cu:callbacks") == 0, timeout=10, what="the callback to be no longer due")
-        assert store.hget(f"cu:job:{job_id}", "cb.outcome") == "delivered"
+        assert store.hget(keys.job(job_id), "cb.outcome") == "delivered"
     finally:
         server.shutdown()
         for worker in workers:

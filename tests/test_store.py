@@ -14,7 +14,8 @@ import uuid
 import pytest
 import redis
 
-from tests.helpers import assert_exact, customers, ndjson_file, post_ndjson, wait_for
+from tests.helpers import assert_exact, customers, ndjson_file, post_ndjson, stored_job_ids, wait_for
+from worker.store import keys
 
 pytestmark = pytest.mark.slow
 
@@ -48,8 +49,7 @@ def test_a_full_store_refuses_new_submissions_with_503_and_every_accepted_job_fi
     (error,) = refusal.get_json()["errors"]
     assert error["code"] == "store_full" and "try again later" in error["message"]
     # Nothing of the refused submission remains: the only jobs are the accepted ones.
-    jobs = {name.split(":")[2] for name in store.scan_iter("cu:job:*")}
-    assert jobs == set(accepted)
+    assert stored_job_ids(store) == set(accepted)
     assert accepted, "not even one job was accepted"
 
     wait_for(all_finished, timeout=180, what="every accepted job to finish", interval=0.5)
@@ -180,8 +180,7 @@ def test_a_tenant_over_each_quota_gets_429_naming_it_and_the_others_go_on(make_s
     refused(submit("east", 5), "max_pending_items", 8, 10)
     day = submit("west", 6)
     refused(submit("west", 6), "max_items_per_day", 6, 10)
-    jobs = {name.split(":")[2] for name in redis.Redis.from_url(stack.redis.url, decode_responses=True)
-            .scan_iter("cu:job:*") if name.count(":") == 2}
+    jobs = stored_job_ids(redis.Redis.from_url(stack.redis.url), whole_jobs_only=True)
     assert len(jobs) == 4  # the refused submissions left nothing
 
     def wait(tenant: str, response) -> dict:
@@ -219,7 +218,7 @@ def test_with_a_replica_a_202_means_the_replica_has_the_job_and_503_when_none_co
         job_id = accepted.get_json()["jobId"]
         on_replica = redis.Redis(port=replica.port, decode_responses=True)
         # Checked at once: WAIT returned only after the replica had it.
-        assert on_replica.hget(f"cu:job:{job_id}", "totalCount") == "30"
+        assert on_replica.hget(keys.job(job_id), "totalCount") == "30"
 
         os.kill(replica.process.pid, signal.SIGSTOP)
         try:
@@ -229,8 +228,7 @@ def test_with_a_replica_a_202_means_the_replica_has_the_job_and_503_when_none_co
             (error,) = refused.get_json()["errors"]
             assert error["code"] == "store_unavailable" and "replica" in error["message"], error
             on_primary = redis.Redis(port=primary.port, decode_responses=True)
-            jobs = {name.split(":")[2] for name in on_primary.scan_iter("cu:job:*")}
-            assert jobs == {job_id}, "the refused submission left keys behind"
+            assert stored_job_ids(on_primary) == {job_id}, "the refused submission left keys behind"
             assert on_primary.zrange("cu:sched:jobs", 0, -1) == [job_id]
         finally:
             os.kill(replica.process.pid, signal.SIGCONT)

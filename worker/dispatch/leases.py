@@ -111,9 +111,11 @@ class LeaseKeeper:
             held = {m: list(h.locks) if started - h.locks_at > self.lease / 2 else []
                     for m, h in self._held.items()}
         args: list = [self.worker, self.slots, self.lease, int(self.lease * 2000)]
+        lock_keys: list[str] = []
         for member, locks in held.items():
-            args += [member, len(locks), *locks]
-        lost = self._renew(keys=[keys.INFLIGHT, keys.FLEET, keys.FLEET_SLOTS], args=args)
+            args += [member, len(locks)]
+            lock_keys += locks
+        lost = self._renew(keys=[keys.INFLIGHT, keys.FLEET, keys.FLEET_SLOTS, *lock_keys], args=args)
         with self._lock:
             self._lost.update(m for m in lost if m in self._held)
             for member, locks in held.items():

@@ -120,7 +120,7 @@ class Reaping:
 
     def recover_lapsed(self, limit: int = 200) -> int:
         out = self._reap(keys=[keys.INFLIGHT, keys.LEADER],
-                         args=[self.lease, MAX_LAPSES, self.leadership.token, keys.job(""), keys.CHUNK,
+                         args=[self.lease, MAX_LAPSES, self.leadership.token, keys.JOB_KEY_FORMAT, keys.CHUNK,
                                keys.LOCK_PREFIX, packing.BLOCK, *(new_token() for _ in range(limit))])
         again: list[Delivery] = []
         for entry in out:

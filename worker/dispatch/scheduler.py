@@ -213,7 +213,7 @@ class Dispatcher(Reaping):
         allot = self.allot(free, job_ids, in_job, set(due), window=self.settings.job_window or target)
         if not allot:
             return waiting
-        args: list = [self.lease, now_iso(), self.leadership.token, keys.job("")]
+        args: list = [self.lease, now_iso(), self.leadership.token, keys.JOB_KEY_FORMAT]
         for job_id, count in allot.items():
             args += [job_id, "1" if job_id in due else "0", *self._tokens(job_id, count, job_id in due)]
         taken, cursors = self._take(keys=[keys.INFLIGHT, keys.SCHED_DUE, keys.LEADER], args=args)

@@ -10,7 +10,7 @@ Items of one job that share an identifier run one after another (worker/dispatch
 one must be predicted against what the earlier ones would have done, not against the downstream as
 it is: the second profile with a new mobile is an update of the customer the first one would
 create. An item with a successor in its chain therefore leaves its predicted customer in the job's
-prediction state (``cu:job:{j}:dry``): each of its identifiers leads to that customer (or nowhere,
+prediction state (``cu:{job:<j>}:dry``): each of its identifiers leads to that customer (or nowhere,
 once removed), and the customer is kept as the item would leave it. A later item reads the state
 before it asks the downstream. Entries carry the index that wrote them, and an item ignores entries
 of its own or later items, so a delivery run again after a crash predicts as the first one did.

@@ -1,19 +1,18 @@
 """The job store in Redis: jobs, their inputs, per-item results and counters (layout: worker/store/keys.py).
 
-Every outcome an item records is fenced by its lease: the member ``job:index:token`` in
-``cu:inflight`` that the dispatcher created for this very delivery. The outcome script removes
-the member and writes the result, unless one is there already, in one step, so a delivery whose
-lease was taken away (its worker froze or lost its network, and the item was handed to another)
-records nothing, and no item is ever counted twice.
+Callers hold one object, :class:`JobStore`; it is put together from the store's concerns,
+each a module of its own: a new job stored as its submission is read (newjob.py), an item's claim and
+outcome, fenced by its lease, and a job's cancel and end (claims.py), the job document and the reads
+of jobs and results (documents.py); how inputs and results are packed (packing.py). Idempotency keys
+are here. Callers import the names they need from here.
 
-The hot path is counted in Redis commands (about 5 per item, broker and polling included) and in
-round trips: a message's items are read, and their leases checked, in one round trip
+The hot path is counted in Redis commands (about 6 per item, broker and a polling client included)
+and in round trips: a message's items are read, and their leases checked, in one round trip
 (:meth:`JobStore.claim_items`); each takes its identifier locks as it starts; and the message's
 outcomes are recorded, their leases ended, their locks released and their chains handed on by one
-script (:meth:`JobStore.record_outcomes`). Inputs and results are packed (worker/store/packing.py). An item
-bumps exactly one counter, that of its kind of outcome (:data:`OUTCOME_COUNTERS`); the job
-document's counts are sums of them, and the dispatcher, which sees every job's items in flight,
-queues the job's end once the counters add up to the total.
+script (:meth:`JobStore.record_outcomes`). An item bumps exactly one counter, that of its kind of
+outcome (:data:`OUTCOME_COUNTERS`); the job document's counts are sums of them, and the dispatcher,
+which sees every job's items in flight, queues the job's end once the counters add up to the total.
 """
 
 from __future__ import annotations
@@ -45,7 +44,6 @@ from worker.store.documents import (
 )
 from worker.store.newjob import UNCOMMITTED_SECONDS, NewJob, NotReplicated, SeenInRedis
 
-#: The names callers take from here: the store's parts live in claims, documents and newjob.
 __all__ = ["CANCELLED", "CANCELLED_MESSAGE", "CODE_CANCELLED", "COMPLETED", "OUTCOME_COUNTERS", "QUEUED", "RUNNING",
            "UNCOMMITTED_SECONDS", "WOULD_CREATE", "WOULD_UPDATE", "ItemWork", "JobMeta", "JobStore", "NewJob",
            "NotReplicated", "Outcome", "Recorded", "SeenInRedis", "TenantUsage", "job_counts", "job_document"]

@@ -7,30 +7,32 @@ comes (an intake that died half way leaves nothing behind). Keys of the schedule
 are few and small; they live as long as the service does, or expire on their own (leader lock,
 fleet heartbeat, identifier locks).
 
-Job keys (``{j}`` is the job id, ``{n}`` the chunk number, ``index // CHUNK``)::
+Job keys (``<j>`` is the job id, ``<n>`` the chunk number, ``index // CHUNK``; ``{job:<j>}`` is
+the job's hash tag, so all its keys share a Redis Cluster slot)::
 
-    cu:job:{j}              hash   the job document's fields, its counters, and the dispatch cursor
-    cu:job:{j}:in:{n}       hash   per item of the chunk: "i" -> input JSON, "m:i" -> the item's memo
+    cu:{job:<j>}            hash   the job document's fields, its counters, and the dispatch cursor
+    cu:{job:<j>}:in:<n>     hash   per item of the chunk: "i" -> input JSON, "m:i" -> the item's memo
                                    across runs (attempt, reserved tokens, add in doubt),
                                    "n:i" -> the next item of its chain, "k:i" -> the digests of
                                    its identifier locks, "l:i" -> the leases that lapsed while it
                                    ran (the poison guard); and "meta" -> the job's tenant, total and
                                    options, "cancelled" -> "1" once cancelled, so an item reads
                                    everything it needs, and takes its locks, in one script
-    cu:job:{j}:res:{n}      hash   "i" -> the item's result JSON, written once (HSETNX)
-    cu:job:{j}:failed       zset   indexes of failed items (score = index), for filtered paging
-    cu:job:{j}:waits        set    indexes that wait for an earlier item of their chain
-    cu:job:{j}:ready        list   chain successors whose predecessor has ended, to dispatch first
-    cu:job:{j}:delayed      zset   items waiting to be retried (score = due time)
-    cu:job:{j}:plan         hash   while a submission is read: identifier digest -> the first item that named
+    cu:{job:<j>}:res:<n>    hash   "i" -> the item's result JSON, written once (HSETNX)
+    cu:{job:<j>}:failed     zset   indexes of failed items (score = index), for filtered paging
+    cu:{job:<j>}:waits      set    indexes that wait for an earlier item of their chain
+    cu:{job:<j>}:ready      list   chain successors whose predecessor has ended, to dispatch first
+    cu:{job:<j>}:delayed    zset   items waiting to be retried (score = due time)
+    cu:{job:<j>}:plan       hash   while a submission is read: identifier digest -> the first item that named
                                    it (worker/dispatch/planning.py); removed at the commit
-    cu:job:{j}:dry          hash   a dry run's predictions for the later items of a chain: "i:<digest>" -> the
+    cu:{job:<j>}:dry        hash   a dry run's predictions for the later items of a chain: "i:<digest>" -> the
                                    customer an identifier would lead to (or gone), "c:<customer>" -> that
                                    customer as the earlier items would leave it (worker/items/dryrun.py)
 
-The dispatcher's scripts (worker/store/lua/take_items.lua, reap_leases.lua) build a job's key names from
-its id in Lua, with these suffixes; they are passed the prefix (:func:`job`), :data:`CHUNK` and
-:data:`LOCK_PREFIX`.
+Every script receives the keys it touches in ``KEYS``, except where it cannot know them before it
+runs, which its header says: the dispatcher's scripts (worker/store/lua/take_items.lua, reap_leases.lua)
+serve many jobs at once and build a job's key names from its id in Lua, with these suffixes; they are
+passed :data:`JOB_KEY_FORMAT`, :data:`CHUNK` and :data:`LOCK_PREFIX`.
 
 Scheduler and fleet::
 
@@ -81,8 +83,15 @@ META_FIELD = "meta"
 CANCELLED_FIELD = "cancelled"
 
 
+#: A job's hash; every other key of the job is this and a suffix. The braces are the job's hash tag:
+#: all of a job's keys hash to one slot (Redis Cluster), so a script that touches one job's keys only
+#: never spans slots. The scripts that serve many jobs at once build a job's key from it
+#: (``string.format(ARGV[n], job)``: take_items.lua, reap_leases.lua).
+JOB_KEY_FORMAT = PREFIX + ":{job:%s}"
+
+
 def job(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}"
+    return JOB_KEY_FORMAT % job_id
 
 
 def chunk_number(index: int) -> int:

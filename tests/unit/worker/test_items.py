@@ -20,9 +20,7 @@ def submit(store, element, tenant: str = "default") -> str:
 
 
 def test_an_invalid_item_fails_without_a_call_and_leaves_no_lock(r, store):
-    """Defect: validation ran after the identifier locks were taken, in a round trip of their own.
-    The locks are now taken in the round trip that reads the item (one less for every valid item),
-    so an invalid one holds them only until its failure is recorded, in the next."""
+    """Validation runs before an item takes its identifier locks: an invalid one takes none."""
     job_id = submit(store, {"profiles": [{"identifiers": [{"type": "mobile", "value": "911111111"}]}]})
     lease(store, job_id, 0, "t1")
 
@@ -79,3 +77,29 @@ def test_a_messages_items_run_in_turn_and_those_waiting_keep_their_lease_alive(r
     assert [result["index"] for result in store.results(job_id, offset=0, limit=3)] == [0, 1, 2]
     assert seen[0] is not None and seen[0] > 1e9  # renewed while it waited behind the first item
     assert r.zcard(keys.INFLIGHT) == 0 and store.get_job(job_id)["failureCount"] == 3
+
+
+def test_a_messages_outcomes_wait_for_its_last_item_and_a_lost_lease_records_nothing(r, store):
+    """A message's outcomes are recorded in one step once its last item has run; an item whose lease was
+    taken away meanwhile (handed out again elsewhere) is not recorded, and the others are."""
+    invalid = {"profiles": [{"identifiers": [{"type": "mobile", "value": "911111111"}]}]}  # no source: 8004
+    job = store.new_job("default")
+    for _ in range(3):
+        job.add(invalid)
+    job_id = job.commit(skip_change_identifier=False, next_index={})
+    members = [lease(store, job_id, i, "t1") for i in range(3)]
+    ctx = context(r, store)
+    processed: list[int] = []
+
+    def guard(run):
+        processed.append(store.get_job(job_id)["processedCount"])
+        if len(processed) == 4:  # the last item has run; its message's record comes next
+            r.zrem(keys.INFLIGHT, members[1])
+        return run()
+
+    runs = run_items(ctx, job_id, [0, 1, 2], "t1", guard=guard)
+
+    assert processed == [0] * 5  # the read, three runs, the record: nothing recorded before the record
+    assert [run.summary for run in runs] == ["FAILED 8004", "ABANDONED: lease lost", "FAILED 8004"]
+    assert [result["action"] for result in store.results(job_id, offset=0, limit=3)] == ["FAILED", "PENDING", "FAILED"]
+    assert store.get_job(job_id)["processedCount"] == 2

@@ -229,3 +229,15 @@ def test_an_item_takes_the_locks_its_intake_named_all_or_none_and_takes_over_its
     assert locks.acquire(expected, keys.inflight_member(job_id, 0, "c"))  # a later delivery takes them over
     assert {r.get(k) for k in expected} == {keys.inflight_member(job_id, 0, "c")}
     assert 0 < r.pttl(expected[0]) <= 10_000
+
+
+def test_every_key_of_a_job_hashes_to_one_slot_and_other_jobs_spread(store, r):
+    """A job's keys carry its hash tag, so the scripts of one job touch one Redis Cluster slot."""
+    from redis.crc import key_slot
+
+    job_id = new_job(store, n=keys.CHUNK + 1)  # two chunks
+    stored = [k for k in r.scan_iter(match="cu:{job:*") if job_id in k]
+    assert len(stored) >= 3  # the hash and its two input chunks, at least
+    assert set(stored) <= set(keys.job_keys(job_id, keys.CHUNK + 1))
+    assert len({key_slot(k.encode()) for k in keys.job_keys(job_id, keys.CHUNK + 1)}) == 1
+    assert len({key_slot(keys.job(f"{n:032x}").encode()) for n in range(20)}) > 1

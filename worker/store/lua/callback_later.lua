@@ -2,7 +2,7 @@
 -- (worker/store/jobstore.py, JobStore.callback_later).
 --
 -- KEYS[1]: cu:callbacks.
--- KEYS[2]: the job hash (cu:job:<id>).
+-- KEYS[2]: the job hash (cu:{job:<id>}).
 -- ARGV[1]: the job id.
 -- ARGV[2]: the attempts made so far.
 -- ARGV[3]: the delay in seconds.

@@ -1,13 +1,13 @@
 -- cancel_job: cancel an unfinished job (worker/store/jobstore.py, JobStore.cancel).
 --
--- KEYS[1]: the job hash (cu:job:<id>).
+-- KEYS[1]: the job hash (cu:{job:<id>}).
 -- KEYS[2]: cu:inflight, the leases.
--- KEYS[3]: the job's delayed items (cu:job:<id>:delayed).
--- KEYS[4]: the job's ready list (cu:job:<id>:ready).
+-- KEYS[3]: the job's delayed items (cu:{job:<id>}:delayed).
+-- KEYS[4]: the job's ready list (cu:{job:<id>}:ready).
 -- KEYS[5]: cu:sched:jobs.
 -- KEYS[6]: cu:sched:due.
 -- KEYS[7]: cu:metrics.
--- KEYS[8...]: the job's input chunks (cu:job:<id>:in:<n>), each marked cancelled.
+-- KEYS[8...]: the job's input chunks (cu:{job:<id>}:in:<n>), each marked cancelled.
 -- ARGV[1]: the job id.
 -- ARGV[2]: the metrics field of the job's cancelled items.
 -- Reply: {state before (false when the job does not exist), 1 if nothing of it is left running else 0}.

@@ -2,8 +2,8 @@
 -- (worker/store/jobstore.py, JobStore.defer).
 --
 -- KEYS[1]: cu:inflight, the leases.
--- KEYS[2]: the item's input chunk (cu:job:<id>:in:<n>).
--- KEYS[3]: the job's delayed items (cu:job:<id>:delayed).
+-- KEYS[2]: the item's input chunk (cu:{job:<id>}:in:<n>).
+-- KEYS[3]: the job's delayed items (cu:{job:<id>}:delayed).
 -- KEYS[4]: cu:sched:due.
 -- KEYS[5...]: the item's identifier locks.
 -- ARGV[1]: the member 'job:index:token' of the delivery's lease.

@@ -1,7 +1,7 @@
 -- end_job: set a job's final state once, count it, schedule its callback (in the same step, so no
 -- crash between the two can lose it) and start the TTL of its keys (worker/store/jobstore.py, JobStore.end).
 --
--- KEYS[1]: the job hash (cu:job:<id>).
+-- KEYS[1]: the job hash (cu:{job:<id>}).
 -- KEYS[2]: cu:sched:jobs.
 -- KEYS[3]: cu:sched:due.
 -- KEYS[4]: cu:metrics.

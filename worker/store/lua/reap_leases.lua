@@ -5,7 +5,7 @@
 -- ARGV[1]: the lease in seconds.
 -- ARGV[2]: the most lapses an item may have before it is given up.
 -- ARGV[3]: the caller's leader token: nothing is done unless it holds the leader's lock.
--- ARGV[4]: the job key prefix (cu:job:, worker/store/keys.py).
+-- ARGV[4]: the format of a job's key, 'cu:{job:%s}' (worker/store/keys.py, JOB_KEY_FORMAT).
 -- ARGV[5]: the items per input chunk (worker/store/keys.py, CHUNK).
 -- ARGV[6]: the lock key prefix (cu:lock:).
 -- ARGV[7]: the items per packed input block (worker/store/packing.py, BLOCK).
@@ -14,17 +14,17 @@
 -- {'end', member, state, lapses} for one to record now (its job was cancelled, or it lapsed too
 -- often), {'gone', member} for one whose job has ended or expired.
 --
--- The lapsed leases are found here, so the keys of their jobs (ARGV[4] .. id, its input chunk
--- ARGV[4] .. id .. ':in:' .. n) and of their first identifier lock are built here too: the lock's
--- digest is the item's line of its block's 'f:<block>' field (or its own 'k:<index>' field, the
--- digests of all its locks, in jobs stored by an earlier version).
+-- Spans jobs by nature: the lapsed leases, of any job, are found here, so the keys of their jobs (the
+-- hash string.format(ARGV[4], id), its input chunk that .. ':in:' .. n) and of their first identifier
+-- lock are built here too, not passed in KEYS: the lock's digest is the item's line of its block's
+-- 'f:<block>' field (or the first of its own 'k:<index>' field, in jobs stored by an earlier version).
 -- Only a lease that lapsed while its item ran counts towards giving the item up ('l:i'); one whose
 -- message waited, or was lost on the way, is handed out again for free: waiting is never the item's
 -- fault. An item has started when it took its identifier locks, as it starts: its first lock holds this
 -- very delivery (the locks outlive the lease by a lease, so they still do). An item without locks
 -- is taken as started: its lapses count, as they always did.
 if redis.call('GET', KEYS[2]) ~= ARGV[3] then return {} end
-local job_prefix, chunk, lock_prefix, block = ARGV[4], tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
+local job_key, chunk, lock_prefix, block = ARGV[4], tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
 -- The first lock digest of item `index` of chunk `ck`, or nil when it has no lock.
 local function first_digest(ck, index)
   local own = redis.call('HGET', ck, 'k:' .. index)
@@ -48,7 +48,7 @@ local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, #AR
 local out = {}
 for n, member in ipairs(lapsed) do
   local job, index = string.match(member, '^([^:]+):(%d+):')
-  local jk = job_prefix .. job
+  local jk = string.format(job_key, job)
   local state = redis.call('HGET', jk, 'state')
   if not state or state == 'COMPLETED' then
     redis.call('ZREM', KEYS[1], member)

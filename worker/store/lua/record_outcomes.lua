@@ -2,12 +2,12 @@
 -- identifier locks and hand on their chains, in one step (worker/store/claims.py, ItemClaims.record_outcomes).
 --
 -- KEYS[1]: cu:inflight, the leases.
--- KEYS[2]: the job hash (cu:job:<id>).
--- KEYS[3]: the job's failed items (cu:job:<id>:failed).
--- KEYS[4]: the job's ready list (cu:job:<id>:ready).
+-- KEYS[2]: the job hash (cu:{job:<id>}).
+-- KEYS[3]: the job's failed items (cu:{job:<id>}:failed).
+-- KEYS[4]: the job's ready list (cu:{job:<id>}:ready).
 -- KEYS[5]: cu:sched:due.
 -- KEYS[6 .. 5+c]: the chunks the items name by position below: their result chunks
--- (cu:job:<id>:res:<n>) and the input chunks of their memos (cu:job:<id>:in:<n>).
+-- (cu:{job:<id>}:res:<n>) and the input chunks of their memos (cu:{job:<id>}:in:<n>).
 -- KEYS[6+c ...]: the items' identifier locks, item after item, to delete.
 -- ARGV[1]: the job id.
 -- ARGV[2]: c, the number of chunk keys.

@@ -8,19 +8,21 @@
 -- ARGV[1]: the lease in seconds.
 -- ARGV[2]: now, ISO 8601 (a job's startedAt).
 -- ARGV[3]: the caller's leader token: nothing is handed out unless it holds the leader's lock.
--- ARGV[4]: the job key prefix (cu:job:, worker/store/keys.py).
+-- ARGV[4]: the format of a job's key, 'cu:{job:%s}' (worker/store/keys.py, JOB_KEY_FORMAT).
 -- ARGV[5...]: per job: its id, '1' when it is due (has retries or successors) else '0', k, then k
 -- fresh tokens.
 -- Reply: {members, {job, cursor, job, cursor, ...}}: the leases created ('job:index:token'), and
 -- each job's dispatch cursor after the call.
 --
--- This script serves many jobs at once, so it builds a job's keys from its id (ARGV[4] .. id, and
--- the suffixes :delayed, :ready, :waits of worker/store/keys.py) instead of receiving them in KEYS.
+-- Spans jobs by nature: it serves every job the leader allots slots to in one call, so it builds a
+-- job's keys from its id (string.format(ARGV[4], id), and the suffixes :delayed, :ready, :waits of
+-- worker/store/keys.py) instead of receiving them in KEYS. Each job's keys share its hash tag; the
+-- scheduler's keys (KEYS) are the fleet's own.
 if redis.call('GET', KEYS[3]) ~= ARGV[3] then return {{}, {}} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local expiry = now + tonumber(ARGV[1])
-local job_prefix = ARGV[4]
+local job_key = ARGV[4]
 local members, cursors = {}, {}
 -- Lua's unpack gives at most a few thousand values: a big fleet's tick takes more, so in slices.
 local function call_sliced(command, key, values, step)
@@ -33,7 +35,7 @@ while i <= #ARGV do
   local job, due, k = ARGV[i], ARGV[i + 1] == '1', tonumber(ARGV[i + 2])
   local tokens = i + 3
   i = i + 3 + k
-  local jk = job_prefix .. job
+  local jk = string.format(job_key, job)
   local state, cursor, total, chained = unpack(redis.call('HMGET', jk, 'state', 'cursor', 'totalCount', 'chained'))
   if state == 'QUEUED' or state == 'RUNNING' then
     if state == 'QUEUED' then redis.call('HSET', jk, 'state', 'RUNNING', 'startedAt', ARGV[2]) end
