@@ -1,11 +1,13 @@
 """The API as the Procfile's `web` line starts it (gunicorn), for tests that need a real HTTP server:
 the command line's subprocess tests and the browser tests. A test module imports
-``web_url_fixture`` to have the ``web_url`` fixture."""
+``web_url_fixture`` to have the ``web_url`` fixture. :class:`WebMemory` reads what its workers hold
+(the tests and benches that show the intake and the export stream)."""
 
 from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -28,3 +30,30 @@ def web_url_fixture(settings, tmp_path_factory) -> Iterator[str]:
             yield url
         finally:
             procfile.stop(process)
+
+
+class WebMemory:
+    """The peak resident memory of the web process's gunicorn workers (VmHWM), from a mark on: what the
+    requests handled since then needed at most, whatever the body's size."""
+
+    def __init__(self, master_pid: int) -> None:
+        children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+        self.workers = [int(pid) for pid in children]
+
+    def mark(self) -> None:
+        """Reset the peaks: from now on they are the coming requests' (needs write access to /proc)."""
+        for pid in self.workers:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+    def peak(self) -> int:
+        return max(self._field(pid, "VmHWM:") for pid in self.workers)
+
+    def resident(self) -> int:
+        return max(self._field(pid, "VmRSS:") for pid in self.workers)
+
+    @staticmethod
+    def _field(pid: int, name: str) -> int:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(name):
+                return int(line.split()[1]) * 1024
+        return 0

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from worker.context import WorkerContext
@@ -158,9 +158,13 @@ def run_items(ctx: WorkerContext, job_id: str, indexes: list[int], token: str,
             tries = [claimed[position]]
 
             def run(index: int = index, member: str = member, last: bool = position == len(indexes) - 1,
-                    tries: list[ItemWork] = tries) -> ItemRun | _Ran:
+                    first: bool = position == 0, tries: list[ItemWork] = tries) -> ItemRun | _Ran:
                 # Run again after a store outage: read again, as the first run may have written its memo.
                 work = tries.pop() if tries else ctx.store.claim_items(job_id, [index], token)[0]
+                if not first and not work.cancelled and work.meta is not None:
+                    # The message was read before the items ahead of this one ran: a cancel since
+                    # then must still end this one, which has not started, CANCELLED.
+                    work = replace(work, cancelled=ctx.store.cancelled_since(job_id, index))
                 with _current(job_id, index):
                     return _run_claimed(ctx, work, job_id, index, member, last)
             try:

@@ -118,6 +118,11 @@ class ItemClaims:
     def load_item(self, job_id: str, index: int) -> ItemWork:
         return self.load_items(job_id, [index])[0]
 
+    def cancelled_since(self, job_id: str, index: int) -> bool:
+        """Whether the item's job has been cancelled: asked as each item of a message but the first
+        starts, as the message's read may be older than a cancel (one command)."""
+        return self.redis.hexists(keys.inputs(job_id, index), keys.CANCELLED_FIELD)
+
     def load_items(self, job_id: str, indexes: list[int]) -> list[ItemWork]:
         """Items as stored (worker/store/packing.py), with what earlier runs left: one command per
         input chunk they lie in (one, for a message's items), in one round trip."""

@@ -103,3 +103,28 @@ def test_a_messages_outcomes_wait_for_its_last_item_and_a_lost_lease_records_not
     assert [run.summary for run in runs] == ["FAILED 8004", "ABANDONED: lease lost", "FAILED 8004"]
     assert [result["action"] for result in store.results(job_id, offset=0, limit=3)] == ["FAILED", "PENDING", "FAILED"]
     assert store.get_job(job_id)["processedCount"] == 2
+
+
+def test_a_cancel_while_a_messages_first_item_runs_ends_the_items_behind_it_cancelled(r, store):
+    """The message's items are read together, before the first runs: the ones behind it look again, so a
+    cancel meanwhile still ends every item not yet started CANCELLED."""
+    invalid = {"profiles": [{"identifiers": [{"type": "mobile", "value": "911111111"}]}]}  # no source: 8004
+    job = store.new_job("default")
+    for _ in range(3):
+        job.add(invalid)
+    job_id = job.commit(skip_change_identifier=False, next_index={})
+    for i in range(3):
+        lease(store, job_id, i, "t1")
+    calls: list[str] = []
+
+    def guard(run):
+        calls.append("call")
+        if len(calls) == 3:  # the first item has run; the second is about to start
+            store.cancel(job_id)
+        return run()
+
+    runs = run_items(context(r, store), job_id, [0, 1, 2], "t1", guard=guard)
+
+    assert [run.summary for run in runs] == ["FAILED 8004", "CANCELLED", "CANCELLED"]
+    job = store.get_job(job_id)
+    assert (job["processedCount"], job["cancelledCount"]) == (3, 2)
