@@ -101,7 +101,7 @@ def test_a_messages_slot_is_freed_by_its_last_item_not_its_first(store, r):
 def test_once_messages_carry_several_items_fewer_of_them_are_queued(store, r):
     """Each thread needs about one item queued behind it, not one message: with several items a message,
     fewer queued messages keep it busy, and a new job's first message waits behind fewer."""
-    job_id = new_job(store, n=200)
+    job_id = new_job(store, n=30 * ITEMS_PER_MESSAGE)
     recorder = Recorder()
     d = dispatcher(r, recorder, slots=8)
     d.tick()  # nothing in flight yet: 8 threads and 8 queued
