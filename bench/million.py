@@ -29,20 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis
 import requests
 
-from cli import procfile
-from tests.helpers import (
-    JOBS,
-    TOKEN,
-    RedisServer,
-    Simulator,
-    Worker,
-    free_port,
-    make_settings,
-    ndjson_file,
-    settings_env,
-    wait_for,
-)
-from tests.web_process import WebMemory
+from tests.helpers import JOBS, TOKEN, RedisServer, Simulator, Worker, make_settings, ndjson_file, wait_for
+from tests.web_process import big_job_limits, web_process
 
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -82,17 +70,10 @@ def main() -> int:
         sim = Simulator(folder)
         sim.reset(latencyMs=args.latency_ms)
         settings = make_settings(server.url, sim.url, worker_concurrency=32)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = settings_env(settings) | {"PORT": str(port), "MAX_ITEMS_PER_JOB": str(args.items),
-                                        "MAX_BODY_BYTES": str(2 * payload)}
         worker = Worker(settings, folder / "worker.log")
         store = redis.Redis.from_url(server.url)
-        with (folder / "web.log").open("wb") as log:
-            web = procfile.start("web", env, stdout=log, stderr=log)
-            try:
-                wait_for(lambda: requests.get(url + "/readyz", timeout=1).ok, timeout=60, what="gunicorn")
-                memory = WebMemory(web.pid)
+        try:
+            with web_process(folder, settings, **big_job_limits(args.items, payload)) as (url, memory):
                 idle = memory.peak()
                 baseline = int(store.info("memory")["used_memory"])
                 redis_peak = PeakMemory(server.url)
@@ -136,11 +117,10 @@ def main() -> int:
                         size += len(line) + 1
                 exported = time.perf_counter() - started
                 export_peak = memory.peak()
-            finally:
-                procfile.stop(web)
-                worker.stop()
-                sim.stop()
-                server.stop()
+        finally:
+            worker.stop()
+            sim.stop()
+            server.stop()
 
     n = args.items
     print(f"{n:,} customers as NDJSON ({payload / 1e6:.0f} MB, {payload / n:.0f} B a line) through the web process "

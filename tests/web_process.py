@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import requests
 
 from cli import procfile
 from tests.helpers import free_port, settings_env, wait_for
+from worker.settings import Settings
 
 
 @pytest.fixture(scope="module", name="web_url")
@@ -57,3 +59,25 @@ class WebMemory:
             if line.startswith(name):
                 return int(line.split()[1]) * 1024
         return 0
+
+
+@contextmanager
+def web_process(folder: Path, settings: Settings, **env: str) -> Iterator[tuple[str, WebMemory]]:
+    """The Procfile's web line (gunicorn) on a free port, with ``settings`` and ``env`` over them, until
+    the block ends: its URL, and its workers' memory."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (folder / "web.log").open("wb") as log:
+        process = procfile.start("web", settings_env(settings) | {"PORT": str(port), **env}, stdout=log,
+                                 stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: requests.get(url + "/readyz", timeout=1).ok, timeout=60,
+                     what=f"gunicorn from the Procfile (log: {folder / 'web.log'})")
+            yield url, WebMemory(process.pid)
+        finally:
+            procfile.stop(process)
+
+
+def big_job_limits(items: int, body_bytes: int) -> dict[str, str]:
+    """The two settings the README names for a job of a million profiles, raised to fit this one."""
+    return {"MAX_ITEMS_PER_JOB": str(items), "MAX_BODY_BYTES": str(2 * body_bytes)}

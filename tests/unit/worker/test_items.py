@@ -19,6 +19,15 @@ def submit(store, element, tenant: str = "default") -> str:
     return job.commit(skip_change_identifier=False, next_index={})
 
 
+def three_invalid_items(store) -> str:
+    """A job of three items that fail validation (no source: 8004), so that they need no downstream."""
+    invalid = {"profiles": [{"identifiers": [{"type": "mobile", "value": "911111111"}]}]}
+    job = store.new_job("default")
+    for _ in range(3):
+        job.add(invalid)
+    return job.commit(skip_change_identifier=False, next_index={})
+
+
 def test_an_invalid_item_fails_without_a_call_and_leaves_no_lock(r, store):
     """Validation runs before an item takes its identifier locks: an invalid one takes none."""
     job_id = submit(store, {"profiles": [{"identifiers": [{"type": "mobile", "value": "911111111"}]}]})
@@ -56,11 +65,7 @@ def test_a_delivery_of_a_cancelled_job_ends_cancelled_without_a_call(r, store):
 def test_a_messages_items_run_in_turn_and_those_waiting_keep_their_lease_alive(r, store):
     """A message of several items (worker/dispatch/scheduler.py): while the first runs, the keeper renews the
     leases of those behind it, so a slow first item never lets them lapse and run twice elsewhere."""
-    invalid = {"profiles": [{"identifiers": [{"type": "mobile", "value": "911111111"}]}]}  # no source: 8004
-    job = store.new_job("default")
-    for _ in range(3):
-        job.add(invalid)
-    job_id = job.commit(skip_change_identifier=False, next_index={})
+    job_id = three_invalid_items(store)
     members = [lease(store, job_id, i, "t1") for i in range(3)]
     ctx = context(r, store)
     seen: list[float | None] = []
@@ -82,11 +87,7 @@ def test_a_messages_items_run_in_turn_and_those_waiting_keep_their_lease_alive(r
 def test_a_messages_outcomes_wait_for_its_last_item_and_a_lost_lease_records_nothing(r, store):
     """A message's outcomes are recorded in one step once its last item has run; an item whose lease was
     taken away meanwhile (handed out again elsewhere) is not recorded, and the others are."""
-    invalid = {"profiles": [{"identifiers": [{"type": "mobile", "value": "911111111"}]}]}  # no source: 8004
-    job = store.new_job("default")
-    for _ in range(3):
-        job.add(invalid)
-    job_id = job.commit(skip_change_identifier=False, next_index={})
+    job_id = three_invalid_items(store)
     members = [lease(store, job_id, i, "t1") for i in range(3)]
     ctx = context(r, store)
     processed: list[int] = []
@@ -108,11 +109,7 @@ def test_a_messages_outcomes_wait_for_its_last_item_and_a_lost_lease_records_not
 def test_a_cancel_while_a_messages_first_item_runs_ends_the_items_behind_it_cancelled(r, store):
     """The message's items are read together, before the first runs: the ones behind it look again, so a
     cancel meanwhile still ends every item not yet started CANCELLED."""
-    invalid = {"profiles": [{"identifiers": [{"type": "mobile", "value": "911111111"}]}]}  # no source: 8004
-    job = store.new_job("default")
-    for _ in range(3):
-        job.add(invalid)
-    job_id = job.commit(skip_change_identifier=False, next_index={})
+    job_id = three_invalid_items(store)
     for i in range(3):
         lease(store, job_id, i, "t1")
     calls: list[str] = []
