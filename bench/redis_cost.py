@@ -7,7 +7,8 @@ Commands: one job of ``--items`` new customers on a private stack (Redis, the si
 client polling the job once a second, as a patient client does. The server's own count (INFO
 commandstats, reset before the job) is the honest figure: it is what Redis's one core executes.
 Beside it, read from MONITOR for the same job: the commands clients sent (each command of a
-pipeline counted, a script call counted once) and what they were, and the commands scripts ran.
+pipeline counted, a script call counted once: an upper bound on round trips) and what they were, and
+the commands scripts ran.
 
 Bytes: a job of ``--memory-items`` customers sent as NDJSON (a realistic 355 bytes a line) on a
 stack of its own; Redis's ``used_memory`` is sampled while the job runs, and its peak above the
@@ -167,7 +168,7 @@ def main() -> int:
           f"{os.cpu_count()} cores; {cost['seconds']:.1f} s, a client polling once a second ({cost['polls']} polls)")
     print(f"Redis commands per item (executed by the server, scripts' and broker's included): {total / n:5.2f}"
           "   (goal <= 6)")
-    print(f"commands sent by clients per item (round trips; a script call is one):         {sent / n:5.2f}")
+    print(f"commands sent by clients per item (a script call is one; a pipeline's apart): {sent / n:5.2f}")
     print("sent by clients, per item:  " + ", ".join(f"{k} {v / n:.2f}" for k, v in by_client.most_common(12)))
     print("run by scripts, per item:   " + ", ".join(f"{k} {v / n:.2f}" for k, v in by_script.most_common(12)))
     if memory is not None:

@@ -71,13 +71,13 @@ class Dispatcher(Reaping):
     """The leader's loop: hand out free slots fairly, recover lapsed leases, end the jobs whose items have all ended.
 
     ``publish`` sends deliveries to the broker; ``end_lapsed`` records an item whose lease lapsed
-    in a cancelled job, or too often; ``end_job`` queues the end of a job whose items have all
+    in a cancelled job, or too often; ``end_job`` ends a job whose items have all
     ended. All three are plain callables, so the loop runs without Celery in tests.
     """
 
     def __init__(self, client: redis.Redis, settings: Settings, tenants: dict[str, Tenant], *,
                  publish: Callable[[list[Delivery]], None], end_lapsed: Callable[[Lapsed], None],
-                 end_job: Callable[[str, str], None], send_callback: Callable[[str], None] | None = None,
+                 end_job: Callable[[str, str], object], send_callback: Callable[[str], None] | None = None,
                  worker: str | None = None) -> None:
         self.redis = client
         self.settings = settings

@@ -12,7 +12,7 @@ and in round trips: a message's items are read, and their leases checked, in one
 outcomes are recorded, their leases ended, their locks released and their chains handed on by one
 script (:meth:`JobStore.record_outcomes`). An item bumps exactly one counter, that of its kind of
 outcome (:data:`OUTCOME_COUNTERS`); the job document's counts are sums of them, and the dispatcher,
-which sees every job's items in flight, queues the job's end once the counters add up to the total.
+which sees every job's items in flight, ends the job once the counters add up to the total.
 """
 
 from __future__ import annotations
