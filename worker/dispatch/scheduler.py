@@ -95,6 +95,8 @@ class Dispatcher(Reaping):
         self.leadership = Leadership(client, self.worker)
         self._jobs: dict[str, JobView] = {}
         self._turn = 0
+        #: Per tenant, where its jobs' round-robin goes on at the next tick
+        self._next_job: Counter[str] = Counter()
         self._slots = 0
         self._next_slow_round = 0.0
         self._next_orphan_round = 0.0
@@ -261,7 +263,10 @@ class Dispatcher(Reaping):
         tenants = tenants[start:] + tenants[:start]
         self._turn += 1
         allot: Counter[str] = Counter()
-        next_job = dict.fromkeys(tenants, 0)
+        # Each tenant's jobs take turns across ticks too, from where the last tick left off: with one slot
+        # free a tick (messages of many items free their slots seldom), the first job would otherwise take
+        # them all.
+        next_job = {tenant: self._next_job[tenant] % len(by_tenant[tenant]) for tenant in tenants}
         while free > 0:
             progressed = False
             for tenant in tenants:
@@ -282,6 +287,7 @@ class Dispatcher(Reaping):
                         break
             if not progressed:
                 break
+        self._next_job.update(next_job)
         return dict(allot)
 
     def _cap(self, tenant: str) -> int:

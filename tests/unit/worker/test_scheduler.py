@@ -129,6 +129,28 @@ def test_free_slots_go_round_robin_by_tenant_then_by_job(store, r):
     assert per_job[small] == 6 and per_job[big] == per_job[other] == 3
 
 
+def test_with_one_slot_free_a_tick_a_tenants_jobs_take_turns(store, r):
+    """Defect: each tick's round-robin over a tenant's jobs began again at its first job, so with one slot
+    freed a tick (messages of sixteen items free theirs seldom) a small job waited behind a big one of the
+    same tenant for as long as the big one took every slot: 5 s for a one-profile job in bench/scheduling.py."""
+    big = new_job(store, n=100 * ITEMS_PER_MESSAGE)
+    recorder = Recorder()
+    d = dispatcher(r, recorder, slots=2)
+    d.tick()  # the fleet full: 2 threads and 4 queued
+    small = new_job(store, n=1)
+    handed: list[str] = []
+    for _ in range(4):  # a message ends each tick, freeing one slot
+        (job_id, token), _indexes = next(iter(messages(recorder.published).items()))
+        for x in [x for x in recorder.published if (x.job_id, x.token) == (job_id, token)]:
+            store.record_outcome(x.member, job_id, x.index, {"index": x.index, "action": "CREATED", "errors": []},
+                                 failed=False)
+            recorder.published.remove(x)
+        d.tick()
+        handed += [x.job_id for x in recorder.published[-1:]]
+
+    assert small in handed[:2] and big in handed
+
+
 def test_a_tenant_cap_holds_and_the_rest_of_the_fleet_serves_others(store, r):
     capped = new_job(store, n=100, tenant="north")
     free = new_job(store, n=100, tenant="south")
