@@ -1,7 +1,7 @@
 """A million-line NDJSON upload through the web process the Procfile starts: accepted, with the web
 worker's memory bounded (it streams) and the job store holding less than the payload (inputs packed).
 
-Slow (about a minute and a half on the 2-core machine: the file is written, then sent over HTTP), and
+Slow (about 45 s on the 2-core machine: the file is written, then sent over HTTP), and
 kept in the suite rather than in bench/: it is the one check that the intake streams at the size the
 README promises. Its timings are bench/million.py's to print, not this test's to assert.
 """
