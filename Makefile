@@ -30,10 +30,12 @@ lint: install ## ruff and mypy (api/, worker/, cli/)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: install ## print throughput, scheduling, intake-memory, operating-condition, leader and learned-rate figures (docs/performance.md)
+bench: install ## print throughput, Redis-cost, scheduling, intake-memory, million-profile, operating-condition, leader and learned-rate figures (docs/performance.md)
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/redis_cost.py
 	$(BIN)/python bench/scheduling.py
 	$(BIN)/python bench/intake_memory.py
+	$(BIN)/python bench/million.py
 	$(BIN)/python bench/conditions.py
 	$(BIN)/python bench/leader.py
 	$(BIN)/python bench/learned_rates.py

@@ -31,6 +31,7 @@ import requests
 from api.app import create_app
 from cli import procfile
 from tests.helpers import JOBS, TOKEN, RedisServer, free_port, make_settings, ndjson_file, settings_env, wait_for
+from tests.web_process import WebMemory
 
 CSV_HEADER = ("firstName,lastName,source,accountId,identifiers.externalId,identifiers.mobile,identifiers.email,"
               "customFields.city,customFields.tier,extendedFields.gender\r\n")
@@ -67,18 +68,6 @@ def csv_file(path: Path, count: int) -> Path:
     return path
 
 
-def _gunicorn_workers(master: int) -> list[int]:
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    return [int(pid) for pid in children]
-
-
-def _peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def web_process(folder: Path, rows: int) -> None:
     """Accept time and the web worker's peak memory for ``rows`` customers as CSV and as NDJSON."""
     server = RedisServer(folder).start()
@@ -93,16 +82,15 @@ def web_process(folder: Path, rows: int) -> None:
         try:
             url = f"http://127.0.0.1:{port}"
             wait_for(lambda: requests.get(url + "/readyz", timeout=1).ok, timeout=60, what="gunicorn")
-            workers = _gunicorn_workers(web.pid)
-            idle = max(_peak_rss(pid) for pid in workers)
+            memory = WebMemory(web.pid)
+            idle = memory.peak()
             print(f"\n{rows:,} customers through the web process (gunicorn, the Procfile's web line); idle worker "
                   f"{idle / 1e6:.0f} MB resident:")
             measured = {}
             for name, path, content_type in (("NDJSON", ndjson_path, "application/x-ndjson"),
                                              ("CSV", csv_path, "text/csv")):
                 redis.Redis.from_url(server.url).flushall()
-                for pid in workers:  # VmHWM from now on: this request's peak, not an earlier one's
-                    Path(f"/proc/{pid}/clear_refs").write_text("5")
+                memory.mark()  # VmHWM from now on: this request's peak, not an earlier one's
                 with path.open("rb") as body:
                     start = time.perf_counter()
                     response = requests.post(f"{url}{JOBS}/bulk", data=body, timeout=900, headers={
@@ -111,7 +99,7 @@ def web_process(folder: Path, rows: int) -> None:
                     seconds = time.perf_counter() - start
                 assert response.status_code == 202, response.text[:500]
                 assert response.json()["totalCount"] == rows
-                peak = max(_peak_rss(pid) for pid in workers)
+                peak = memory.peak()
                 measured[name] = (seconds, peak)
                 print(f"  {name:<7} {path.stat().st_size / 1e6:6.0f} MB accepted in {seconds:6.1f} s "
                       f"({rows / seconds:,.0f} rows/s); web worker peak {peak / 1e6:5.0f} MB resident")

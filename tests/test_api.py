@@ -19,7 +19,7 @@ from tests.helpers import (
     post_ndjson,
     stored_job_ids,
 )
-from worker.store import keys
+from worker.store import keys, packing
 
 
 @pytest.fixture
@@ -78,7 +78,10 @@ def test_an_ndjson_file_is_stored_as_it_is_read_not_held_in_memory(idle_app, tmp
     # one chunk of 1,000 lines and a 16-byte digest per identifier are all the intake holds.
     print(f"NDJSON intake peak: {peak / 1e6:.1f} MB for a {size / 1e6:.1f} MB file")
     assert peak < 1.5 * size, (peak, size)
-    stored = r.hget(keys.inputs(response.get_json()['jobId'], 9999), "9999")
+    # Stored packed, a block of items to a field (worker/store/packing.py), and read back whole.
+    job_id, fields = response.get_json()["jobId"], packing.input_fields([9999])
+    values = [v.decode() if v is not None else None for v in r.hmget(keys.inputs(job_id, 9999), fields)]
+    stored, _memo, _successor = packing.read_inputs([9999], values)[9999]
     assert json.loads(stored)["profiles"][0]["identifiers"][0]["value"] == "X-9999"
 
 

@@ -40,7 +40,7 @@ def process_item(self, job_id: str, index: int | list[int], lease: str = "", ten
     versions, still queued across an upgrade). ``tenant`` is there for people reading Flower; the
     worker takes the tenant from the stored job.
     The answer is the item's outcome as Flower shows it, or ``#index outcome`` per item joined by
-    ``; ``. The job's end is queued by the dispatcher, which sees when a job's last item has ended."""
+    ``; ``. The job is ended by the dispatcher, which sees when a job's last item has ended."""
     ctx = context_of(self.app)
     token = lease or earlier.get("token", "")
     try:
@@ -133,7 +133,10 @@ def start_scheduling(sender, **kwargs) -> None:
     dispatcher = Dispatcher(ctx.store.redis, ctx.settings, ctx.tenants, worker=ctx.worker,
                             publish=lambda deliveries: publish(app, deliveries),
                             end_lapsed=lambda entry: end_lapsed(ctx, entry),
-                            end_job=lambda job_id, tenant: end.delay(job_id, tenant=tenant),
+                            # Ended in the leader's own thread (one script), not queued as a task: a
+                            # queued end would wait behind the fleet's queued messages, which carry up
+                            # to sixteen items each, and a small job's end with it.
+                            end_job=lambda job_id, tenant: end_job(ctx.store, job_id),
                             send_callback=lambda job_id: callback.delay(job_id))
     for name, target, stop in (("lease-keeper", ctx.keeper.run, ctx.keeper.leave),
                                ("dispatcher", dispatcher.run, dispatcher.stop),

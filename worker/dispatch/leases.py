@@ -62,6 +62,8 @@ class LeaseLost(Exception):
 @dataclass
 class _Held:
     locks: list[str] = field(default_factory=list)
+    #: When the locks were taken or last extended (monotonic): they live twice a lease from then
+    locks_at: float = field(default_factory=time.monotonic)
 
 
 class LeaseKeeper:
@@ -101,17 +103,24 @@ class LeaseKeeper:
             raise LeaseLost(member)
 
     def renew_once(self) -> None:
+        """Renew every lease held, and the locks taken or extended more than half a lease ago: they
+        live twice a lease, so the others have over a lease left, and an item's locks are mostly
+        released before they ever need it (a command each, and an item holds two or three)."""
+        started = time.monotonic()
         with self._lock:
-            held = {m: list(h.locks) for m, h in self._held.items()}
+            held = {m: list(h.locks) if started - h.locks_at > self.lease / 2 else []
+                    for m, h in self._held.items()}
         args: list = [self.worker, self.slots, self.lease, int(self.lease * 2000)]
         lock_keys: list[str] = []
         for member, locks in held.items():
             args += [member, len(locks)]
             lock_keys += locks
-        started = time.monotonic()
         lost = self._renew(keys=[keys.INFLIGHT, keys.FLEET, keys.FLEET_SLOTS, *lock_keys], args=args)
         with self._lock:
             self._lost.update(m for m in lost if m in self._held)
+            for member, locks in held.items():
+                if locks and member in self._held:
+                    self._held[member].locks_at = started
         self._renewed_at = started
         if lost:
             log.warning("%s leases were taken away from this worker; their items run elsewhere now", len(lost))

@@ -2,7 +2,7 @@
 
 Lapsed leases are handed out again under a new token, or ended (an item of a cancelled job, or one
 whose lease lapsed more than :data:`MAX_LAPSES` times after it started: error 9004); a job whose items
-have all ended is queued to end; a job stuck short of its total is rescued; a job accepted but missing
+have all ended is ended; a job stuck short of its total is rescued; a job accepted but missing
 from the scheduler is scheduled again. :class:`Reaping` is the part of the leader's loop
 (worker/dispatch/scheduler.py) that does it.
 """
@@ -21,7 +21,7 @@ from redis.commands.core import Script
 from worker.dispatch.leadership import Leadership
 from worker.dispatch.leases import Delivery, new_token
 from worker.settings import Tenant
-from worker.store import keys
+from worker.store import keys, packing
 from worker.store.jobstore import job_counts
 from worker.store.metric_fields import ITEMS as ITEMS_METRIC
 from worker.store.metric_fields import field as metrics_field
@@ -35,7 +35,8 @@ STUCK_SECONDS = 5.0
 #: How old an accepted job must be, and how often the leader looks, before a job missing from the
 #: scheduler is scheduled again (:meth:`Dispatcher.schedule_orphans`).
 ORPHAN_SECONDS = 30.0
-#: A job whose end was queued and has not happened this long after (its message was lost) is queued again.
+#: A job whose end was asked for and has not happened this long after (it failed, or its message was lost) is
+#: asked for again.
 ENDING_SECONDS = 10.0
 #: A job found stuck is looked at again this long after, not at every tick.
 STUCK_LOOK_SECONDS = 1.0
@@ -68,7 +69,7 @@ class Reaping:
     lease: float
     leadership: Leadership
     end_lapsed: Callable[[Lapsed], None]
-    end_job: Callable[[str, str], None]
+    end_job: Callable[[str, str], object]
     _reap: Script
     _jobs: dict[str, JobView]
     _ending: dict[str, float]
@@ -121,7 +122,7 @@ class Reaping:
     def recover_lapsed(self, limit: int = 200) -> int:
         out = self._reap(keys=[keys.INFLIGHT, keys.LEADER],
                          args=[self.lease, MAX_LAPSES, self.leadership.token, keys.JOB_KEY_FORMAT, keys.CHUNK,
-                               keys.LOCK_PREFIX, *(new_token() for _ in range(limit))])
+                               keys.LOCK_PREFIX, packing.BLOCK, *(new_token() for _ in range(limit))])
         again: list[Delivery] = []
         for entry in out:
             kind, member = entry[0], entry[1]
@@ -138,9 +139,9 @@ class Reaping:
         return len(out)
 
     def end_ended(self, job_ids: list[str], in_job: Counter[str], due: set[str]) -> None:
-        """Queue the end of every job whose items have all ended: all dispatched, none in flight,
-        and its outcome counters adding up to its total. A job whose end was queued and has not
-        happened ten seconds later (its message was lost) is queued again.
+        """End every job whose items have all ended: all dispatched, none in flight, and its outcome
+        counters adding up to its total. A job whose end was asked for and has not happened ten
+        seconds later is asked for again.
 
         The sweeper: a job with nothing queued, running or due whose counters still fall short (an
         outcome lost by a bug, say) is rescued after :data:`STUCK_SECONDS` (:meth:`rescue`), so

@@ -59,23 +59,25 @@ SLOW_ROUND_SECONDS = 1.0
 #: three Redis commands, so it is not quicker than the buffer needs (see :meth:`Dispatcher.target`).
 BUSY_TICK_SECONDS = 0.1
 IDLE_TICK_SECONDS = 0.25
-#: Items one message carries at most. Four takes three quarters of the per-message cost off a big
-#: job's items; more would save little more and make a message, and the wait behind the queued
-#: ones, longer (see bench/throughput.py and bench/scheduling.py in the README).
-ITEMS_PER_MESSAGE = 4
+#: Items one message carries at most. Sixteen take all but a sixteenth of the per-message cost off a
+#: big job's items: Celery's and the broker's, and the Redis commands of reading the items and
+#: recording their outcomes, which a message's items share (bench/redis_cost.py: 5.6 commands an item
+#: against 6.4 with eight). Each thread still runs one item at a time, so caps and windows bound the
+#: calls as before; a job with fewer items left than slots still gets one item a message.
+ITEMS_PER_MESSAGE = 16
 
 
 class Dispatcher(Reaping):
     """The leader's loop: hand out free slots fairly, recover lapsed leases, end the jobs whose items have all ended.
 
     ``publish`` sends deliveries to the broker; ``end_lapsed`` records an item whose lease lapsed
-    in a cancelled job, or too often; ``end_job`` queues the end of a job whose items have all
+    in a cancelled job, or too often; ``end_job`` ends a job whose items have all
     ended. All three are plain callables, so the loop runs without Celery in tests.
     """
 
     def __init__(self, client: redis.Redis, settings: Settings, tenants: dict[str, Tenant], *,
                  publish: Callable[[list[Delivery]], None], end_lapsed: Callable[[Lapsed], None],
-                 end_job: Callable[[str, str], None], send_callback: Callable[[str], None] | None = None,
+                 end_job: Callable[[str, str], object], send_callback: Callable[[str], None] | None = None,
                  worker: str | None = None) -> None:
         self.redis = client
         self.settings = settings
@@ -93,6 +95,8 @@ class Dispatcher(Reaping):
         self.leadership = Leadership(client, self.worker)
         self._jobs: dict[str, JobView] = {}
         self._turn = 0
+        #: Per tenant, where its jobs' round-robin goes on at the next tick
+        self._next_job: Counter[str] = Counter()
         self._slots = 0
         self._next_slow_round = 0.0
         self._next_orphan_round = 0.0
@@ -259,7 +263,10 @@ class Dispatcher(Reaping):
         tenants = tenants[start:] + tenants[:start]
         self._turn += 1
         allot: Counter[str] = Counter()
-        next_job = dict.fromkeys(tenants, 0)
+        # Each tenant's jobs take turns across ticks too, from where the last tick left off: with one slot
+        # free a tick (messages of many items free their slots seldom), the first job would otherwise take
+        # them all.
+        next_job = {tenant: self._next_job[tenant] % len(by_tenant[tenant]) for tenant in tenants}
         while free > 0:
             progressed = False
             for tenant in tenants:
@@ -280,6 +287,7 @@ class Dispatcher(Reaping):
                         break
             if not progressed:
                 break
+        self._next_job.update(next_job)
         return dict(allot)
 
     def _cap(self, tenant: str) -> int:

@@ -5,10 +5,12 @@ of different jobs. A lock is a plain key, named by a digest of the identifier; i
 holding delivery (``job:index:token``). A later delivery of the same item (its lease lapsed and
 it was handed out again) takes the lock over at once instead of waiting for it to expire.
 
-The intake stores each item's lock digests beside its input, and the worker takes the locks in
-the script that reads the item (``JobStore.claim_item``), in the same round trip. This class
-takes them for items stored without the digests (by an earlier version), and is the reference
-the script must agree with: both name a lock by :func:`worker.store.keys.identifier_lock`.
+The worker names an item's locks from its element, as it starts it, and takes them with one plain
+``SET NX PX`` each, in one round trip: a command per lock and nothing else in the common case.
+Only when one is held already does it ask the script (take_locks.lua), which takes a lock held by an
+earlier delivery of the same item over, and otherwise takes none. The intake stores each item's
+first lock digest (worker/store/packing.py): the leader's reaper tells by that lock whether an item
+whose lease lapsed had started.
 
 A lock lives as long as the item's lease: twice the lease, renewed by the worker's lease keeper
 together with the lease (worker/dispatch/scheduler.py), and deleted by the script that records the
@@ -41,4 +43,11 @@ class IdentifierLocks:
         """All of ``lock_keys`` or none, for ``owner`` (``job:index:token``)."""
         if not lock_keys:
             return True
+        pipe = self.redis.pipeline(transaction=False)
+        for key in lock_keys:
+            pipe.set(key, owner, nx=True, px=self.ttl_ms)
+        if all(pipe.execute()):
+            return True
+        # One is held: by an earlier delivery of this item (taken over), or by another item (then
+        # none is kept; the script releases the ones just taken too, as they hold this owner).
         return self._acquire(keys=lock_keys, args=[owner, keys.item_of(owner), self.ttl_ms]) == 1

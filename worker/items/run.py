@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 from worker.context import WorkerContext
@@ -36,7 +37,8 @@ from worker.items.upsert import CANCELLED, FAILED, ItemOutcome, error, upsert_va
 from worker.items.validation import validate_customer
 from worker.logs import CURRENT, mask_value
 from worker.metrics import RETRY_IDENTIFIERS_LOCKED, RETRY_RATE_LIMITED, RETRY_THROTTLED, RETRY_TRANSIENT
-from worker.store.jobstore import CANCELLED_MESSAGE, CODE_CANCELLED, ItemWork, JobMeta, JobStore
+from worker.store import keys
+from worker.store.jobstore import CANCELLED_MESSAGE, CODE_CANCELLED, ItemWork, JobMeta, JobStore, Outcome, Recorded
 from worker.store.keys import inflight_member
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,8 @@ class StoreJournal:
 
     def __init__(self, store: JobStore, member: str, job_id: str, index: int, memo: dict[str, Any]) -> None:
         self.store, self.member, self.job_id, self.index, self.memo = store, member, job_id, index, memo
+        #: Whether this run stored the memo (the item's outcome then removes it)
+        self.stored = False
 
     def created_id(self) -> int | None:
         created = self.memo.get("c")
@@ -83,12 +87,13 @@ class StoreJournal:
         return bool(self.memo.get("d"))
 
     def mark_add_in_doubt(self) -> None:
-        """Written before an add, fenced by the lease: a stale delivery stops here, before it writes."""
+        """Written before an add goes out, as it goes out: the lease keeper has just found the lease
+        standing (the client's gate, before every call), so a stale delivery has stopped before this."""
         self.memo.pop("c", None)
         self.memo.pop("l", None)
         self.memo["d"] = 1
-        if not self.store.save_memo(self.member, self.job_id, self.index, self.memo):
-            raise LeaseLost(self.member)
+        self.store.save_memo(self.job_id, self.index, self.memo)
+        self.stored = True
 
     def looked_up(self) -> tuple[bool, dict | None]:
         if "l" not in self.memo:
@@ -120,43 +125,97 @@ def message_members(job_id: str, index: int | list[int], token: str) -> list[str
     return [inflight_member(job_id, i, token) for i in indexes]
 
 
-def run_items(ctx: WorkerContext, job_id: str, indexes: list[int], token: str,
-              guard: Callable[[Callable[[], ItemRun]], ItemRun] | None = None) -> list[ItemRun]:
-    """A message's items (worker/dispatch/scheduler.py), one after another, each run through ``guard``.
+@dataclass(frozen=True)
+class _Ran:
+    """An item that ran to its outcome, to be recorded with the rest of its message."""
 
-    The items waiting their turn have their leases kept alive by the keeper from the start, so a
-    slow first item never lets the others lapse and run a second time elsewhere; and each one's
-    lease is let go as it ends, whatever way it ends.
+    work: ItemWork
+    index: int
+    member: str
+    outcome: ItemOutcome
+    locks: list[str]
+    #: Whether the item has a memo stored, which its record removes
+    memo: bool
+
+
+def run_items(ctx: WorkerContext, job_id: str, indexes: list[int], token: str,
+              guard: Callable[[Callable[[], Any]], Any] | None = None) -> list[ItemRun]:
+    """A message's items (worker/dispatch/scheduler.py): read together, run one after another (each
+    through ``guard``), and their outcomes recorded together once the last has run.
+
+    Every item's lease is kept alive by the keeper from the start until its outcome is recorded (or
+    it went back to the scheduler), so a slow first item never lets the others lapse and run a
+    second time elsewhere, and an item waiting for its message's record keeps its lease and locks.
+    Should the worker die before the record, the items' leases lapse and they run again: an add
+    already made is then known by the memo written before it (worker/items/upsert.py's Journal).
     """
+    guarded: Callable[[Callable[[], Any]], Any] = guard or (lambda work: work())
     members = [inflight_member(job_id, index, token) for index in indexes]
     for member in members[1:]:
         ctx.keeper.hold(member, [])
-    runs: list[ItemRun] = []
+    runs: dict[int, ItemRun] = {}
+    ran: list[tuple[int, _Ran]] = []
+
+    def record() -> None:
+        recorded = guarded(lambda: _record_all(ctx, job_id, [r for _, r in ran]))
+        runs.update({position: run for (position, _), run in zip(ran, recorded, strict=True)})
+        ran.clear()
+
     try:
+        claimed = guarded(lambda: ctx.store.claim_items(job_id, indexes, token))
         for position, (index, member) in enumerate(zip(indexes, members, strict=True)):
             # An item with others behind it never sleeps for a write token: it goes back to the
             # scheduler holding it, so an add that waits never holds back an update behind it.
-            def run(index: int = index, last: bool = position == len(indexes) - 1) -> ItemRun:
-                return run_item(ctx, job_id, index, token, last_in_message=last)
-            runs.append(guard(run) if guard is not None else run())
-            ctx.keeper.drop(member)
+            tries = [claimed[position]]
+
+            def run(index: int = index, member: str = member, last: bool = position == len(indexes) - 1,
+                    first: bool = position == 0, tries: list[ItemWork] = tries) -> ItemRun | _Ran:
+                # Run again after a store outage: read again, as the first run may have written its memo.
+                work = tries.pop() if tries else ctx.store.claim_items(job_id, [index], token)[0]
+                if not first and not work.cancelled and work.meta is not None:
+                    # The message was read before the items ahead of this one ran: a cancel since
+                    # then must still end this one, which has not started, CANCELLED.
+                    work = replace(work, cancelled=ctx.store.cancelled_since(job_id, index))
+                with _current(job_id, index):
+                    return _run_claimed(ctx, work, job_id, index, member, last)
+            try:
+                result = guarded(run)
+            except BaseException:
+                if ran:  # what the items before it did stands: recorded before the error goes on
+                    record()
+                raise
+            if isinstance(result, _Ran):
+                ran.append((position, result))
+            else:
+                runs[position] = result
+                ctx.keeper.drop(member)
+        if ran:
+            record()
     finally:
-        for member in members[len(runs):]:
+        for member in members:
             ctx.keeper.drop(member)
-    return runs
+    return [runs.get(position, ItemRun("ABANDONED: not run")) for position in range(len(indexes))]
 
 
-def run_item(ctx: WorkerContext, job_id: str, index: int, token: str, *, last_in_message: bool = True) -> ItemRun:
+def run_item(ctx: WorkerContext, job_id: str, index: int, token: str) -> ItemRun:
+    """A message of one item."""
+    return run_items(ctx, job_id, [index], token)[0]
+
+
+@contextmanager
+def _current(job_id: str, index: int) -> Iterator[None]:
+    """The item this thread works on, for the log lines it writes (worker/logs.py)."""
     token_ = CURRENT.set((job_id, index))
     try:
-        return _run_item(ctx, job_id, index, inflight_member(job_id, index, token), last_in_message)
+        yield
     finally:
         CURRENT.reset(token_)
 
 
-def _run_item(ctx: WorkerContext, job_id: str, index: int, member: str, last_in_message: bool = True) -> ItemRun:
-    """Gate, upsert under the item's locks, record: each a function of its own below."""
-    work = ctx.store.claim_item(job_id, index, member, lock_ttl_ms=ctx.locks.ttl_ms)
+def _run_claimed(ctx: WorkerContext, work: ItemWork, job_id: str, index: int, member: str,
+                 last_in_message: bool = True) -> ItemRun | _Ran:
+    """Gate, then upsert under the item's locks: each a function of its own below. Answers the outcome
+    to record, or how the run ended without one (deferred, lease lost, job gone)."""
     if work.stale:
         log.warning("job %s item %s: lease lost to another worker before the item started here; leaving it "
                     "to that worker", job_id, index)
@@ -165,13 +224,9 @@ def _run_item(ctx: WorkerContext, job_id: str, index: int, member: str, last_in_
         log.warning("job %s is gone; dropping item %s", job_id, index)
         return ItemRun("SKIPPED: the job is gone")
     outcome = _gate(ctx, work, work.meta)
-    locks = work.locks if work.locked and work.locks else []  # released with the outcome
-    if outcome is None:
-        ran = _run_under_locks(ctx, work, work.meta, job_id, index, member, last_in_message)
-        if isinstance(ran, ItemRun):  # deferred, or its lease was lost meanwhile
-            return ran
-        outcome, locks = ran
-    return _record(ctx, work, job_id, index, member, outcome, locks)
+    if outcome is not None:
+        return _Ran(work, index, member, outcome, [], bool(work.memo))
+    return _run_under_locks(ctx, work, work.meta, job_id, index, member, last_in_message)
 
 
 def _gate(ctx: WorkerContext, work: ItemWork, meta: JobMeta) -> ItemOutcome | None:
@@ -194,17 +249,22 @@ def _gate(ctx: WorkerContext, work: ItemWork, meta: JobMeta) -> ItemOutcome | No
 
 
 def _run_under_locks(ctx: WorkerContext, work: ItemWork, meta: JobMeta, job_id: str, index: int,
-                     member: str, last_in_message: bool = True) -> tuple[ItemOutcome, list[str]] | ItemRun:
+                     member: str, last_in_message: bool = True) -> _Ran | ItemRun:
     """Take the item's identifier locks, upsert, and decide what a failure means (worker/downstream/retry.py).
-    Answers the outcome and the locks held, or the run's end when the item went back to the scheduler."""
+    Answers the outcome and the locks held, or the run's end when the item went back to the scheduler.
+    The lease keeper keeps the lease and the locks alive until the message's caller lets them go."""
     memo = dict(work.memo)
     if meta.dry_run:  # reads only: nothing to guard, and no real job's item may wait for a dry run
         locks, locked = [], True
-    elif work.locks is None:  # an item stored before intake kept its locks' digests: take them here
-        locks = ctx.locks.keys(meta.tenant, identifier_keys(work.element))
-        locked = ctx.locks.acquire(locks, member)
     else:
-        locks, locked = work.locks, work.locked
+        locks = ctx.locks.keys(meta.tenant, identifier_keys(work.element))
+        try:
+            ctx.keeper.check(member)  # no lock is taken for a delivery whose lease is gone
+        except LeaseLost:
+            log.warning("job %s item %s: lease lost to another worker before the item started here; leaving "
+                        "it to that worker", job_id, index)
+            return ItemRun("ABANDONED: lease lost")
+        locked = ctx.locks.acquire(locks, member)
     if not locked:
         delay = retry.identifiers_locked_delay()
         return _defer(ctx, job_id, index, member, delay, memo, [], RETRY_IDENTIFIERS_LOCKED,
@@ -229,6 +289,10 @@ def _run_under_locks(ctx: WorkerContext, work: ItemWork, meta: JobMeta, job_id: 
 
     gated = client.with_gate(gate, lambda: ctx.keeper.check(member))
     started = time.monotonic()
+
+    def ran(outcome: ItemOutcome) -> _Ran:
+        return _Ran(work, index, member, outcome, locks, bool(work.memo) or journal.stored)
+
     try:
         if meta.dry_run:
             outcome = predict_customer(gated, work.element, index=index, tenant=meta.tenant,
@@ -239,7 +303,7 @@ def _run_under_locks(ctx: WorkerContext, work: ItemWork, meta: JobMeta, job_id: 
         else:
             outcome = upsert_valid_customer(gated, work.element, skip_change_identifier=meta.skip_change_identifier,
                                             priority=ctx.settings.identifier_priority, journal=journal)
-        return outcome, locks
+        return ran(outcome)
     except LeaseLost:
         log.warning("job %s item %s: lease lost to another worker; leaving the item to it", job_id, index)
         return ItemRun("ABANDONED: lease lost")
@@ -255,17 +319,15 @@ def _run_under_locks(ctx: WorkerContext, work: ItemWork, meta: JobMeta, job_id: 
         return later(retry.throttled_delay(exc.retry_after), RETRY_THROTTLED, "throttled (429)")
     except RetryableError as exc:
         if policy.gives_up_after(attempt):
-            return ItemOutcome(FAILED, errors=[gave_up_error(exc, attempt)]), locks
+            return ran(ItemOutcome(FAILED, errors=[gave_up_error(exc, attempt)]))
         memo["a"] = attempt + 1
         delay = policy.backoff(attempt, exc.retry_after)
         log.info("job %s item %s attempt %s failed (%s); retrying in %.1fs", job_id, index, attempt, exc.message,
                  delay)
         return later(delay, RETRY_TRANSIENT, exc.message)
     except PermanentError as exc:
-        return ItemOutcome(FAILED, errors=[error(exc.code or exc.status or CODE_DOWNSTREAM_REFUSED,
-                                                 exc.message)]), locks
-    finally:
-        ctx.keeper.drop(member)
+        return ran(ItemOutcome(FAILED, errors=[error(exc.code or exc.status or CODE_DOWNSTREAM_REFUSED,
+                                                     exc.message)]))
 
 
 def reservation(stored: Any) -> tuple[float, int]:
@@ -305,17 +367,38 @@ def _defer(ctx: WorkerContext, job_id: str, index: int, member: str, delay: floa
 
 def _record(ctx: WorkerContext, work: ItemWork, job_id: str, index: int, member: str,
             outcome: ItemOutcome, locks: list[str]) -> ItemRun:
-    item = outcome.as_item(index)
-    if outcome.failed:
-        item["input"] = work.element  # so the failed export can be resubmitted as it is
-        if work.meta is not None and work.meta.csv:
-            item["errors"] = locate(item["errors"], work.element, index)
-    done = ctx.store.record_outcome(member, job_id, index, item, failed=outcome.failed,
-                                    successor=work.successor, locks=locks)
+    """Record one item's outcome at once (a deferred item cancelled meanwhile, a lapsed one ended)."""
+    return _record_all(ctx, job_id, [_Ran(work, index, member, outcome, locks, bool(work.memo))])[0]
+
+
+def _record_all(ctx: WorkerContext, job_id: str, ran: list[_Ran]) -> list[ItemRun]:
+    """Record the outcomes of a message's items in one step; then count and log each recorded one."""
+    items = [_result_item(r) for r in ran]
+    recorded = ctx.store.record_outcomes(job_id, [
+        Outcome(r.member, r.index, item, r.outcome.failed, r.work.successor, r.locks, r.memo)
+        for r, item in zip(ran, items, strict=True)])
+    runs = []
+    for r, item, done in zip(ran, items, recorded, strict=True):
+        with _current(job_id, r.index):
+            runs.append(_after_record(ctx, r, item, done))
+    return runs
+
+
+def _result_item(ran: _Ran) -> dict:
+    item = ran.outcome.as_item(ran.index)
+    if ran.outcome.failed:
+        item["input"] = ran.work.element  # so the failed export can be resubmitted as it is
+        if ran.work.meta is not None and ran.work.meta.csv:
+            item["errors"] = locate(item["errors"], ran.work.element, ran.index)
+    return item
+
+
+def _after_record(ctx: WorkerContext, ran: _Ran, item: dict, done: Recorded) -> ItemRun:
+    outcome, work = ran.outcome, ran.work
     if not done.recorded:
         if done.lease_lost:
             log.warning("job %s item %s: lease lost to another worker; this run's outcome is not recorded",
-                        job_id, index)
+                        keys.parse_member(ran.member)[0], ran.index)
             return ItemRun("ABANDONED: lease lost")
         return ItemRun("DUPLICATE: recorded already")
     ctx.metrics.item(work.meta.tenant if work.meta else "", outcome.action, outcome.failed)

@@ -1,11 +1,14 @@
 """An item's claim and outcome: the writes of a delivery, each fenced by its lease.
 
-Every write an item makes is fenced by its lease: the member ``job:index:token`` in
+Every outcome an item records is fenced by its lease: the member ``job:index:token`` in
 ``cu:inflight`` that the dispatcher created for this very delivery. The outcome script removes
-the member and writes the result with HSETNX in one step, so a delivery whose lease was taken
-away (its worker froze or lost its network, and the item was handed to another) records nothing,
-and no item is ever counted twice. Cancelling and ending a job, and a dry run's state, are here
-too: they are the other writes of a job's life after its commit.
+the member and writes the result, unless one is there already, in one step, so a delivery whose
+lease was taken away (its worker froze or lost its network, and the item was handed to another)
+records nothing, and no item is ever counted twice. A message's items are read together and their
+outcomes recorded together, when the message's last item has run: Redis's commands are the
+service's scarcest resource, and an item costs few of them this way (docs/performance.md).
+Cancelling and ending a job, and a dry run's state, are here too: they are the other writes of a
+job's life after its commit.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from redis.commands.core import Script
 
 from worker.clock import now_iso
 from worker.lua_scripts import register
-from worker.store import keys, metric_fields
+from worker.store import keys, metric_fields, packing
 from worker.store.documents import CANCELLED, COMPLETED, JobMeta, outcome_counter
 
 
@@ -34,16 +37,12 @@ class ItemWork:
     #: What earlier runs of this item left: attempt, reserved tokens, created id, add in doubt, lapses.
     memo: dict[str, Any] = field(default_factory=dict)
     successor: int | None = None
-    #: The item's identifier locks (by :meth:`JobStore.claim_item`; None when not stored at intake)
-    locks: list[str] | None = None
-    #: Whether :meth:`JobStore.claim_item` took them (False: another job's item holds one)
-    locked: bool = False
     #: The delivery's lease was gone when it was claimed: another delivery runs the item
     stale: bool = False
 
 
-def _item_work(raw: str | None, meta: str | None, cancelled: str | None, memo: str | None, successor: str | None,
-               **locking: Any) -> ItemWork:
+def _item_work(raw: str | None, meta: str | None, cancelled: str | None, memo: str | None,
+               successor: str | None) -> ItemWork:
     """An item's fields as read from its input chunk, decoded."""
     if meta is None:
         return ItemWork(meta=None, element=None, cancelled=False)
@@ -53,8 +52,21 @@ def _item_work(raw: str | None, meta: str | None, cancelled: str | None, memo: s
         cancelled=cancelled is not None,
         memo=json.loads(memo) if memo else {},
         successor=int(successor) if successor is not None else None,
-        **locking,
     )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """An item's outcome to record (:meth:`ItemClaims.record_outcomes`): ``memo`` says the item has
+    one stored, which its record removes; ``locks`` are the identifier locks it holds."""
+
+    member: str
+    index: int
+    item: dict
+    failed: bool
+    successor: int | None = None
+    locks: list[str] = field(default_factory=list)
+    memo: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,9 +84,7 @@ class ItemClaims:
     ttl: int
 
     def _register_claims(self) -> None:
-        self._claim: Script = register(self.redis, "claim_item")
-        self._save_memo: Script = register(self.redis, "save_memo")
-        self._record: Script = register(self.redis, "record_outcome")
+        self._record: Script = register(self.redis, "record_outcomes")
         self._defer: Script = register(self.redis, "defer_item")
         self._cancel: Script = register(self.redis, "cancel_job")
         self._end: Script = register(self.redis, "end_job")
@@ -106,42 +116,84 @@ class ItemClaims:
                                                         for k, v in fields.items()})
 
     def load_item(self, job_id: str, index: int) -> ItemWork:
-        i = str(index)
-        raw, meta, cancelled, memo, successor = self.redis.hmget(
-            keys.inputs(job_id, index), i, keys.META_FIELD, keys.CANCELLED_FIELD, f"m:{i}", f"n:{i}")
-        return _item_work(raw, meta, cancelled, memo, successor)
+        return self.load_items(job_id, [index])[0]
 
-    def claim_item(self, job_id: str, index: int, member: str, *, lock_ttl_ms: int) -> ItemWork:
-        """Read an item, as :meth:`load_item`, check its lease and take its identifier locks for
-        ``member`` (``job:index:token``), all or none, in the same round trip. A delivery whose lease
-        is gone is answered ``stale`` and nothing else: it must not call or record anything. No lock
-        is taken for a cancelled item or a job that is gone. ``locks`` is None for an item stored
-        without its locks' digests (before they were stored at intake): the caller takes them itself
-        (worker/items/locks.py)."""
-        i = str(index)
-        raw, meta, cancelled, memo, successor, digests, taken, stale = self._claim(
-            keys=[keys.INFLIGHT, keys.inputs(job_id, index)],
-            args=[i, member, keys.item_of(member), lock_ttl_ms, keys.LOCK_PREFIX])
-        if stale == 1:
-            return ItemWork(meta=None, element=None, cancelled=False, stale=True)
-        return _item_work(raw, meta, cancelled, memo, successor, locked=taken == 1,
-                          locks=None if digests is None else [keys.LOCK_PREFIX + d for d in digests.split()])
+    def cancelled_since(self, job_id: str, index: int) -> bool:
+        """Whether the item's job has been cancelled: asked as each item of a message but the first
+        starts, as the message's read may be older than a cancel (one command)."""
+        return self.redis.hexists(keys.inputs(job_id, index), keys.CANCELLED_FIELD)
 
-    def save_memo(self, member: str, job_id: str, index: int, memo: dict[str, Any]) -> bool:
-        """Write the item's memo, as long as ``member``'s lease stands; False when it did not."""
-        return self._save_memo(keys=[keys.INFLIGHT, keys.inputs(job_id, index)],
-                               args=[member, index, json.dumps(memo, separators=(",", ":"))]) == 1
+    def load_items(self, job_id: str, indexes: list[int]) -> list[ItemWork]:
+        """Items as stored (worker/store/packing.py), with what earlier runs left: one command per
+        input chunk they lie in (one, for a message's items), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        self._read(pipe, job_id, indexes)
+        return self._decode(job_id, indexes, pipe.execute())
+
+    def claim_items(self, job_id: str, indexes: list[int], token: str) -> list[ItemWork]:
+        """A message's items (``indexes`` under the lease token ``token``) read as :meth:`load_items`
+        does, and their leases checked, in the same round trip. An item whose lease is gone is
+        answered ``stale`` and nothing else: it must not call or record anything. No lock is taken
+        here: each item takes its identifier locks as it starts (worker/items/locks.py)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zmscore(keys.INFLIGHT, [keys.inflight_member(job_id, i, token) for i in indexes])
+        self._read(pipe, job_id, indexes)
+        scores, *replies = pipe.execute()
+        return [ItemWork(meta=None, element=None, cancelled=False, stale=True) if score is None else work
+                for score, work in zip(scores, self._decode(job_id, indexes, replies), strict=True)]
+
+    @staticmethod
+    def _by_chunk(indexes: list[int]) -> dict[int, list[int]]:
+        by_chunk: dict[int, list[int]] = {}
+        for i in indexes:
+            by_chunk.setdefault(keys.chunk_number(i), []).append(i)
+        return by_chunk
+
+    def _read(self, pipe: Any, job_id: str, indexes: list[int]) -> None:
+        for members in self._by_chunk(indexes).values():
+            pipe.hmget(keys.inputs(job_id, members[0]),
+                       [keys.META_FIELD, keys.CANCELLED_FIELD, *packing.input_fields(members)])
+
+    def _decode(self, job_id: str, indexes: list[int], replies: list[list[str | None]]) -> list[ItemWork]:
+        works: dict[int, ItemWork] = {}
+        for members, (meta, cancelled, *values) in zip(self._by_chunk(indexes).values(), replies, strict=True):
+            for i, (raw, memo, successor) in packing.read_inputs(members, values).items():
+                works[i] = _item_work(raw, meta, cancelled, memo, successor)
+        return [works[i] for i in indexes]
+
+    def save_memo(self, job_id: str, index: int, memo: dict[str, Any]) -> None:
+        """Write the item's memo. Its lease is not checked here: the caller has just checked it
+        (the lease keeper's check, as before every downstream call), and the outcome, which is
+        what counts, is fenced by the lease in any case."""
+        self.redis.hset(keys.inputs(job_id, index), f"m:{index}", packing.dumps(memo))
 
     def record_outcome(self, member: str, job_id: str, index: int, item: dict, *, failed: bool,
-                       successor: int | None = None, locks: Iterable[str] = ()) -> Recorded:
-        """Record an item's outcome once, end its lease, release its locks and hand on its chain."""
-        status = self._record(
-            keys=[keys.INFLIGHT, keys.job(job_id), keys.results(job_id, index), keys.failed(job_id),
-                  keys.ready(job_id), keys.SCHED_DUE, *locks],
-            args=[member, index, json.dumps(item, separators=(",", ":")), "1" if failed else "0",
-                  outcome_counter(item["action"], failed), "" if successor is None else successor, job_id],
-        )
-        return Recorded(recorded=status == 1, lease_lost=status == -1)
+                       successor: int | None = None, locks: Iterable[str] = (), memo: bool = False) -> Recorded:
+        """Record one item's outcome, as :meth:`record_outcomes` does a message's."""
+        return self.record_outcomes(job_id, [Outcome(member, index, item, failed, successor, list(locks), memo)])[0]
+
+    def record_outcomes(self, job_id: str, outcomes: list[Outcome]) -> list[Recorded]:
+        """Record the outcomes of a message's items once each, in one step: end their leases,
+        release their locks and hand on their chains (worker/store/lua/record_outcomes.lua)."""
+        chunks: list[str] = []
+        lock_keys: list[str] = []
+        args: list[Any] = [job_id, 0, len(outcomes)]
+
+        def position(key: str) -> int:
+            if key not in chunks:
+                chunks.append(key)
+            return chunks.index(key) + 1
+
+        for o in outcomes:
+            args += [o.member, o.index, packing.pack_result(o.item), "1" if o.failed else "0",
+                     outcome_counter(o.item["action"], o.failed), "" if o.successor is None else o.successor,
+                     position(keys.results(job_id, o.index)),
+                     position(keys.inputs(job_id, o.index)) if o.memo else 0, len(o.locks)]
+            lock_keys += o.locks
+        args[1] = len(chunks)
+        statuses = self._record(keys=[keys.INFLIGHT, keys.job(job_id), keys.failed(job_id), keys.ready(job_id),
+                                      keys.SCHED_DUE, *chunks, *lock_keys], args=args)
+        return [Recorded(recorded=status == 1, lease_lost=status == -1) for status in statuses]
 
     def defer(self, member: str, job_id: str, index: int, *, delay: float, memo: dict[str, Any],
               locks: Iterable[str] = (), keep_locks: bool = False, lock_ttl_ms: int = 0) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from worker.store import keys
+from worker.store import keys, packing
 
 QUEUED, RUNNING, COMPLETED, CANCELLED = "QUEUED", "RUNNING", "COMPLETED", "CANCELLED"
 
@@ -226,7 +226,7 @@ class JobReads:
         for members, values in zip(by_chunk.values(), pages, strict=True):
             for i, raw in zip(members, values, strict=True):
                 if raw is not None:
-                    items[i] = json.loads(raw)
+                    items[i] = packing.unpack_result(raw)
                 else:
                     missing.append(i)
         if missing and state == CANCELLED:
@@ -242,10 +242,10 @@ class JobReads:
             by_chunk.setdefault(keys.chunk_number(i), []).append(i)
         pipe = self.redis.pipeline(transaction=False)
         for members in by_chunk.values():
-            pipe.hmget(keys.inputs(job_id, members[0]), [str(i) for i in members])
+            pipe.hmget(keys.inputs(job_id, members[0]), packing.input_fields(members))
         items = {}
         for members, values in zip(by_chunk.values(), pipe.execute(), strict=True):
-            for i, raw in zip(members, values, strict=True):
+            for i, (raw, _memo, _successor) in packing.read_inputs(members, values).items():
                 items[i] = cancelled_item(i, json.loads(raw) if raw is not None else None)
         return items
 

@@ -1,18 +1,18 @@
 """The job store in Redis: jobs, their inputs, per-item results and counters (layout: worker/store/keys.py).
 
-:class:`JobStore` is the one object callers hold; it is put together from the store's concerns, each
-a module of its own: a new job stored as its submission is read (newjob.py), an item's claim and
+Callers hold one object, :class:`JobStore`; it is put together from the store's concerns,
+each a module of its own: a new job stored as its submission is read (newjob.py), an item's claim and
 outcome, fenced by its lease, and a job's cancel and end (claims.py), the job document and the reads
-of jobs and results (documents.py). Idempotency keys are here. Callers import the names they need from
-here.
+of jobs and results (documents.py); how inputs and results are packed (packing.py). Idempotency keys
+are here. Callers import the names they need from here.
 
-The hot path is counted in Redis commands (at most about 12 per item, broker included) and in
-round trips, so an item reads everything it needs from its input chunk and takes its identifier
-locks with one script (:meth:`JobStore.claim_item`), and records its outcome, releases its locks,
-ends its lease and hands on its chain with another. An item bumps exactly one counter, that of its
-kind of outcome (:data:`OUTCOME_COUNTERS`); the job document's counts are sums of them, and the
-dispatcher, which sees every job's items in flight, queues the job's end once the counters add up to
-the total.
+The hot path is counted in Redis commands (about 6 per item, broker and a polling client included)
+and in round trips: a message's items are read, and their leases checked, in one round trip
+(:meth:`JobStore.claim_items`); each takes its identifier locks as it starts; and the message's
+outcomes are recorded, their leases ended, their locks released and their chains handed on by one
+script (:meth:`JobStore.record_outcomes`). An item bumps exactly one counter, that of its kind of
+outcome (:data:`OUTCOME_COUNTERS`); the job document's counts are sums of them, and the dispatcher,
+which sees every job's items in flight, ends the job once the counters add up to the total.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import redis
 
 from worker.redis_connection import connect
 from worker.store import keys
-from worker.store.claims import ItemClaims, ItemWork, Recorded
+from worker.store.claims import ItemClaims, ItemWork, Outcome, Recorded
 from worker.store.documents import (
     CANCELLED,
     CANCELLED_MESSAGE,
@@ -46,7 +46,7 @@ from worker.store.newjob import UNCOMMITTED_SECONDS, NewJob, NotReplicated, Seen
 
 __all__ = ["CANCELLED", "CANCELLED_MESSAGE", "CODE_CANCELLED", "COMPLETED", "OUTCOME_COUNTERS", "QUEUED", "RUNNING",
            "UNCOMMITTED_SECONDS", "WOULD_CREATE", "WOULD_UPDATE", "ItemWork", "JobMeta", "JobStore", "NewJob",
-           "NotReplicated", "Recorded", "SeenInRedis", "TenantUsage", "job_counts", "job_document"]
+           "NotReplicated", "Outcome", "Recorded", "SeenInRedis", "TenantUsage", "job_counts", "job_document"]
 
 
 class JobStore(ItemClaims, JobReads):
@@ -78,9 +78,8 @@ class JobStore(ItemClaims, JobReads):
         """A job's stored elements in input order, a chunk at a time (a dry run's, for its real run)."""
         total = int(self.redis.hget(keys.job(job_id), "totalCount") or 0)
         for start in range(0, total, keys.CHUNK):
-            indexes = [str(i) for i in range(start, min(start + keys.CHUNK, total))]
-            for raw in self.redis.hmget(keys.inputs(job_id, start), indexes):
-                yield json.loads(raw) if raw is not None else None
+            for work in self.load_items(job_id, list(range(start, min(start + keys.CHUNK, total)))):
+                yield work.element
 
     def claim_idempotency_key(self, tenant: str, key: str, digest: str) -> dict | None:
         """Claim ``key`` for a new submission; answer the earlier claim if there is one.

@@ -11,14 +11,17 @@ Job keys (``<j>`` is the job id, ``<n>`` the chunk number, ``index // CHUNK``; `
 the job's hash tag, so all its keys share a Redis Cluster slot)::
 
     cu:{job:<j>}            hash   the job document's fields, its counters, and the dispatch cursor
-    cu:{job:<j>}:in:<n>     hash   per item of the chunk: "i" -> input JSON, "m:i" -> the item's memo
-                                   across runs (attempt, reserved tokens, add in doubt),
-                                   "n:i" -> the next item of its chain, "k:i" -> the digests of
-                                   its identifier locks, "l:i" -> the leases that lapsed while it
-                                   ran (the poison guard); and "meta" -> the job's tenant, total and
-                                   options, "cancelled" -> "1" once cancelled, so an item reads
-                                   everything it needs, and takes its locks, in one script
-    cu:{job:<j>}:res:<n>    hash   "i" -> the item's result JSON, written once (HSETNX)
+    cu:{job:<j>}:in:<n>     hash   the chunk's inputs, packed (worker/store/packing.py): "z:b" -> the
+                                   elements of block b (BLOCK items, compressed), "f:b" -> the
+                                   first lock digest of each of its items; per item "m:i" -> its
+                                   memo across runs (attempt, reserved tokens, add in doubt; removed
+                                   with its outcome), "n:i" -> the next item of its chain, "l:i" ->
+                                   the leases that lapsed while it ran (the poison guard); and
+                                   "meta" -> the job's tenant, total and options, "cancelled" -> "1"
+                                   once cancelled, so a message's items read everything they need in
+                                   one command (jobs stored by an earlier version: "i" -> input
+                                   JSON and "k:i" -> lock digests per item, read as well)
+    cu:{job:<j>}:res:<n>    hash   "i" -> the item's result (packed: compressed JSON), written once
     cu:{job:<j>}:failed     zset   indexes of failed items (score = index), for filtered paging
     cu:{job:<j>}:waits      set    indexes that wait for an earlier item of their chain
     cu:{job:<j>}:ready      list   chain successors whose predecessor has ended, to dispatch first
@@ -177,11 +180,6 @@ def identifier_lock_digest(tenant: str, source: str, account: str, kind: str, va
 
 def identifier_lock(tenant: str, source: str, account: str, kind: str, value: str) -> str:
     return LOCK_PREFIX + identifier_lock_digest(tenant, source, account, kind, value)
-
-
-def lock_field(index: int) -> str:
-    """The field of an item's input chunk that lists its identifier locks' digests (see NewJob.add)."""
-    return f"k:{index}"
 
 
 def inflight_member(job_id: str, index: int, token: str) -> str:

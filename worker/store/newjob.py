@@ -6,7 +6,6 @@ leaves nothing behind; the commit writes the chains' order and the job hash last
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any, Protocol
@@ -14,7 +13,7 @@ from typing import Any, Protocol
 import redis
 
 from worker.clock import now_iso
-from worker.store import keys
+from worker.store import keys, packing
 from worker.store.documents import OUTCOME_COUNTERS, QUEUED, JobMeta
 
 #: The inputs of a submission not yet committed expire this long after their last write.
@@ -56,21 +55,31 @@ class NewJob:
         self.job_id = new_job_id()
         self.count = 0
         self._chunk: dict[str, str] = {}
+        self._block: list[str] = []
+        self._firsts: list[str | None] = []
 
     def add(self, element: Any) -> None:
-        """Store an element, and the digests of its identifier locks: the worker then reads the item
-        and takes its locks in one step (:meth:`JobStore.claim_item`). A dry run's items take no locks:
-        they only read, and must not hold back a real job's items."""
-        index = self.count
-        self._chunk[str(index)] = json.dumps(element, separators=(",", ":"))
+        """Store an element, packed with the others of its block (worker/store/packing.py), and the
+        first digest of its identifier locks, by which the leader's reaper tells whether it started.
+        A dry run's items take no locks: they only read, and must not hold back a real job's items."""
+        self._block.append(packing.dumps(element))
         digests = [] if self.dry_run else sorted({
             keys.identifier_lock_digest(self.tenant, source, account, kind, value)
             for kind, value, source, account in keys.identifier_keys(element)})
-        if digests:
-            self._chunk[keys.lock_field(index)] = " ".join(digests)
+        self._firsts.append(digests[0] if digests else None)
         self.count += 1
+        if self.count % packing.BLOCK == 0:
+            self._pack()
         if self.count % keys.CHUNK == 0:
             self._flush()
+
+    def _pack(self) -> None:
+        """The block being filled, packed into the chunk being filled."""
+        if self._block:
+            block = packing.block_of(self.count - 1)
+            self._chunk[packing.elements_field(block)] = packing.pack_elements(self._block)
+            self._chunk[packing.digests_field(block)] = packing.pack_digests(self._firsts)
+            self._block, self._firsts = [], []
 
     def seen_identifiers(self) -> SeenInRedis:
         """Where the intake's chain planner keeps the identifiers it has seen (worker/dispatch/planning.py)."""
@@ -79,6 +88,7 @@ class NewJob:
     def _flush(self) -> None:
         """Store the chunk being filled, with an expiry: should this process die before the commit,
         nothing of the submission outlives :data:`UNCOMMITTED_SECONDS` (the commit lifts it)."""
+        self._pack()
         if self._chunk:
             pipe = self.store.redis.pipeline(transaction=False)
             key = keys.inputs(self.job_id, self.count - 1)
@@ -147,7 +157,7 @@ class NewJob:
 
     def abort(self) -> None:
         """Remove whatever was stored of this job: its inputs and, if it was committed, the job."""
-        self._chunk = {}
+        self._chunk, self._block, self._firsts = {}, [], []
         pipe = self.store.redis.pipeline(transaction=False)
         pipe.delete(*keys.job_keys(self.job_id, max(self.count, 1)))
         pipe.zrem(keys.tenant_jobs(self.tenant), self.job_id)

@@ -27,7 +27,7 @@ def item(index: int, action: str = "CREATED") -> dict:
     return {"index": index, "action": action, "entityId": 1, "result": None, "errors": [], "warnings": []}
 
 
-@pytest.mark.lua("record_outcome")
+@pytest.mark.lua("record_outcomes")
 def test_an_outcome_is_recorded_once_and_only_under_its_lease(store):
     job_id = new_job(store)
     member = lease(store, job_id, 0)
@@ -133,11 +133,81 @@ def test_a_partial_success_counts_as_written_and_as_failed(store, action):
     assert (job[f"{action.lower()}Count"], job["failureCount"], job["successCount"]) == (1, 1, 0)
 
 
-@pytest.mark.lua("claim_item")
-def test_claiming_an_item_takes_the_same_locks_the_worker_would_compute_all_or_none(store, r):
-    """The intake stores each item's lock digests so the worker reads the item and locks it in one
-    round trip; the keys must be exactly those IdentifierLocks names, or items stored by an older
-    version and new ones would not exclude each other."""
+@pytest.mark.lua("record_outcomes")
+def test_a_messages_outcomes_are_recorded_in_one_step_each_under_its_own_lease(store, r):
+    """One script for a message's items: each is recorded once, only under its own lease, with its
+    counter, its failure, its locks released, its memo removed and its chain handed on."""
+    from worker.store.jobstore import Outcome
+
+    job_id = new_job(store, n=1200, chains={3: 1100})  # two input and result chunks
+    members = {i: lease(store, job_id, i) for i in (0, 3, 999, 1000)}
+    r.zrem(keys.INFLIGHT, members[999])  # its lease was taken away
+    r.set("cu:lock:a", members[0])
+    r.set("cu:lock:b", members[999])
+    store.save_memo(job_id, 1000, {"d": 1})
+
+    done = store.record_outcomes(job_id, [
+        Outcome(members[0], 0, item(0), False, locks=["cu:lock:a"]),
+        Outcome(members[3], 3, item(3, "FAILED") | {"errors": [{"code": 1}]}, True, successor=1100),
+        Outcome(members[999], 999, item(999), False, locks=["cu:lock:b"]),
+        Outcome(members[1000], 1000, item(1000, "UPDATED"), False, memo=True),
+    ])
+
+    assert [(d.recorded, d.lease_lost) for d in done] == [(True, False), (True, False), (False, True), (True, False)]
+    job = store.get_job(job_id)
+    assert (job["processedCount"], job["createdCount"], job["updatedCount"], job["failureCount"]) == (3, 1, 1, 1)
+    assert r.zcard(keys.INFLIGHT) == 0 and r.get("cu:lock:a") is None and r.get("cu:lock:b") == members[999]
+    assert store.load_item(job_id, 1000).memo == {} and r.lrange(keys.ready(job_id), 0, -1) == ["1100"]
+    assert [i["index"] for i in store.results(job_id, offset=0, limit=10, outcome="failed")] == [3]
+    assert store.results(job_id, offset=1000, limit=1)[0]["action"] == "UPDATED"
+    again = store.record_outcomes(job_id, [Outcome(lease(store, job_id, 0, "b"), 0, item(0, "UPDATED"), False)])
+    assert not again[0].recorded and not again[0].lease_lost  # recorded already: not counted twice
+    assert store.get_job(job_id)["processedCount"] == 3
+
+
+def test_a_message_is_read_in_one_round_trip_and_a_stale_delivery_is_told_so(store, r):
+    """Items are stored packed, a block of them to a field; a message's items (here across two input
+    chunks) are read with their memos and successors, and their leases checked, together."""
+    job_id = new_job(store, n=1005, chains={998: 1003})
+    for i in (998, 999, 1000):
+        lease(store, job_id, i, "m")
+    store.save_memo(job_id, 999, {"a": 2})
+    r.zrem(keys.INFLIGHT, keys.inflight_member(job_id, 1000, "m"))
+
+    works = store.claim_items(job_id, [998, 999, 1000], "m")
+
+    assert [w.element["profiles"][0]["identifiers"][0]["value"] if w.element else None for w in works] == [
+        "E998", "E999", None]
+    assert works[0].successor == 1003 and works[1].memo == {"a": 2} and works[2].stale
+    assert not any(k.startswith("999") or k == "0" for k in r.hkeys(keys.inputs(job_id, 0)))  # no field per item
+    assert [e["profiles"][0]["identifiers"][0]["value"] for e in store.iter_inputs(job_id)][1003] == "E1003"
+
+
+def test_items_stored_one_field_each_by_an_earlier_version_are_read_as_before(store, r):
+    job_id = new_job(store, n=2)
+    chunk = keys.inputs(job_id, 0)
+    r.hdel(chunk, "z:0", "f:0")
+    r.hset(chunk, mapping={"0": '{"profiles":[{"source":"A"}]}', "1": '{"profiles":[{"source":"B"}]}'})
+
+    assert [w.element["profiles"][0]["source"] for w in store.load_items(job_id, [0, 1])] == ["A", "B"]
+    assert store.claim_items(job_id, [0, 1], "x")[0].stale  # no lease under that token
+
+
+def test_a_cancelled_item_is_read_as_cancelled(store, r):
+    job_id = new_job(store, 2)
+    lease(store, job_id, 0, "a")
+    store.cancel(job_id)
+
+    cancelled = store.claim_items(job_id, [0], "a")[0]
+
+    assert cancelled.cancelled and not cancelled.stale and r.keys(keys.LOCK_PREFIX + "*") == []
+
+
+@pytest.mark.lua("take_locks")
+def test_an_item_takes_the_locks_its_intake_named_all_or_none_and_takes_over_its_own(store, r):
+    """The worker names an item's locks from its element; the intake stores the first of them, by which
+    the reaper tells whether an item had started: the two must agree. A lock held by another job's item
+    refuses them all (none is kept); a later delivery of the same item takes them over."""
     from worker.dispatch.planning import identifier_keys
     from worker.items.locks import IdentifierLocks
 
@@ -145,48 +215,20 @@ def test_claiming_an_item_takes_the_same_locks_the_worker_would_compute_all_or_n
                                              {"type": "email", "value": "a@b.example"}], "source": "INSTORE"}]}
     job = store.new_job("t")
     job.add(element)
-    job.add({"profiles": [{"identifiers": [{"type": "email", "value": "a@b.example"}], "source": "INSTORE"}]})
     job_id = job.commit(skip_change_identifier=False, next_index={})
-    other = store.new_job("t")
-    other.add(element)
-    other_id = other.commit(skip_change_identifier=False, next_index={})
-    expected = IdentifierLocks.keys("t", identifier_keys(element))
+    locks = IdentifierLocks(r, ttl_ms=10_000)
+    expected = locks.keys("t", identifier_keys(element))
+    assert r.hget(keys.inputs(job_id, 0), "f:0") == expected[0].removeprefix(keys.LOCK_PREFIX)
 
-    mine = store.claim_item(job_id, 0, lease(store, job_id, 0, "a"), lock_ttl_ms=10_000)
-    refused = store.claim_item(other_id, 0, lease(store, other_id, 0, "b"), lock_ttl_ms=10_000)
-    again = store.claim_item(job_id, 0, lease(store, job_id, 0, "c"), lock_ttl_ms=10_000)
-
-    assert mine.locked and mine.locks == expected and mine.element == element
-    assert not refused.locked and refused.locks == expected  # another job's item holds them: none taken
-    assert again.locked  # a later delivery of the same item takes them over
+    assert locks.acquire(expected, keys.inflight_member(job_id, 0, "a"))
+    assert not locks.acquire(expected[::-1], keys.inflight_member("other", 0, "b"))  # another job's item
+    assert {r.get(k) for k in expected} == {keys.inflight_member(job_id, 0, "a")}
+    r.delete(expected[0])  # one free, one held by the other item: it must not keep the free one
+    assert not locks.acquire(expected, keys.inflight_member("other", 0, "b")) and not r.exists(expected[0])
+    r.set(expected[0], keys.inflight_member(job_id, 0, "a"))
+    assert locks.acquire(expected, keys.inflight_member(job_id, 0, "c"))  # a later delivery takes them over
     assert {r.get(k) for k in expected} == {keys.inflight_member(job_id, 0, "c")}
     assert 0 < r.pttl(expected[0]) <= 10_000
-
-
-def test_a_cancelled_or_unlocked_item_is_claimed_without_locks(store, r):
-    job_id = new_job(store, 2)
-    r.hdel(keys.inputs(job_id, 1), keys.lock_field(1))  # as stored by a version without lock digests
-    store.cancel(job_id)
-
-    cancelled = store.claim_item(job_id, 0, lease(store, job_id, 0, "a"), lock_ttl_ms=10_000)
-    old = store.claim_item(job_id, 1, lease(store, job_id, 1, "a"), lock_ttl_ms=10_000)
-
-    assert cancelled.cancelled and not cancelled.locked and r.keys(keys.LOCK_PREFIX + "*") == []
-    assert old.locks is None and not old.locked
-
-
-@pytest.mark.lua("save_memo")
-def test_a_stale_delivery_cannot_overwrite_the_items_memo(store, r):
-    """Defect: the memo written before an add was a plain HSET, so a delivery whose lease had been taken
-    away could overwrite what the live delivery wrote (an add in doubt, a created id)."""
-    job_id = new_job(store, n=1)
-    stale, live = lease(store, job_id, 0, "old"), lease(store, job_id, 0, "new")
-    r.zrem(keys.INFLIGHT, stale)  # the leader took the old delivery's lease away
-    assert store.save_memo(live, job_id, 0, {"c": 500000001})
-
-    assert not store.save_memo(stale, job_id, 0, {"d": 1})
-
-    assert store.load_item(job_id, 0).memo == {"c": 500000001}
 
 
 def test_every_key_of_a_job_hashes_to_one_slot_and_other_jobs_spread(store, r):

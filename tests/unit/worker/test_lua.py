@@ -48,7 +48,7 @@ def scripts_marked_in_tests() -> set[str]:
 
 
 def test_the_scripts_are_where_the_package_ships_them():
-    assert len(SCRIPTS) >= 16 and {"claim_item", "take_items", "take_token"} <= set(SCRIPTS)
+    assert len(SCRIPTS) >= 14 and {"record_outcomes", "take_items", "take_token"} <= set(SCRIPTS)
     assert len(set(SCRIPTS)) == len(SCRIPTS), "a script's name is unique across the folders"
 
 
@@ -69,11 +69,6 @@ def lua_function(name: str, function: str) -> str:
     match = re.search(rf"^local function {function}\(.*?^end$", source(name), re.M | re.S)
     assert match, f"{name}.lua has no function {function}"
     return match.group(0)
-
-
-def test_the_two_copies_of_take_all_are_the_same():
-    """The claim and IdentifierLocks.acquire must take locks alike: Redis scripts cannot share code."""
-    assert lua_function("claim_item", "take_all") == lua_function("take_locks", "take_all")
 
 
 RATE_SCRIPTS = ("take_token", "throttled", "pause_left")
