@@ -150,6 +150,7 @@ def run_items(ctx: WorkerContext, job_id: str, indexes: list[int], token: str,
     already made is then known by the memo written before it (worker/items/upsert.py's Journal).
     """
     guarded: Callable[[Callable[[], Any]], Any] = guard or (lambda work: work())
+    lease = ctx.settings.item_lease_seconds
     members = [inflight_member(job_id, index, token) for index in indexes]
     for member in members[1:]:
         ctx.keeper.hold(member, [])
@@ -162,7 +163,7 @@ def run_items(ctx: WorkerContext, job_id: str, indexes: list[int], token: str,
         ran.clear()
 
     try:
-        claimed = guarded(lambda: ctx.store.claim_items(job_id, indexes, token))
+        claimed = guarded(lambda: ctx.store.claim_items(job_id, indexes, token, lease))
         for position, (index, member) in enumerate(zip(indexes, members, strict=True)):
             # An item with others behind it never sleeps for a write token: it goes back to the
             # scheduler holding it, so an add that waits never holds back an update behind it.
@@ -171,7 +172,7 @@ def run_items(ctx: WorkerContext, job_id: str, indexes: list[int], token: str,
             def run(index: int = index, member: str = member, last: bool = position == len(indexes) - 1,
                     first: bool = position == 0, tries: list[ItemWork] = tries) -> ItemRun | _Ran:
                 # Run again after a store outage: read again, as the first run may have written its memo.
-                work = tries.pop() if tries else ctx.store.claim_items(job_id, [index], token)[0]
+                work = tries.pop() if tries else ctx.store.claim_items(job_id, [index], token, lease)[0]
                 if not first and not work.cancelled and work.meta is not None:
                     # The message was read before the items ahead of this one ran: a cancel since
                     # then must still end this one, which has not started, CANCELLED.

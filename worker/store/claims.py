@@ -84,6 +84,7 @@ class ItemClaims:
     ttl: int
 
     def _register_claims(self) -> None:
+        self._claim: Script = register(self.redis, "claim_items")
         self._record: Script = register(self.redis, "record_outcomes")
         self._defer: Script = register(self.redis, "defer_item")
         self._cancel: Script = register(self.redis, "cancel_job")
@@ -130,17 +131,21 @@ class ItemClaims:
         self._read(pipe, job_id, indexes)
         return self._decode(job_id, indexes, pipe.execute())
 
-    def claim_items(self, job_id: str, indexes: list[int], token: str) -> list[ItemWork]:
+    def claim_items(self, job_id: str, indexes: list[int], token: str, lease_seconds: float) -> list[ItemWork]:
         """A message's items (``indexes`` under the lease token ``token``) read as :meth:`load_items`
-        does, and their leases checked, in the same round trip. An item whose lease is gone is
-        answered ``stale`` and nothing else: it must not call or record anything. No lock is taken
-        here: each item takes its identifier locks as it starts (worker/items/locks.py)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zmscore(keys.INFLIGHT, [keys.inflight_member(job_id, i, token) for i in indexes])
-        self._read(pipe, job_id, indexes)
-        scores, *replies = pipe.execute()
-        return [ItemWork(meta=None, element=None, cancelled=False, stale=True) if score is None else work
-                for score, work in zip(scores, self._decode(job_id, indexes, replies), strict=True)]
+        does, and their leases checked and extended by ``lease_seconds``, in one script
+        (worker/store/lua/claim_items.lua). An item whose lease is gone, or has run out, is answered
+        ``stale`` and nothing else: it must not call or record anything. No lock is taken here:
+        each item takes its identifier locks as it starts (worker/items/locks.py)."""
+        by_chunk = self._by_chunk(indexes)
+        args: list[Any] = [lease_seconds, len(indexes), *(keys.inflight_member(job_id, i, token) for i in indexes)]
+        for members in by_chunk.values():
+            fields = self._fields(members)
+            args += [len(fields), *fields]
+        standing, *replies = self._claim(
+            keys=[keys.INFLIGHT, *(keys.inputs(job_id, members[0]) for members in by_chunk.values())], args=args)
+        return [work if stands else ItemWork(meta=None, element=None, cancelled=False, stale=True)
+                for stands, work in zip(standing, self._decode(job_id, indexes, replies), strict=True)]
 
     @staticmethod
     def _by_chunk(indexes: list[int]) -> dict[int, list[int]]:
@@ -149,10 +154,14 @@ class ItemClaims:
             by_chunk.setdefault(keys.chunk_number(i), []).append(i)
         return by_chunk
 
+    @staticmethod
+    def _fields(members: list[int]) -> list[str]:
+        """The fields of one input chunk to read for ``members``, which all lie in it."""
+        return [keys.META_FIELD, keys.CANCELLED_FIELD, *packing.input_fields(members)]
+
     def _read(self, pipe: Any, job_id: str, indexes: list[int]) -> None:
         for members in self._by_chunk(indexes).values():
-            pipe.hmget(keys.inputs(job_id, members[0]),
-                       [keys.META_FIELD, keys.CANCELLED_FIELD, *packing.input_fields(members)])
+            pipe.hmget(keys.inputs(job_id, members[0]), self._fields(members))
 
     def _decode(self, job_id: str, indexes: list[int], replies: list[list[str | None]]) -> list[ItemWork]:
         works: dict[int, ItemWork] = {}

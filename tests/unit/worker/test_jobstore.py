@@ -165,6 +165,7 @@ def test_a_messages_outcomes_are_recorded_in_one_step_each_under_its_own_lease(s
     assert store.get_job(job_id)["processedCount"] == 3
 
 
+@pytest.mark.lua("claim_items")
 def test_a_message_is_read_in_one_round_trip_and_a_stale_delivery_is_told_so(store, r):
     """Items are stored packed, a block of them to a field; a message's items (here across two input
     chunks) are read with their memos and successors, and their leases checked, together."""
@@ -174,13 +175,31 @@ def test_a_message_is_read_in_one_round_trip_and_a_stale_delivery_is_told_so(sto
     store.save_memo(job_id, 999, {"a": 2})
     r.zrem(keys.INFLIGHT, keys.inflight_member(job_id, 1000, "m"))
 
-    works = store.claim_items(job_id, [998, 999, 1000], "m")
+    works = store.claim_items(job_id, [998, 999, 1000], "m", 20)
 
     assert [w.element["profiles"][0]["identifiers"][0]["value"] if w.element else None for w in works] == [
         "E998", "E999", None]
     assert works[0].successor == 1003 and works[1].memo == {"a": 2} and works[2].stale
     assert not any(k.startswith("999") or k == "0" for k in r.hkeys(keys.inputs(job_id, 0)))  # no field per item
     assert [e["profiles"][0]["identifiers"][0]["value"] for e in store.iter_inputs(job_id)][1003] == "E1003"
+
+
+@pytest.mark.lua("claim_items")
+def test_a_claim_extends_a_standing_lease_and_refuses_one_that_has_run_out_before_the_reaper_came(store, r):
+    """A message that waited in the broker for most of a lease gets a whole lease as it starts, so it
+    cannot lapse (and run a second time elsewhere) before its worker's next renewal; one whose lease ran
+    out is not taken back, as the reaper may hand its item out again at any moment."""
+    job_id = new_job(store, n=3)
+    now = float(r.time()[0])
+    nearly, ran_out, far = (keys.inflight_member(job_id, i, "w") for i in range(3))
+    r.zadd(keys.INFLIGHT, {nearly: now + 1, ran_out: now - 1, far: now + 1000})
+
+    works = store.claim_items(job_id, [0, 1, 2], "w", 20)
+
+    assert [w.stale for w in works] == [False, True, False]
+    assert now + 19 <= r.zscore(keys.INFLIGHT, nearly) <= now + 22
+    assert r.zscore(keys.INFLIGHT, ran_out) == now - 1  # left to the reaper as it was
+    assert r.zscore(keys.INFLIGHT, far) == now + 1000  # never shortened
 
 
 def test_items_stored_one_field_each_by_an_earlier_version_are_read_as_before(store, r):
@@ -190,7 +209,7 @@ def test_items_stored_one_field_each_by_an_earlier_version_are_read_as_before(st
     r.hset(chunk, mapping={"0": '{"profiles":[{"source":"A"}]}', "1": '{"profiles":[{"source":"B"}]}'})
 
     assert [w.element["profiles"][0]["source"] for w in store.load_items(job_id, [0, 1])] == ["A", "B"]
-    assert store.claim_items(job_id, [0, 1], "x")[0].stale  # no lease under that token
+    assert store.claim_items(job_id, [0, 1], "x", 20)[0].stale  # no lease under that token
 
 
 def test_a_cancelled_item_is_read_as_cancelled(store, r):
@@ -198,7 +217,7 @@ def test_a_cancelled_item_is_read_as_cancelled(store, r):
     lease(store, job_id, 0, "a")
     store.cancel(job_id)
 
-    cancelled = store.claim_items(job_id, [0], "a")[0]
+    cancelled = store.claim_items(job_id, [0], "a", 20)[0]
 
     assert cancelled.cancelled and not cancelled.stale and r.keys(keys.LOCK_PREFIX + "*") == []
 

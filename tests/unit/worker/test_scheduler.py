@@ -234,7 +234,7 @@ def start(store, r, member: str):
     from worker.items.locks import IdentifierLocks
 
     job_id, index, token = keys.parse_member(member)
-    work = store.claim_items(job_id, [index], token)[0]
+    work = store.claim_items(job_id, [index], token, 20)[0]
     if not work.stale:
         locks = IdentifierLocks(r, ttl_ms=10_000)
         assert locks.acquire(locks.keys(work.meta.tenant, identifier_keys(work.element)), member)
