@@ -120,9 +120,25 @@ class Reaping:
         return orphans
 
     def recover_lapsed(self, limit: int = 200) -> int:
-        out = self._reap(keys=[keys.INFLIGHT, keys.LEADER],
-                         args=[self.lease, MAX_LAPSES, self.leadership.token, keys.JOB_KEY_FORMAT, keys.CHUNK,
-                               keys.LOCK_PREFIX, packing.BLOCK, *(new_token() for _ in range(limit))])
+        """Hand out again the items whose lease lapsed, up to ``limit`` of them a round: found on
+        Redis's clock, then their keys read (each item's first lock tells whether it had started) and
+        handed to the script, which looks at each lease again (worker/store/lua/reap_leases.lua)."""
+        seconds, micros = self.redis.time()
+        lapsed = self.redis.zrangebyscore(keys.INFLIGHT, "-inf", seconds + micros / 1e6, start=0, num=limit)
+        if not lapsed:
+            return 0
+        items = [keys.parse_member(member) for member in lapsed]
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id, index, _token in items:
+            pipe.hmget(keys.inputs(job_id, index), f"k:{index}", packing.digests_field(packing.block_of(index)))
+        script_keys: list[str] = [keys.INFLIGHT, keys.LEADER]
+        args: list = [self.lease, MAX_LAPSES, self.leadership.token]
+        for member, (job_id, index, _token), (own, digests) in zip(lapsed, items, pipe.execute(), strict=True):
+            digest = packing.first_digest(index, own, digests)
+            chunk = keys.inputs(job_id, index)
+            script_keys += [keys.job(job_id), chunk, keys.LOCK_PREFIX + digest if digest else chunk]
+            args += [member, index, new_token()]
+        out = self._reap(keys=script_keys, args=args)
         again: list[Delivery] = []
         for entry in out:
             kind, member = entry[0], entry[1]

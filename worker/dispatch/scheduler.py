@@ -216,10 +216,12 @@ class Dispatcher(Reaping):
         allot = self.allot(free, job_ids, in_job, set(due), window=self.settings.job_window or target)
         if not allot:
             return waiting
-        args: list = [self.lease, now_iso(), self.leadership.token, keys.JOB_KEY_FORMAT]
+        args: list = [self.lease, now_iso(), self.leadership.token]
+        job_keys: list[str] = []
         for job_id, count in allot.items():
             args += [job_id, "1" if job_id in due else "0", *self._tokens(job_id, count, job_id in due)]
-        taken, cursors = self._take(keys=[keys.INFLIGHT, keys.SCHED_DUE, keys.LEADER], args=args)
+            job_keys += [keys.job(job_id), keys.delayed(job_id), keys.ready(job_id), keys.waits(job_id)]
+        taken, cursors = self._take(keys=[keys.INFLIGHT, keys.SCHED_DUE, keys.LEADER, *job_keys], args=args)
         for job_id, cursor in zip(cursors[::2], cursors[1::2], strict=True):
             if job_id in self._jobs:
                 self._jobs[job_id].cursor = int(cursor)

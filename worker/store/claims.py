@@ -228,11 +228,12 @@ class ItemClaims:
     def end(self, job_id: str) -> bool:
         """Set the final state and start the TTL of every key of the job; True only for the one call
         that did it."""
-        total_raw, tenant = self.redis.hmget(keys.job(job_id), "totalCount", "tenant")
+        total_raw, tenant, idempotency = self.redis.hmget(keys.job(job_id), "totalCount", "tenant", "idempotencyKey")
         total = int(total_raw or 0)
         return self._end(
             keys=[keys.job(job_id), keys.SCHED_JOBS, keys.SCHED_DUE, keys.METRICS, keys.CALLBACKS,
-                  keys.tenant_jobs(tenant or ""), keys.tenant_active(tenant or ""), *keys.job_keys(job_id, total)],
+                  keys.tenant_jobs(tenant or ""), keys.tenant_active(tenant or ""), idempotency or keys.job(job_id),
+                  *keys.job_keys(job_id, total)],
             args=[now_iso(), self.ttl, job_id, metric_fields.field(metric_fields.JOBS_FINISHED, COMPLETED),
                   metric_fields.field(metric_fields.JOBS_FINISHED, CANCELLED)],
         ) == 1

@@ -32,10 +32,10 @@ the job's hash tag, so all its keys share a Redis Cluster slot)::
                                    customer an identifier would lead to (or gone), "c:<customer>" -> that
                                    customer as the earlier items would leave it (worker/items/dryrun.py)
 
-Every script receives the keys it touches in ``KEYS``, except where it cannot know them before it
-runs, which its header says: the dispatcher's scripts (worker/store/lua/take_items.lua, reap_leases.lua)
-serve many jobs at once and build a job's key names from its id in Lua, with these suffixes; they are
-passed :data:`JOB_KEY_FORMAT`, :data:`CHUNK` and :data:`LOCK_PREFIX`.
+Every script receives every key it touches in ``KEYS``, named here: no script builds a key name.
+The dispatcher's scripts (worker/store/lua/take_items.lua, reap_leases.lua) serve many jobs at once
+and receive each job's keys in turn; the lapsed leases are found first, so that the reaper can
+name their keys (and their items' first locks) before its script runs.
 
 Scheduler and fleet::
 
@@ -88,8 +88,7 @@ CANCELLED_FIELD = "cancelled"
 
 #: A job's hash; every other key of the job is this and a suffix. The braces are the job's hash tag:
 #: all of a job's keys hash to one slot (Redis Cluster), so a script that touches one job's keys only
-#: never spans slots. The scripts that serve many jobs at once build a job's key from it
-#: (``string.format(ARGV[n], job)``: take_items.lua, reap_leases.lua).
+#: never spans slots.
 JOB_KEY_FORMAT = PREFIX + ":{job:%s}"
 
 

@@ -41,6 +41,18 @@ def digests_field(block: int) -> str:
     return f"f:{block}"
 
 
+def first_digest(index: int, own: str | None, digests: str | None) -> str | None:
+    """The first lock digest of item ``index``, from its own ``k:<index>`` field (stored so by an
+    earlier version) or else its line of its block's :func:`digests_field`; None: it has no lock."""
+    if own is not None:
+        return (own.split() or [None])[0]
+    if digests is None:
+        return None
+    lines = digests.split("\n")
+    line = index - block_of(index) * BLOCK
+    return lines[line] if line < len(lines) and lines[line] != _NO_DIGEST else None
+
+
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 

@@ -61,6 +61,15 @@ def test_every_script_opens_with_its_keys_argv_and_reply(name):
     assert re.search(r"^-- Reply: ", text, re.M), "the header says what the script answers"
 
 
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_no_script_builds_a_key_name_all_come_in_keys(name):
+    """Redis Cluster routes a script by its KEYS: a key built inside one would be out of its sight."""
+    code = [line.split("--", 1)[0] for line in source(name).splitlines()]
+    for line in code:
+        assert "string.format" not in line and "'cu:" not in line, line
+        assert not re.search(r"(KEYS\[[^]]*\]|\b\w*k)\s*\.\.", line), f"a key with something appended: {line}"
+
+
 def test_every_script_is_run_by_a_test_that_names_it():
     assert set(SCRIPTS) - scripts_marked_in_tests() == set()
 

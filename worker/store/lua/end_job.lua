@@ -8,7 +8,9 @@
 -- KEYS[5]: cu:callbacks.
 -- KEYS[6]: the tenant's job index (cu:tenant:<t>:jobs).
 -- KEYS[7]: the tenant's active jobs (cu:tenant:<t>:active).
--- KEYS[8...]: every key of the job, to expire (worker/store/keys.py, job_keys).
+-- KEYS[8]: the job's Idempotency-Key claim (cu:idem:...), named in the job hash (field
+-- idempotencyKey), or the job hash again when it has none.
+-- KEYS[9...]: every key of the job, to expire (worker/store/keys.py, job_keys).
 -- ARGV[1]: now, ISO 8601.
 -- ARGV[2]: the job's ttl in seconds.
 -- ARGV[3]: the job id.
@@ -16,9 +18,6 @@
 -- ARGV[5]: the metrics field of a job CANCELLED.
 -- Reply: 1 the first time only; 0 the job had ended already; -1 the job does not exist; -2 some
 -- of its items have no outcome yet.
---
--- The job's Idempotency-Key claim is named in the job hash (field idempotencyKey) and expired with
--- the job; its name is known only once the hash is read, so it is not in KEYS.
 
 -- The items of a job that have an outcome, from its outcome counters. Also in cancel_job.lua: Redis
 -- scripts cannot share code. The counters are worker/store/jobstore.py's OUTCOME_COUNTERS
@@ -51,10 +50,9 @@ if redis.call('HGET', KEYS[1], 'callbackUrl') then
   redis.call('HSET', KEYS[1], 'cb.first', t[1])
   redis.call('ZADD', KEYS[5], t[1], ARGV[3])
 end
-local idem = redis.call('HGET', KEYS[1], 'idempotencyKey')
-if idem then redis.call('EXPIRE', idem, ARGV[2]) end
+if KEYS[8] ~= KEYS[1] then redis.call('EXPIRE', KEYS[8], ARGV[2]) end
 -- The tenant's index lives as long as its newest finished job could be listed.
 redis.call('EXPIRE', KEYS[6], 2 * tonumber(ARGV[2]))
 redis.call('ZREM', KEYS[7], ARGV[3])
-for i = 8, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+for i = 9, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
 return 1
