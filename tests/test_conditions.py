@@ -225,7 +225,9 @@ def test_a_broker_outage_mid_job_delays_items_and_fails_none(make_stack, sim, re
             subprocess.run(["rabbitmqctl", "await_startup"], check=True, capture_output=True)
     stack = make_stack(broker_url=url, item_lease_seconds=4)
     sim.configure(latencyMs=10)
-    stack.worker()
+    # Four threads: the fleet's window (its threads and a few queued messages, up to sixteen items each)
+    # then holds about a third of the job, so the outage finds most of it still to hand out.
+    stack.worker(worker_concurrency=4)
     job_id = stack.api.submit(customers(400, tag("BRK"))).get_json()["jobId"]
     wait_for(lambda: progress(stack.api, job_id)["processedCount"] >= 50, timeout=60, what="50 items done")
 
