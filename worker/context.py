@@ -1,5 +1,5 @@
 """What a worker process shares between its item threads: the job store, the lease keeper, the
-identifier locks, the metrics and one downstream client per tenant."""
+cancel watch, the identifier locks, the metrics and one downstream client per tenant."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from worker.downstream.ratelimit import RateLimiter, learning_of
 from worker.items.locks import IdentifierLocks
 from worker.metrics import Flusher, Metrics
 from worker.settings import Settings, Tenant
+from worker.store.cancels import CancelWatch
 from worker.store.jobstore import JobStore
 
 
@@ -29,6 +30,7 @@ class WorkerContext:
         self.worker = worker_id()
         self.keeper = LeaseKeeper(self.store.redis, worker=self.worker, slots=settings.worker_concurrency,
                                   lease_seconds=settings.item_lease_seconds)
+        self.cancels = CancelWatch(self.store.redis)
         self.locks = IdentifierLocks(self.store.redis, ttl_ms=int(settings.item_lease_seconds * 2000))
         self.metrics = Metrics()
         self.metrics_flusher = Flusher(self.metrics, self.store.redis)

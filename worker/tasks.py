@@ -139,6 +139,7 @@ def start_scheduling(sender, **kwargs) -> None:
                             end_job=lambda job_id, tenant: end_job(ctx.store, job_id),
                             send_callback=lambda job_id: callback.delay(job_id))
     for name, target, stop in (("lease-keeper", ctx.keeper.run, ctx.keeper.leave),
+                               ("cancel-watch", ctx.cancels.run, ctx.cancels.stop),
                                ("dispatcher", dispatcher.run, dispatcher.stop),
                                ("metrics-flusher", ctx.metrics_flusher.run, ctx.metrics_flusher.stop)):
         thread = threading.Thread(target=target, name=name, daemon=True)

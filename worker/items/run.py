@@ -163,6 +163,7 @@ def run_items(ctx: WorkerContext, job_id: str, indexes: list[int], token: str,
         ran.clear()
 
     try:
+        read_at = time.monotonic()  # taken before the read: a cancel heard after it may be older
         claimed = guarded(lambda: ctx.store.claim_items(job_id, indexes, token, lease))
         for position, (index, member) in enumerate(zip(indexes, members, strict=True)):
             # An item with others behind it never sleeps for a write token: it goes back to the
@@ -175,8 +176,11 @@ def run_items(ctx: WorkerContext, job_id: str, indexes: list[int], token: str,
                 work = tries.pop() if tries else ctx.store.claim_items(job_id, [index], token, lease)[0]
                 if not first and not work.cancelled and work.meta is not None:
                     # The message was read before the items ahead of this one ran: a cancel since
-                    # then must still end this one, which has not started, CANCELLED.
-                    work = replace(work, cancelled=ctx.store.cancelled_since(job_id, index))
+                    # then must still end this one, which has not started, CANCELLED. The process's
+                    # cancel watch knows, unless it missed some (worker/store/cancels.py).
+                    heard = ctx.cancels.cancelled(job_id, read_at)
+                    work = replace(work, cancelled=heard if heard is not None
+                                   else ctx.store.cancelled_since(job_id, index))
                 with _current(job_id, index):
                     return _run_claimed(ctx, work, job_id, index, member, last)
             try:

@@ -23,7 +23,7 @@ from redis.commands.core import Script
 
 from worker.clock import now_iso
 from worker.lua_scripts import register
-from worker.store import keys, metric_fields, packing
+from worker.store import cancels, keys, metric_fields, packing
 from worker.store.documents import CANCELLED, COMPLETED, JobMeta, outcome_counter
 
 
@@ -223,6 +223,9 @@ class ItemClaims:
                   keys.SCHED_DUE, keys.METRICS, *(f"{keys.job(job_id)}:in:{n}" for n in keys.chunks(int(total or 0)))],
             args=[job_id, metric_fields.field(metric_fields.ITEMS, tenant or "", CANCELLED)],
         )
+        if state in ("QUEUED", "RUNNING"):
+            # Heard by every worker's cancel watch: their items then look no more (worker/store/cancels.py)
+            self.redis.publish(cancels.CHANNEL, job_id)
         return state, bool(idle)
 
     def end(self, job_id: str) -> bool:

@@ -45,7 +45,8 @@ def first_digest(index: int, own: str | None, digests: str | None) -> str | None
     """The first lock digest of item ``index``, from its own ``k:<index>`` field (stored so by an
     earlier version) or else its line of its block's :func:`digests_field`; None: it has no lock."""
     if own is not None:
-        return (own.split() or [None])[0]
+        digests_of_own = own.split()
+        return digests_of_own[0] if digests_of_own else None
     if digests is None:
         return None
     lines = digests.split("\n")
