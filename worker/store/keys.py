@@ -43,7 +43,7 @@ Scheduler and fleet::
     cu:sched:due            zset   jobs with a chain successor or a retry to dispatch (score = when)
     cu:inflight             zset   "j:i:token" -> lease expiry, one per item queued or running
     cu:sched:leader         string the dispatching worker process, with a short expiry
-    cu:cancels              channel  a job's id, published once the job is cancelled (worker/store/cancels.py)
+    cu:cancels              channel a job's id, published once the job is cancelled (worker/store/cancels.py)
     cu:fleet                zset   worker process -> last heartbeat
     cu:fleet:slots          hash   worker process -> concurrency
     cu:callbacks            zset   finished jobs whose callback is due (score = next attempt), until it is
