@@ -64,6 +64,9 @@ class _Held:
     locks: list[str] = field(default_factory=list)
     #: When the locks were taken or last extended (monotonic): they live twice a lease from then
     locks_at: float = field(default_factory=time.monotonic)
+    #: The item's outcome or deferral is being written: the script that does it ends the lease, so a
+    #: renewal that finds it gone meanwhile has found the item settled, not taken away
+    settling: bool = False
 
 
 class LeaseKeeper:
@@ -93,6 +96,16 @@ class LeaseKeeper:
         with self._lock:
             self._held[member] = _Held(list(lock_keys))
 
+    def settling(self, members: list[str]) -> None:
+        """The outcomes (or deferrals) of ``members`` are about to be written, which ends their leases:
+        still renewed until :meth:`drop`, but not reported taken away when a renewal finds them gone
+        (the write itself tells whether they were)."""
+        with self._lock:
+            for member in members:
+                held = self._held.get(member)
+                if held is not None:
+                    held.settling = True
+
     def drop(self, member: str) -> None:
         with self._lock:
             self._held.pop(member, None)
@@ -117,13 +130,14 @@ class LeaseKeeper:
             lock_keys += locks
         lost = self._renew(keys=[keys.INFLIGHT, keys.FLEET, keys.FLEET_SLOTS, *lock_keys], args=args)
         with self._lock:
-            self._lost.update(m for m in lost if m in self._held)
+            taken = [m for m in lost if m in self._held and not self._held[m].settling]
+            self._lost.update(taken)
             for member, locks in held.items():
                 if locks and member in self._held:
                     self._held[member].locks_at = started
         self._renewed_at = started
-        if lost:
-            log.warning("%s leases were taken away from this worker; their items run elsewhere now", len(lost))
+        if taken:
+            log.warning("%s leases were taken away from this worker; their items run elsewhere now", len(taken))
 
     def run(self) -> None:
         while not self.stopping.is_set():

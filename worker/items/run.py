@@ -356,6 +356,7 @@ def _defer(ctx: WorkerContext, job_id: str, index: int, member: str, delay: floa
                                     or (journal.looked_up()[0] and reason == RETRY_RATE_LIMITED))
     if not keep:
         memo.pop("l", None)
+    ctx.keeper.settling([member])
     answer = ctx.store.defer(member, job_id, index, delay=delay, memo=memo, locks=locks, keep_locks=keep,
                              lock_ttl_ms=int((delay + ctx.settings.item_lease_seconds * 2) * 1000))
     if answer == 0:  # cancelled meanwhile: the item ends here, as cancelled
@@ -379,6 +380,7 @@ def _record(ctx: WorkerContext, work: ItemWork, job_id: str, index: int, member:
 def _record_all(ctx: WorkerContext, job_id: str, ran: list[_Ran]) -> list[ItemRun]:
     """Record the outcomes of a message's items in one step; then count and log each recorded one."""
     items = [_result_item(r) for r in ran]
+    ctx.keeper.settling([r.member for r in ran])
     recorded = ctx.store.record_outcomes(job_id, [
         Outcome(r.member, r.index, item, r.outcome.failed, r.work.successor, r.locks, r.memo)
         for r, item in zip(ran, items, strict=True)])

@@ -340,6 +340,24 @@ def test_the_keeper_renews_leases_and_locks_beyond_their_first_life_and_notices_
         keeper.check(taken)
 
 
+@pytest.mark.lua("renew_leases")
+def test_a_lease_ended_by_its_own_record_is_not_reported_taken_away(r, caplog):
+    """Defect: a worker frozen between recording a message and letting go of its leases woke up to
+    report them "taken away", though its own record had ended them (and nothing ran them elsewhere)."""
+    keeper = LeaseKeeper(r, worker="w1", slots=2, lease_seconds=10)
+    recorded, taken = "job:1:a", "job:2:b"
+    keeper.hold(recorded, [])
+    keeper.hold(taken, [])
+    keeper.settling([recorded])  # its outcome script is about to end its lease
+
+    keeper.renew_once()  # neither lease is in cu:inflight any more
+
+    keeper.check(recorded)
+    with pytest.raises(LeaseLost):
+        keeper.check(taken)
+    assert "1 leases were taken away" in caplog.text
+
+
 @pytest.mark.lua("take_locks")
 def test_locks_are_all_or_none_and_a_later_delivery_of_the_same_item_takes_them_over(r):
     locks = IdentifierLocks(r, ttl_ms=10_000)
