@@ -327,7 +327,7 @@ class RateLimiter:
                 with self._used_lock:
                     self._used[endpoint] += 1
                 return
-            del self._free[endpoint]
+            self._free.pop(endpoint, None)  # another thread may have let it go first
         if self._window is None and bucket is None:
             self._raise_if_paused(endpoint)
             return

@@ -219,6 +219,22 @@ def test_a_slow_start_that_holds_no_one_back_costs_no_round_trip_per_call_until_
     assert float(found[0]) == pytest.approx(CUT_SHARE * 50, rel=0.35)
 
 
+def test_two_threads_letting_go_of_a_skipped_bucket_at_once_both_go_on(r, monkeypatch):
+    """Defect: a worker thread whose skipping had run out crashed its task (KeyError) when another
+    thread let go of the same endpoint's skipping first; the item then waited a lease to run again."""
+    limiter = RateLimiter(r, "t", learning=Learning(start={"lookup": 6000}))
+    limiter._free["lookup"] = (time.monotonic() - 1, "0")  # skipping ran out: the next call asks again
+    looked = limiter._pause_check
+
+    def and_another_thread_lets_go(endpoint):
+        limiter._free.pop(endpoint, None)
+        return looked(endpoint)
+
+    monkeypatch.setattr(limiter, "_pause_check", and_another_thread_lets_go)
+
+    limiter.acquire("lookup")  # no KeyError: the bucket is asked, and grants its token
+
+
 def test_a_learned_rate_outlives_the_workers_and_expires_unused(r):
     limiter = RateLimiter(r, "t", learning=Learning(memory_seconds=60))
     grants(limiter, "add", 3)
