@@ -89,8 +89,11 @@ def test_the_leader_killed_mid_job_hands_over_and_no_key_outlives_its_job(make_s
     (survivor,) = [w for w in workers if w is not leader]
     leader.kill()
     killed_at = time.monotonic()
-    wait_for(lambda: int(r.get("cu:sched:leader").split(":")[1]) == survivor.process.pid if r.get(
-        "cu:sched:leader") else False, timeout=LEADER_SECONDS + 10, what="the survivor to lead")
+    def survivor_leads() -> bool:
+        token = r.get("cu:sched:leader")  # read once: the dead leader's lock expires at any moment
+        return token is not None and int(token.split(":")[1]) == survivor.process.pid
+
+    wait_for(survivor_leads, timeout=LEADER_SECONDS + 10, what="the survivor to lead")
     handed_over = time.monotonic() - killed_at
 
     job = stack.api.wait(job_id, timeout=120)
