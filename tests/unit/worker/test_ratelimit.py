@@ -42,7 +42,7 @@ def grants(limiter: RateLimiter, endpoint: str, count: int, *, within_horizon: b
         if bucket:
             keys.append(bucket[0])
             args += [bucket[1], 0.5, 0]
-        wait, now, _epoch, _free = (float(x) for x in limiter._acquire(keys=keys, args=args))
+        wait, now, _epoch, _free, _slow = (float(x) for x in limiter._acquire(keys=keys, args=args))
         assert wait <= 0 or not within_horizon, "within the horizon every call gets a token, now or reserved"
         times.append(now - wait)
     return times
@@ -233,6 +233,25 @@ def test_two_threads_letting_go_of_a_skipped_bucket_at_once_both_go_on(r, monkey
     monkeypatch.setattr(limiter, "_pause_check", and_another_thread_lets_go)
 
     limiter.acquire("lookup")  # no KeyError: the bucket is asked, and grants its token
+
+
+def test_a_write_that_waits_in_a_slow_start_sleeps_in_place_and_one_under_a_found_rate_hands_its_slot_on(r):
+    """Defect: on a fresh store every add that met a wait in its slow start went back to the scheduler,
+    though the wait was a fraction of a second: a third of a 3,000-item job came back, looked its
+    customers up again and cost about 40 Redis commands each, and no add went out for three seconds."""
+    learning = RateLimiter(r, "t")  # 20 adds a second to start with, half a second of burst
+    grants(learning, "add", 15)  # the burst taken, and tokens reserved past it
+
+    started = time.monotonic()
+    learning.acquire("add", sleep_under=0.0)  # an item with others behind it in its message
+    assert time.monotonic() - started > 0.005  # it slept for its token, on its slot
+
+    found = RateLimiter(r, "u")
+    r.hset("cu:ratelimit:u:add", mapping={"rate": 20, "base": 20})  # a rate a 429 found
+    grants(found, "add", 15)
+    with pytest.raises(RateLimited) as waited:
+        found.acquire("add", sleep_under=0.0)
+    assert waited.value.reserved  # handed back holding its token, so the slot serves another item
 
 
 def test_a_learned_rate_outlives_the_workers_and_expires_unused(r):

@@ -10,12 +10,13 @@
 -- ARGV[11]: how long the bucket's state lasts unused (s); ARGV[12]: the horizon while a found rate
 -- climbs back (s); ARGV[13], ARGV[14]: the bucket's ceiling per second (0: none)
 -- and burst (s); ARGV[15]: reserved tokens this process used since it last said.
--- Reply: {wait, now, epoch, free} (strings, seconds; now on Redis's clock): wait 0: a token taken
+-- Reply: {wait, now, epoch, free, slow} (strings, seconds; now on Redis's clock): wait 0: a token taken
 -- from every limit, use it now; -w: one reserved in every limit, use it in w seconds, if the bucket's
 -- epoch is still this one (a cut starts a new one); +w: nothing taken, ask again in w. free '1': the
 -- bucket is in its slow start, without a ceiling, and holds no one back (calls, measured for TAU
 -- seconds, come slower than its rate): the caller may skip it for a while, counting its calls and
--- reporting them, while the slow start grows on.
+-- reporting them, while the slow start grows on. slow '1': the bucket is in its slow start (its
+-- waits are short and soon gone: the caller may sleep through them in place).
 -- The bucket is a GCRA: tat, the time its next token is due at its rate, less the burst. A rate
 -- that changes spaces the tokens granted from then on, never the ones already reserved.
 
@@ -58,7 +59,7 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local pause = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(redis.call('GET', KEYS[2]) or '0'))
-if pause > now then return {tostring(pause - now), tostring(now), '0', '0'} end
+if pause > now then return {tostring(pause - now), tostring(now), '0', '0', '0'} end
 local horizon = tonumber(ARGV[1])
 local learn = ARGV[5] == '1'
 local wait = 0
@@ -117,7 +118,9 @@ if bucket then
   if wait > 0 then redis.call('HINCRBYFLOAT', bucket, 'waited', tostring(wait)) end
   redis.call('EXPIRE', bucket, math.ceil(tonumber(ARGV[11])))
 end
-if wait > horizon then return {tostring(wait), tostring(now), epoch, '0'} end
+local in_slow_start = '0'
+if slow then in_slow_start = '1' end
+if wait > horizon then return {tostring(wait), tostring(now), epoch, '0', in_slow_start} end
 if bucket then
   if wait == 0 then count_sent(bucket, now, tonumber(ARGV[10]), 1) end
   local at = math.max(from, now + wait)
@@ -134,4 +137,4 @@ if n > 0 then
   redis.call('ZADD', KEYS[4], now + wait, ARGV[4])
   redis.call('EXPIRE', KEYS[4], math.ceil(w + horizon) + 60)
 end
-return {tostring(-wait), tostring(now), epoch, free}
+return {tostring(-wait), tostring(now), epoch, free, in_slow_start}
