@@ -401,7 +401,7 @@ class RateLimiter:
             raw_left, epoch, raw_slow = self._paused(
                 keys=[self.pause_key, self.endpoint_pause_key(endpoint), *([bucket[0]] if bucket else [])],
                 args=[self._take_used(endpoint) if bucket else 0, MEASURE_SECONDS, bucket[1] if bucket else 0.0,
-                      int(self.learning.enabled)])
+                      int(self.learning.enabled), self.learning.memory_seconds])
             remaining, at, epoch, slow = float(raw_left), now, str(epoch), bool(int(raw_slow))
             self._pause_checks[endpoint] = (now + PAUSE_CHECK_SECONDS, at, remaining, epoch, slow)
         return max(0.0, remaining - (now - at)), epoch, slow

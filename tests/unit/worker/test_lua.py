@@ -91,9 +91,10 @@ def rate_constants(name: str) -> dict[str, float]:
 
 def test_the_three_copies_of_the_rates_shared_part_are_the_same_and_hold_the_limiters_constants():
     """A rate grows, is measured and counted alike whichever of the limiter's scripts looks at it."""
-    for function in ("count_sent", "sent_rate", "grown"):
+    for function in ("load", "put", "save", "count_sent", "sent_rate", "grown"):
         assert len({lua_function(name, function) for name in RATE_SCRIPTS}) == 1, function
     assert len({tuple(rate_constants(name).items()) for name in RATE_SCRIPTS}) == 1
+    assert len({re.search(r"^local FIELDS = .*$", source(name), re.M).group(0) for name in RATE_SCRIPTS}) == 1
     assert rate_constants("take_token") == {
         "TAU": ratelimit.MEASURE_SECONDS, "GROWTH": ratelimit.SLOW_START_GROWTH, "INCREASE": ratelimit.INCREASE_SHARE,
         "PROBE": ratelimit.PROBE_SHARE, "HEADROOM": ratelimit.GROWTH_HEADROOM,

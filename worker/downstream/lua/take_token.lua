@@ -24,20 +24,49 @@
 -- cannot share code; tests/unit/worker/test_lua.py holds the copies equal, and these constants equal
 -- worker/downstream/ratelimit.py's MEASURE_SECONDS, SLOW_START_GROWTH, INCREASE_SHARE, PROBE_SHARE,
 -- GROWTH_HEADROOM and FOUND_GROWTH_HEADROOM).
+local TAU, GROWTH, INCREASE, PROBE, HEADROOM, FOUND_HEADROOM = 2.0, 4.0, 0.1, 0.05, 2.0, 1.25
+-- A bucket's fields are read in one HMGET and written in one HSET, whatever a script does with them:
+-- a script runs on every call that waits, so each command it saves is one less per such call.
+local FIELDS = {'tat', 'rate', 'grew', 'base', 'epoch', 'm', 'mt', 'm0', 'waited', 'cut', 'throttled', 'kept'}
+local function load(key)
+  local values, b = redis.call('HMGET', key, unpack(FIELDS)), {key = key, dirty = {}}
+  for i, name in ipairs(FIELDS) do
+    if values[i] then b[name] = values[i] end
+  end
+  return b
+end
+local function put(b, name, value)
+  b[name] = tostring(value)
+  b.dirty[name] = true
+end
+-- Written, then kept for memory seconds unused: its expiry is pushed back when a tenth of it has
+-- passed since the last push (kept), so a bucket lasts 0.9 to 1 times memory after its last use, for
+-- one EXPIRE in many calls (after the write: a new bucket exists only then).
+local function save(b, now, memory)
+  local expire = now - (tonumber(b.kept) or 0) >= memory / 10
+  if expire then put(b, 'kept', now) end
+  local pairs_ = {}
+  for _, name in ipairs(FIELDS) do
+    if b.dirty[name] then
+      pairs_[#pairs_ + 1] = name
+      pairs_[#pairs_ + 1] = b[name]
+    end
+  end
+  if #pairs_ > 0 then redis.call('HSET', b.key, unpack(pairs_)) end
+  if expire then redis.call('EXPIRE', b.key, math.ceil(memory)) end
+end
 -- The calls an endpoint sent lately, for the next cut: a count decaying over tau seconds, from m0.
 -- Calls are counted as they go out: a token used at once here, a reserved one (or a call made while
 -- the bucket let the process skip it) by the process that made it, with its next script.
-local TAU, GROWTH, INCREASE, PROBE, HEADROOM, FOUND_HEADROOM = 2.0, 4.0, 0.1, 0.05, 2.0, 1.25
-local function count_sent(bucket, now, tau, calls)
-  local s = redis.call('HMGET', bucket, 'm', 'mt')
-  local decayed = (tonumber(s[1]) or 0) * math.exp(-math.max(0, now - (tonumber(s[2]) or now)) / tau)
-  if decayed < 0.01 then redis.call('HSET', bucket, 'm0', tostring(now)) end
-  redis.call('HSET', bucket, 'm', tostring(decayed + calls), 'mt', tostring(now))
+local function count_sent(b, now, tau, calls)
+  local decayed = (tonumber(b.m) or 0) * math.exp(-math.max(0, now - (tonumber(b.mt) or now)) / tau)
+  if decayed < 0.01 then put(b, 'm0', now) end
+  put(b, 'm', decayed + calls)
+  put(b, 'mt', now)
   return decayed + calls
 end
-local function sent_rate(bucket, now)
-  local s = redis.call('HMGET', bucket, 'm', 'mt', 'm0')
-  local m, mt, m0 = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
+local function sent_rate(b, now)
+  local m, mt, m0 = tonumber(b.m), tonumber(b.mt), tonumber(b.m0)
   if not (m and mt and m0) then return 0 end
   return m * math.exp(-math.max(0, now - mt) / TAU) / (TAU * (1 - math.exp(-math.max(now - m0, 0.5) / TAU)))
 end
@@ -45,20 +74,21 @@ end
 -- second, a found rate climbs back to its base additively, then probes by PROBE of itself a second;
 -- never far past the rate calls went out at (a rate not used is not known to be allowed), never past
 -- the ceiling.
-local function grown(bucket, now, rate, base, ceiling, last)
+local function grown(b, now, rate, base, ceiling, last)
   local dt = math.min(1, math.max(0, now - (last or now)))
   local new, headroom = rate, FOUND_HEADROOM
   if not base then new, headroom = rate * GROWTH ^ dt, HEADROOM
   elseif rate < base then new = rate + INCREASE * base * dt
   else new = rate * (1 + PROBE * dt) end
-  new = math.min(new, math.max(rate, headroom * sent_rate(bucket, now)))
+  new = math.min(new, math.max(rate, headroom * sent_rate(b, now)))
   if ceiling > 0 and new > ceiling then new = ceiling end
   return new
 end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local pause = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(redis.call('GET', KEYS[2]) or '0'))
+local pauses = redis.call('MGET', KEYS[1], KEYS[2])
+local pause = math.max(tonumber(pauses[1] or '0'), tonumber(pauses[2] or '0'))
 if pause > now then return {tostring(pause - now), tostring(now), '0', '0', '0'} end
 local horizon = tonumber(ARGV[1])
 local learn = ARGV[5] == '1'
@@ -76,31 +106,31 @@ if n > 0 then
   end
   wait = at - now
 end
-local bucket = KEYS[5]
+local b
 local epoch = '0'
 local tat, rate, from
 local slow, ceiling = false, 0
 local free = '0'
-if bucket then
+if KEYS[5] then
   local start = tonumber(ARGV[6])
   local burst = tonumber(ARGV[14])
   ceiling = tonumber(ARGV[13])
-  if tonumber(ARGV[15]) > 0 then count_sent(bucket, now, tonumber(ARGV[10]), tonumber(ARGV[15])) end
-  local s = redis.call('HMGET', bucket, 'tat', 'rate', 'grew', 'base', 'epoch')
-  epoch = s[5] or '0'
-  rate = tonumber(s[2])
+  b = load(KEYS[5])
+  if tonumber(ARGV[15]) > 0 then count_sent(b, now, tonumber(ARGV[10]), tonumber(ARGV[15])) end
+  epoch = b.epoch or '0'
+  rate = tonumber(b.rate)
   if not rate or not learn then
     if ceiling > 0 then rate = ceiling else rate = start end
   end
   if ceiling > 0 and rate > ceiling then rate = ceiling end
   local slack = (math.max(1, rate * burst) - 1) / rate
-  tat = tonumber(s[1]) or now
+  tat = tonumber(b.tat) or now
   from = math.max(tat, now)
   local due = math.max(now, from - slack)
-  local base = tonumber(s[4])
+  local base = tonumber(b.base)
   -- busy: callers wait for tokens; in a slow start, as soon as they come faster than its rate
   if learn and (due > now or (not base and tat > now)) then
-    rate = grown(bucket, now, rate, base, ceiling, tonumber(s[3]))
+    rate = grown(b, now, rate, base, ceiling, tonumber(b.grew))
   end
   slow = learn and not base and not (ceiling > 0 and rate >= ceiling)
   if learn and base and not (ceiling > 0 and rate >= ceiling) then
@@ -110,19 +140,20 @@ if bucket then
   end
   wait = math.max(wait, due - now)
   if slow and ceiling == 0 and n == 0 and tat <= now then
-    local m0 = tonumber(redis.call('HGET', bucket, 'm0') or now)
-    if now - m0 >= TAU then free = '1' end
+    if now - tonumber(b.m0 or now) >= TAU then free = '1' end
   end
-  redis.call('HSET', bucket, 'grew', tostring(now))
-  if learn then redis.call('HSET', bucket, 'rate', tostring(rate)) end
-  if wait > 0 then redis.call('HINCRBYFLOAT', bucket, 'waited', tostring(wait)) end
-  redis.call('EXPIRE', bucket, math.ceil(tonumber(ARGV[11])))
+  put(b, 'grew', now)
+  if learn then put(b, 'rate', rate) end
+  if wait > 0 then put(b, 'waited', (tonumber(b.waited) or 0) + wait) end
 end
 local in_slow_start = '0'
 if slow then in_slow_start = '1' end
-if wait > horizon then return {tostring(wait), tostring(now), epoch, '0', in_slow_start} end
-if bucket then
-  if wait == 0 then count_sent(bucket, now, tonumber(ARGV[10]), 1) end
+if wait > horizon then
+  if b then save(b, now, tonumber(ARGV[11])) end
+  return {tostring(wait), tostring(now), epoch, '0', in_slow_start}
+end
+if b then
+  if wait == 0 then count_sent(b, now, tonumber(ARGV[10]), 1) end
   local at = math.max(from, now + wait)
   local pace = rate
   if slow then
@@ -131,7 +162,8 @@ if bucket then
     pace = rate * GROWTH ^ math.min(10, at - now)
     if ceiling > 0 then pace = math.min(pace, ceiling) end
   end
-  redis.call('HSET', bucket, 'tat', tostring(at + 1 / pace))
+  put(b, 'tat', at + 1 / pace)
+  save(b, now, tonumber(ARGV[11]))
 end
 if n > 0 then
   redis.call('ZADD', KEYS[4], now + wait, ARGV[4])

@@ -18,20 +18,49 @@
 -- cannot share code; tests/unit/worker/test_lua.py holds the copies equal, and these constants equal
 -- worker/downstream/ratelimit.py's MEASURE_SECONDS, SLOW_START_GROWTH, INCREASE_SHARE, PROBE_SHARE,
 -- GROWTH_HEADROOM and FOUND_GROWTH_HEADROOM).
+local TAU, GROWTH, INCREASE, PROBE, HEADROOM, FOUND_HEADROOM = 2.0, 4.0, 0.1, 0.05, 2.0, 1.25
+-- A bucket's fields are read in one HMGET and written in one HSET, whatever a script does with them:
+-- a script runs on every call that waits, so each command it saves is one less per such call.
+local FIELDS = {'tat', 'rate', 'grew', 'base', 'epoch', 'm', 'mt', 'm0', 'waited', 'cut', 'throttled', 'kept'}
+local function load(key)
+  local values, b = redis.call('HMGET', key, unpack(FIELDS)), {key = key, dirty = {}}
+  for i, name in ipairs(FIELDS) do
+    if values[i] then b[name] = values[i] end
+  end
+  return b
+end
+local function put(b, name, value)
+  b[name] = tostring(value)
+  b.dirty[name] = true
+end
+-- Written, then kept for memory seconds unused: its expiry is pushed back when a tenth of it has
+-- passed since the last push (kept), so a bucket lasts 0.9 to 1 times memory after its last use, for
+-- one EXPIRE in many calls (after the write: a new bucket exists only then).
+local function save(b, now, memory)
+  local expire = now - (tonumber(b.kept) or 0) >= memory / 10
+  if expire then put(b, 'kept', now) end
+  local pairs_ = {}
+  for _, name in ipairs(FIELDS) do
+    if b.dirty[name] then
+      pairs_[#pairs_ + 1] = name
+      pairs_[#pairs_ + 1] = b[name]
+    end
+  end
+  if #pairs_ > 0 then redis.call('HSET', b.key, unpack(pairs_)) end
+  if expire then redis.call('EXPIRE', b.key, math.ceil(memory)) end
+end
 -- The calls an endpoint sent lately, for the next cut: a count decaying over tau seconds, from m0.
 -- Calls are counted as they go out: a token used at once here, a reserved one (or a call made while
 -- the bucket let the process skip it) by the process that made it, with its next script.
-local TAU, GROWTH, INCREASE, PROBE, HEADROOM, FOUND_HEADROOM = 2.0, 4.0, 0.1, 0.05, 2.0, 1.25
-local function count_sent(bucket, now, tau, calls)
-  local s = redis.call('HMGET', bucket, 'm', 'mt')
-  local decayed = (tonumber(s[1]) or 0) * math.exp(-math.max(0, now - (tonumber(s[2]) or now)) / tau)
-  if decayed < 0.01 then redis.call('HSET', bucket, 'm0', tostring(now)) end
-  redis.call('HSET', bucket, 'm', tostring(decayed + calls), 'mt', tostring(now))
+local function count_sent(b, now, tau, calls)
+  local decayed = (tonumber(b.m) or 0) * math.exp(-math.max(0, now - (tonumber(b.mt) or now)) / tau)
+  if decayed < 0.01 then put(b, 'm0', now) end
+  put(b, 'm', decayed + calls)
+  put(b, 'mt', now)
   return decayed + calls
 end
-local function sent_rate(bucket, now)
-  local s = redis.call('HMGET', bucket, 'm', 'mt', 'm0')
-  local m, mt, m0 = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
+local function sent_rate(b, now)
+  local m, mt, m0 = tonumber(b.m), tonumber(b.mt), tonumber(b.m0)
   if not (m and mt and m0) then return 0 end
   return m * math.exp(-math.max(0, now - mt) / TAU) / (TAU * (1 - math.exp(-math.max(now - m0, 0.5) / TAU)))
 end
@@ -39,13 +68,13 @@ end
 -- second, a found rate climbs back to its base additively, then probes by PROBE of itself a second;
 -- never far past the rate calls went out at (a rate not used is not known to be allowed), never past
 -- the ceiling.
-local function grown(bucket, now, rate, base, ceiling, last)
+local function grown(b, now, rate, base, ceiling, last)
   local dt = math.min(1, math.max(0, now - (last or now)))
   local new, headroom = rate, FOUND_HEADROOM
   if not base then new, headroom = rate * GROWTH ^ dt, HEADROOM
   elseif rate < base then new = rate + INCREASE * base * dt
   else new = rate * (1 + PROBE * dt) end
-  new = math.min(new, math.max(rate, headroom * sent_rate(bucket, now)))
+  new = math.min(new, math.max(rate, headroom * sent_rate(b, now)))
   if ceiling > 0 and new > ceiling then new = ceiling end
   return new
 end
@@ -63,23 +92,27 @@ if KEYS[4] ~= KEYS[3] then
   redis.call('EXPIRE', KEYS[3], ARGV[4])
 end
 if not KEYS[5] then return 0 end
-local bucket = KEYS[5]
-redis.call('HINCRBY', bucket, 'throttled', 1)
-redis.call('EXPIRE', bucket, math.ceil(tonumber(ARGV[12])))
-if ARGV[5] ~= '1' then return 0 end
-local s = redis.call('HMGET', bucket, 'rate', 'base', 'cut')
+local memory = tonumber(ARGV[12])
+local b = load(KEYS[5])
+put(b, 'throttled', (tonumber(b.throttled) or 0) + 1)
+if ARGV[5] ~= '1' then
+  save(b, now, memory)
+  return 0
+end
 local tau = tonumber(ARGV[8])
 local start, ceiling = tonumber(ARGV[9]), tonumber(ARGV[10])
-local rate = tonumber(s[1]) or (ceiling > 0 and ceiling or start)
--- this call went out, and was not accepted
-local m = math.max(0, count_sent(bucket, now, tau, tonumber(ARGV[13])) - 1)
-redis.call('HSET', bucket, 'm', tostring(m))
-local m0 = tonumber(redis.call('HGET', bucket, 'm0') or now)
+local rate = tonumber(b.rate) or (ceiling > 0 and ceiling or start)
+local m = math.max(0, count_sent(b, now, tau, tonumber(ARGV[13])) - 1)
+put(b, 'm', m)
+local m0 = tonumber(b.m0 or now)
 local accepted = m / (tau * (1 - math.exp(-math.max(now - m0, 0.5) / tau)))
-if now < (tonumber(s[3]) or 0) then return 0 end
+if now < (tonumber(b.cut) or 0) then
+  save(b, now, memory)
+  return 0
+end
 local share, least = tonumber(ARGV[6]), tonumber(ARGV[7])
 local cut, base
-if s[2] then
+if b.base then
   -- a found rate: never below half of it at one cut, as TCP halves its window: a 429 among a few
   -- calls says little (a limit all endpoints share may have refused it)
   local basis = math.min(rate, accepted)
@@ -92,7 +125,11 @@ else
   cut = math.max(least, share * accepted)
   base = math.max(accepted, rate / 2, cut)
 end
-redis.call('HSET', bucket, 'rate', tostring(cut), 'base', tostring(base), 'tat', tostring(untill),
-           'grew', tostring(untill), 'cut', tostring(untill + tonumber(ARGV[11])))
-redis.call('HINCRBY', bucket, 'epoch', 1)
+put(b, 'rate', cut)
+put(b, 'base', base)
+put(b, 'tat', untill)
+put(b, 'grew', untill)
+put(b, 'cut', untill + tonumber(ARGV[11]))
+put(b, 'epoch', (tonumber(b.epoch) or 0) + 1)
+save(b, now, memory)
 return 1
