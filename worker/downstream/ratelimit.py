@@ -49,8 +49,8 @@ endpoint's limit does not sleep on its worker slot: it raises :class:`RateLimite
 goes back to the scheduler until a little before its token is due
 (:data:`worker.retry.REQUEUE_LEAD_SECONDS`), so a slot is never held by an ``add`` that waits while
 an ``update`` could run (in a slow start, whose waits are short and soon gone, it sleeps through up
-to :data:`SLOW_START_SLEEP_SECONDS` in place); the requeued run passes its token back to :meth:`RateLimiter.acquire`,
-which waits out the last moment. A reserved bucket token is used even somewhat late
+to :data:`SLOW_START_SLEEP_SECONDS` in place); the requeued run passes its token back to
+:meth:`RateLimiter.acquire`, which waits out the last moment. A reserved bucket token is used even somewhat late
 (:data:`LATE_TOLERANCE_SECONDS`, half a second): later than that, spending it would land as a burst
 the downstream answers with 429s, so it is dropped and a fresh one taken; under the strict limit the
 tolerance is its margin. Waits for lookups or for the all-endpoints limit are slept in place (see

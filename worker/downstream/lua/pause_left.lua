@@ -34,14 +34,14 @@ end
 local function save(b, now, memory)
   local expire = now - (tonumber(b.kept) or 0) >= memory / 10
   if expire then put(b, 'kept', now) end
-  local pairs_ = {}
+  local changed = {}
   for _, name in ipairs(FIELDS) do
     if b.dirty[name] then
-      pairs_[#pairs_ + 1] = name
-      pairs_[#pairs_ + 1] = b[name]
+      changed[#changed + 1] = name
+      changed[#changed + 1] = b[name]
     end
   end
-  if #pairs_ > 0 then redis.call('HSET', b.key, unpack(pairs_)) end
+  if #changed > 0 then redis.call('HSET', b.key, unpack(changed)) end
   if expire then redis.call('EXPIRE', b.key, math.ceil(memory)) end
 end
 -- The calls an endpoint sent lately, for the next cut: a count decaying over tau seconds, from m0.

@@ -45,14 +45,14 @@ end
 local function save(b, now, memory)
   local expire = now - (tonumber(b.kept) or 0) >= memory / 10
   if expire then put(b, 'kept', now) end
-  local pairs_ = {}
+  local changed = {}
   for _, name in ipairs(FIELDS) do
     if b.dirty[name] then
-      pairs_[#pairs_ + 1] = name
-      pairs_[#pairs_ + 1] = b[name]
+      changed[#changed + 1] = name
+      changed[#changed + 1] = b[name]
     end
   end
-  if #pairs_ > 0 then redis.call('HSET', b.key, unpack(pairs_)) end
+  if #changed > 0 then redis.call('HSET', b.key, unpack(changed)) end
   if expire then redis.call('EXPIRE', b.key, math.ceil(memory)) end
 end
 -- The calls an endpoint sent lately, for the next cut: a count decaying over tau seconds, from m0.
@@ -146,8 +146,7 @@ if KEYS[5] then
   if learn then put(b, 'rate', rate) end
   if wait > 0 then put(b, 'waited', (tonumber(b.waited) or 0) + wait) end
 end
-local in_slow_start = '0'
-if slow then in_slow_start = '1' end
+local in_slow_start = slow and '1' or '0'
 if wait > horizon then
   if b then save(b, now, tonumber(ARGV[11])) end
   return {tostring(wait), tostring(now), epoch, '0', in_slow_start}
