@@ -234,16 +234,31 @@ class Dispatcher(Reaping):
         return True
 
     def _tokens(self, job_id: str, messages: int, due: bool) -> list:
-        """How many items to take of a job given ``messages`` slots, then a token for each: one per
-        message, dealt round-robin, so that however many the script finds (a chain's waiting items
-        are skipped) the messages stay even. A job with fewer items left than slots gets one item
-        per message; a due job may have retries besides, so it is asked for full messages."""
+        """How many items to take of a job given ``messages`` slots, then a token for each, dealt
+        round-robin over the messages, so that however many the script finds (a chain's waiting items
+        are skipped) the messages stay even. A due job may have retries besides, so it is asked for
+        full messages. Otherwise the messages are sized so that the threads end together:
+
+        * **A job's first messages ramp up** from a sixteenth of a full message to a full one. Messages
+          handed out in one tick and run at the same pace would otherwise end in the same instant, every
+          round: a fleet's threads would all want their next message at once, while the broker holds a
+          few, and wait a tick for the rest (a fleet of 32 threads ran 10% below a direct client).
+        * **A job's last messages shrink** (guided self-scheduling): no message carries more than the
+          items left spread over the fleet's threads, so no thread is still running a full message
+          while the others have nothing left of the job.
+        """
         view = self._jobs[job_id]
-        items = messages * ITEMS_PER_MESSAGE
-        if not due:
-            items = min(items, max(messages, view.total - view.cursor))
+        left = view.total - view.cursor
+        per = ITEMS_PER_MESSAGE if due else max(1, min(ITEMS_PER_MESSAGE, math.ceil(left / max(1, self._slots))))
+        if view.cursor == 0 and not due:
+            sizes = [math.ceil(per * (n + 1) / messages) for n in range(messages)]
+        else:
+            sizes = [per] * messages
         tokens = [new_token() for _ in range(messages)]
-        return [items, *(tokens[n % messages] for n in range(items))]
+        dealt = [tokens[n] for turn in range(per) for n in range(messages) if sizes[n] > turn]
+        if not due:
+            dealt = dealt[:max(messages, left)]
+        return [len(dealt), *dealt]
 
     def allot(self, free: int, job_ids: list[str], in_job: Counter[str], due: set[str], *,
               window: int) -> dict[str, int]:

@@ -55,9 +55,41 @@ def test_the_fleet_gets_its_threads_and_as_many_queued_and_no_more(store, r):
     d.tick()
 
     sent = messages(recorder.published)
-    assert len(sent) == d.target() == 8 and [len(m) for m in sent.values()] == [ITEMS_PER_MESSAGE] * 8
-    assert sorted(x.index for x in recorder.published) == list(range(8 * ITEMS_PER_MESSAGE))
-    assert r.zcard(keys.INFLIGHT) == 8 * ITEMS_PER_MESSAGE
+    assert len(sent) == d.target() == 8
+    taken = sum(len(m) for m in sent.values())
+    assert sorted(x.index for x in recorder.published) == list(range(taken))
+    assert r.zcard(keys.INFLIGHT) == taken
+
+
+def test_a_jobs_first_messages_ramp_up_so_that_its_threads_do_not_all_end_at_once(store, r):
+    """Defect: a job's first messages all carried sixteen items, so the fleet's threads ended them in the
+    same instant, every round, and waited a tick for their next (10% below a direct client at 20 ms)."""
+    new_job(store, n=10 * ITEMS_PER_MESSAGE)
+    recorder = Recorder()
+    dispatcher(r, recorder, slots=4).tick()  # 4 threads and 4 queued: 8 messages
+
+    sizes = sorted(len(m) for m in messages(recorder.published).values())
+    assert sizes == [ITEMS_PER_MESSAGE * n // 8 for n in range(1, 9)]  # 2, 4, ... 16: each ends at its own time
+
+
+def test_a_jobs_last_messages_carry_no_more_than_its_items_left_spread_over_the_threads(store, r):
+    """One slot free and 36 items left for 4 threads: a message of 9, not 16, so no thread is still running
+    a full message while the others have nothing left of the job."""
+    job_id = new_job(store, n=72 + 36)
+    recorder = Recorder()
+    d = dispatcher(r, recorder, slots=4)
+    d.tick()  # the ramp: 2 + 4 + ... + 16 = 72 items in 8 messages
+    assert len(recorder.published) == 72
+    full = max(messages(recorder.published).values(), key=len)
+    for index in full:  # the message of 16 ends: one slot free
+        member = next(x.member for x in recorder.published if x.index == index)
+        store.record_outcome(member, job_id, index, {"index": index, "action": "CREATED", "errors": []},
+                             failed=False)
+
+    d.tick()
+
+    newest = messages(recorder.published[72:])
+    assert [len(m) for m in newest.values()] == [9]
 
 
 def test_a_job_with_fewer_items_left_than_slots_spreads_them_one_per_message(store, r):
@@ -82,7 +114,9 @@ def test_a_messages_slot_is_freed_by_its_last_item_not_its_first(store, r):
     recorder = Recorder()
     d = dispatcher(r, recorder, slots=2)
     d.tick()
+    taken = len(recorder.published)
     (first, *rest), *_others = messages(recorder.published).values()
+    assert rest
 
     def record(index: int) -> None:
         member = next(x.member for x in recorder.published if x.index == index)
@@ -91,7 +125,7 @@ def test_a_messages_slot_is_freed_by_its_last_item_not_its_first(store, r):
 
     record(first)
     d.tick()
-    assert len(recorder.published) == 6 * ITEMS_PER_MESSAGE  # the rest of its message still to run
+    assert len(recorder.published) == taken  # the rest of its message still to run
     for index in rest:
         record(index)
     d.tick()
@@ -462,5 +496,6 @@ def test_a_big_fleets_tick_hands_out_more_items_than_lua_can_unpack_at_once(stor
     recorder = Recorder()
     dispatcher(r, recorder, slots=2100).tick()
 
-    assert len(recorder.published) == 2 * 2100 * ITEMS_PER_MESSAGE
+    # 4,200 messages ramping up from 1 to 16 items: 35,700 items taken in one script call
+    assert len(recorder.published) == sum(-(-ITEMS_PER_MESSAGE * n // 4200) for n in range(1, 4201)) > 30_000
     assert r.zcard(keys.INFLIGHT) == len(recorder.published)
