@@ -243,7 +243,8 @@ class Dispatcher(Reaping):
         are skipped) the messages stay even. A due job may have retries besides, so it is asked for
         full messages. Otherwise the messages are sized so that the fleet's threads stay busy:
 
-        * **A job's first messages ramp up** from a sixteenth of a full message to a full one. Messages
+        * **A job's first messages ramp up**, those the fleet's threads start at once, from a sixteenth of
+          a full message to a full one (those queued behind them are full: they start staggered). Messages
           handed out in one tick and run at the same pace would otherwise end in the same instant, every
           round: the threads would all want their next message at once, while the broker holds a few,
           and wait a tick for the rest (32 threads ran 10% below a direct client at 20 ms).
@@ -257,8 +258,9 @@ class Dispatcher(Reaping):
         if not due:
             per = max(SMALLEST_LAST_MESSAGE, min(ITEMS_PER_MESSAGE, math.ceil(left / max(1, self._slots))))
             sizes = [per] * messages
-            if view.cursor == 0:
-                sizes = [math.ceil(per * (n + 1) / messages) for n in range(messages)]
+            if view.cursor == 0:  # the messages that start at once ramp up; those queued behind them are full
+                starting = max(1, min(messages, self._slots))
+                sizes = [math.ceil(per * (n + 1) / starting) if n < starting else per for n in range(messages)]
         tokens = [new_token() for _ in range(messages)]
         dealt = [tokens[n] for turn in range(per) for n in range(messages) if sizes[n] > turn]
         if not due:  # a job with fewer items left than slots gets one item a message

@@ -68,18 +68,18 @@ def test_a_jobs_first_messages_ramp_up_so_that_its_threads_do_not_all_end_at_onc
     recorder = Recorder()
     dispatcher(r, recorder, slots=4).tick()  # 4 threads and 4 queued: 8 messages
 
-    sizes = sorted(len(m) for m in messages(recorder.published).values())
-    assert sizes == [ITEMS_PER_MESSAGE * n // 8 for n in range(1, 9)]  # 2, 4, ... 16: each ends at its own time
+    sizes = [len(m) for m in messages(recorder.published).values()]
+    assert sizes == [4, 8, 12, 16] + [ITEMS_PER_MESSAGE] * 4  # those that start at once each end at their own time
 
 
 def test_a_jobs_last_messages_carry_no_more_than_its_items_left_spread_over_the_threads(store, r):
     """One slot free and 36 items left for 4 threads: a message of 9, not 16, so no thread is still running
     a full message while the others have nothing left of the job."""
-    job_id = new_job(store, n=72 + 36)
+    job_id = new_job(store, n=104 + 36)
     recorder = Recorder()
     d = dispatcher(r, recorder, slots=4)
-    d.tick()  # the ramp: 2 + 4 + ... + 16 = 72 items in 8 messages
-    assert len(recorder.published) == 72
+    d.tick()  # the ramp: 4 + 8 + 12 + 16, then 4 full messages: 104 items in 8 messages
+    assert len(recorder.published) == 104
     full = max(messages(recorder.published).values(), key=len)
     for index in full:  # the message of 16 ends: one slot free
         member = next(x.member for x in recorder.published if x.index == index)
@@ -88,7 +88,7 @@ def test_a_jobs_last_messages_carry_no_more_than_its_items_left_spread_over_the_
 
     d.tick()
 
-    newest = messages(recorder.published[72:])
+    newest = messages(recorder.published[104:])
     assert [len(m) for m in newest.values()] == [9]
 
 
@@ -496,6 +496,7 @@ def test_a_big_fleets_tick_hands_out_more_items_than_lua_can_unpack_at_once(stor
     recorder = Recorder()
     dispatcher(r, recorder, slots=2100).tick()
 
-    # 4,200 messages ramping up from 1 to 16 items: 35,700 items taken in one script call
-    assert len(recorder.published) == sum(-(-ITEMS_PER_MESSAGE * n // 4200) for n in range(1, 4201)) > 30_000
+    # 2,100 messages ramping up from 1 to 16 items and 2,100 full ones: 51,450 items taken in one script call
+    ramp = sum(-(-ITEMS_PER_MESSAGE * n // 2100) for n in range(1, 2101))
+    assert len(recorder.published) == ramp + 2100 * ITEMS_PER_MESSAGE > 50_000
     assert r.zcard(keys.INFLIGHT) == len(recorder.published)
