@@ -66,7 +66,7 @@ IDLE_TICK_SECONDS = 0.25
 #: calls as before; a job with fewer items left than slots still gets one item a message.
 ITEMS_PER_MESSAGE = 16
 #: A job's last messages shrink to no fewer items than this (see :meth:`Dispatcher._tokens`). Down to one,
-#: a 3,000-item job sent about 90 more messages, 0.3 Redis commands an item more (bench/redis_cost.py),
+#: a 3,000-item job sent about 45 more messages, 0.2 Redis commands an item more (bench/redis_cost.py),
 #: for a tail a few items shorter.
 SMALLEST_LAST_MESSAGE = 4
 
