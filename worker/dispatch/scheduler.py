@@ -254,13 +254,13 @@ class Dispatcher(Reaping):
         """
         view = self._jobs[job_id]
         left = view.total - view.cursor
-        per, sizes = ITEMS_PER_MESSAGE, [ITEMS_PER_MESSAGE] * messages
+        per = ITEMS_PER_MESSAGE
         if not due:
             per = max(SMALLEST_LAST_MESSAGE, min(ITEMS_PER_MESSAGE, math.ceil(left / max(1, self._slots))))
-            sizes = [per] * messages
-            if view.cursor == 0:  # the messages that start at once ramp up; those queued behind them are full
-                starting = max(1, min(messages, self._slots))
-                sizes = [math.ceil(per * (n + 1) / starting) if n < starting else per for n in range(messages)]
+        sizes = [per] * messages
+        if view.cursor == 0 and not due:  # the messages that start at once ramp up; those queued behind are full
+            starting = max(1, min(messages, self._slots))
+            sizes[:starting] = [math.ceil(per * (n + 1) / starting) for n in range(starting)]
         tokens = [new_token() for _ in range(messages)]
         dealt = [tokens[n] for turn in range(per) for n in range(messages) if sizes[n] > turn]
         if not due:  # a job with fewer items left than slots gets one item a message
