@@ -63,7 +63,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -138,6 +138,12 @@ CLIMB_HORIZON_SECONDS = 6.0
 #: threads), handing every such wait back made a third of the items come back, with no add going out
 #: for three seconds while their tokens, spaced at the rate projected for their time, fell due.
 SLOW_START_SLEEP_SECONDS = 2.0
+#: While a slow start holds callers back (no limit configured for the endpoint, none for all of them),
+#: a process's call that must wait for its token also reserves up to this many spare tokens, due no
+#: later than a caller sleeps in place, which its next calls use without a round trip each. Measured on
+#: a fresh store (3,000 new customers, 32 threads, 20 ms): every call through the bucket's script in
+#: the first seconds cost the job about 7,000 Redis commands, 2.4 an item; spares make it a few hundred.
+SLOW_START_SPARES = 8
 #: Write endpoints: an item that must wait long for one of these is requeued holding a reserved
 #: token. Lookups and the all-endpoints limit are waited out in place: every item needs them
 #: first, so requeueing for them would only restart the item at its first lookup, forever.
@@ -289,6 +295,9 @@ class RateLimiter:
         self._used: Counter[str] = Counter()
         #: endpoint -> (skip its bucket until, the bucket's epoch then): see FREE_SECONDS
         self._free: dict[str, tuple[float, str]] = {}
+        #: endpoint -> spare tokens reserved in its slow start (SLOW_START_SPARES), in the order they fall
+        #: due: (due, on Redis's clock; the bucket's epoch then)
+        self._spares: dict[str, deque[tuple[float, int]]] = {}
         self._used_lock = threading.Lock()
         self._offset: float | None = None  # Redis's clock minus ours
 
@@ -308,23 +317,16 @@ class RateLimiter:
         the endpoint is paused by a 429."""
         if endpoint == "get":  # reading a customer by id counts against the lookup limit
             endpoint = "lookup"
-        if reserved and reserved.get(endpoint):
-            due, epoch = reserved[endpoint].pop(0)
-            late = self.redis_now() - due
-            paused, current, slow = self._pause_check(endpoint)
-            if paused > 0:  # a 429 since it was reserved: the pause holds for reserved tokens too
-                raise RateLimited(endpoint, paused, reserved=False, now=self.redis_now())
-            # In a slow start no limit is known yet, so a late token lands in no burst that matters;
-            # dropping it would only make its item wait again at the back.
-            if (late <= self._late_tolerance or slow) and str(int(epoch)) == current:
-                # Not counted as a wait: this sleep is the tail of the wait counted whole when the item
-                # was requeued for this token.
-                if late < 0:
-                    time.sleep(min(-late, EARLY_SLEEP_SECONDS))
-                    self._raise_if_paused(endpoint)
-                with self._used_lock:
-                    self._used[endpoint] += 1
+        # A token reserved when the item was requeued: not counted as a wait, its sleep is the tail of
+        # the wait counted whole then.
+        if (reserved and reserved.get(endpoint)
+                and self._use_reserved(endpoint, reserved[endpoint].pop(0), EARLY_SLEEP_SECONDS, counted=False)):
+            return
+        spare = self._spare(endpoint)
+        if spare is not None:
+            if self._use_reserved(endpoint, spare, SLOW_START_SLEEP_SECONDS, counted=True):
                 return
+            self._spares.pop(endpoint, None)  # all reserved under the same bucket: none is good now
         bucket = self._endpoints.get(endpoint)
         free = self._free.get(endpoint)
         if free is not None:
@@ -348,13 +350,19 @@ class RateLimiter:
                       MEASURE_SECONDS, learning.memory_seconds, CLIMB_HORIZON_SECONDS]
         if bucket is not None:
             script_keys.append(bucket[0])
-            args += [bucket[1], BURST_SECONDS, self._take_used(endpoint)]
-        raw_wait, raw_now, raw_epoch, raw_free, raw_slow = self._acquire(keys=script_keys, args=args)
+            args += [bucket[1], BURST_SECONDS, self._take_used(endpoint), SLOW_START_SPARES,
+                     SLOW_START_SLEEP_SECONDS]
+        raw_wait, raw_now, raw_epoch, raw_free, raw_slow, raw_spares = self._acquire(keys=script_keys, args=args)
         answer, now = float(raw_wait), float(raw_now)
         self._offset = now - time.time()
+        if raw_spares:
+            with self._used_lock:
+                self._spares.setdefault(endpoint, deque()).extend(
+                    (now + float(wait), int(raw_epoch)) for wait in raw_spares)
         if answer == 0:
             if raw_free == "1":
                 self._free[endpoint] = (time.monotonic() + FREE_SECONDS, str(raw_epoch))
+                self._spares.pop(endpoint, None)
             return
         wait = abs(answer)
         if self.metrics is not None:
@@ -375,28 +383,60 @@ class RateLimiter:
         if bucket is not None:
             with self._used_lock:
                 self._used[endpoint] += 1
-        # A 429 may have come while this call slept on its token: look again (in Redis itself after a
-        # longer sleep; a 429 this process heard is seen at once, as pause() forgets what it looked up).
-        if wait > SLEEP_UNDER_SECONDS / 5:
-            self._pause_checks.pop(endpoint, None)
-        self._raise_if_paused(endpoint)
+        self._raise_if_paused(endpoint, self._slept_since(wait))
 
-    def _raise_if_paused(self, endpoint: str) -> None:
-        paused, _epoch = self._paused_for(endpoint)
+    def _use_reserved(self, endpoint: str, token: tuple[float, int], longest_sleep: float, *,
+                      counted: bool) -> bool:
+        """Use a token reserved earlier (``(due, epoch)``), sleeping until it is due (for no longer than
+        ``longest_sleep``); False if it is no good any more: reserved before a cut, or too late."""
+        due, epoch = token
+        late = self.redis_now() - due
+        paused, current, slow = self._pause_check(endpoint)
+        if paused > 0:  # a 429 since it was reserved: the pause holds for reserved tokens too
+            raise RateLimited(endpoint, paused, reserved=False, now=self.redis_now())
+        # In a slow start no limit is known yet, so a late token lands in no burst that matters;
+        # dropping it would only make its item wait again at the back.
+        if not ((late <= self._late_tolerance or slow) and str(int(epoch)) == current):
+            return False
+        if late < 0:
+            if counted and self.metrics is not None:
+                self.metrics.rate_limit_wait(endpoint, -late)
+            slept = min(-late, longest_sleep)
+            time.sleep(slept)
+            self._raise_if_paused(endpoint, self._slept_since(slept))
+        with self._used_lock:
+            self._used[endpoint] += 1
+        return True
+
+    def _spare(self, endpoint: str) -> tuple[float, int] | None:
+        """The next spare token this process reserved for ``endpoint``, if any."""
+        with self._used_lock:
+            spares = self._spares.get(endpoint)
+            return spares.popleft() if spares else None
+
+    @staticmethod
+    def _slept_since(wait: float) -> float:
+        """When a sleep of ``wait`` seconds that just ended began (monotonic), if it was long enough for
+        a 429 heard elsewhere meanwhile to matter; 0.0 otherwise."""
+        return time.monotonic() - wait if wait > SLEEP_UNDER_SECONDS / 5 else 0.0
+
+    def _raise_if_paused(self, endpoint: str, fresh_after: float = 0.0) -> None:
+        """Raise :class:`RateLimited` while the endpoint is paused. A 429 may have come while the caller
+        slept on its token (``fresh_after``: when it began): the pause is then read from Redis itself,
+        unless another thread of this process read it since (a 429 this process heard is seen at once,
+        as pause() forgets what it looked up)."""
+        paused, _epoch, _slow = self._pause_check(endpoint, fresh_after)
         if paused > 0:
             raise RateLimited(endpoint, paused, reserved=False, now=self.redis_now())
 
-    def _paused_for(self, endpoint: str) -> tuple[float, str]:
-        paused, epoch, _slow = self._pause_check(endpoint)
-        return paused, epoch
-
-    def _pause_check(self, endpoint: str) -> tuple[float, str, bool]:
+    def _pause_check(self, endpoint: str, fresh_after: float = 0.0) -> tuple[float, str, bool]:
         """Seconds the endpoint (or the whole tenant) is paused for, its bucket's epoch and whether it is
         in its slow start, read from Redis (on its clock) at most every PAUSE_CHECK_SECONDS per process
-        and endpoint, so calls no limit counts and reserved tokens cost no round trip of their own."""
+        and endpoint, so calls no limit counts and reserved tokens cost no round trip of their own; read
+        again if the last look is older than ``fresh_after`` (monotonic)."""
         now = time.monotonic()
         until, at, remaining, epoch, slow = self._pause_checks.get(endpoint, (0.0, 0.0, 0.0, "0", False))
-        if now >= until:
+        if now >= until or at < fresh_after:
             bucket = self._endpoints.get(endpoint)
             raw_left, epoch, raw_slow = self._paused(
                 keys=[self.pause_key, self.endpoint_pause_key(endpoint), *([bucket[0]] if bucket else [])],
@@ -431,3 +471,4 @@ class RateLimiter:
                           learning.memory_seconds, self._take_used(endpoint) if bucket else 0])
         self._pause_checks.clear()  # this process heard it first: look again at once
         self._free.pop(endpoint, None)
+        self._spares.pop(endpoint, None)  # the cut starts a new epoch: tokens reserved before it are void

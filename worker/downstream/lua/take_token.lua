@@ -9,14 +9,19 @@
 -- start rate (/s), slow-start growth per s, increase share, probe share, measuring time (s);
 -- ARGV[11]: how long the bucket's state lasts unused (s); ARGV[12]: the horizon while a found rate
 -- climbs back (s); ARGV[13], ARGV[14]: the bucket's ceiling per second (0: none)
--- and burst (s); ARGV[15]: reserved tokens this process used since it last said.
--- Reply: {wait, now, epoch, free, slow} (strings, seconds; now on Redis's clock): wait 0: a token taken
+-- and burst (s); ARGV[15]: reserved tokens this process used since it last said; ARGV[16], ARGV[17]:
+-- spare tokens wanted, and how far ahead they may fall due (s).
+-- Reply: {wait, now, epoch, free, slow, spares} (strings, seconds; now on Redis's clock): wait 0: a token taken
 -- from every limit, use it now; -w: one reserved in every limit, use it in w seconds, if the bucket's
 -- epoch is still this one (a cut starts a new one); +w: nothing taken, ask again in w. free '1': the
 -- bucket is in its slow start, without a ceiling, and holds no one back (calls, measured for TAU
 -- seconds, come slower than its rate): the caller may skip it for a while, counting its calls and
 -- reporting them, while the slow start grows on. slow '1': the bucket is in its slow start (its
--- waits are short and soon gone: the caller may sleep through them in place).
+-- waits are short and soon gone: the caller may sleep through them in place). spares: the waits of
+-- tokens reserved beyond this call's, for the process's next calls: only while a slow start without
+-- any limit configured is busy (its tokens are taken as fast as they come), when every call would
+-- otherwise be a round trip of its own, and no further ahead than a caller sleeps in place (each one
+-- a token reserved in the order a call of its own would have reserved it).
 -- The bucket is a GCRA: tat, the time its next token is due at its rate, less the burst. A rate
 -- that changes spaces the tokens granted from then on, never the ones already reserved.
 
@@ -89,7 +94,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local pauses = redis.call('MGET', KEYS[1], KEYS[2])
 local pause = math.max(tonumber(pauses[1] or '0'), tonumber(pauses[2] or '0'))
-if pause > now then return {tostring(pause - now), tostring(now), '0', '0', '0'} end
+if pause > now then return {tostring(pause - now), tostring(now), '0', '0', '0', {}} end
 local horizon = tonumber(ARGV[1])
 local learn = ARGV[5] == '1'
 local wait = 0
@@ -109,7 +114,7 @@ end
 local b
 local epoch = '0'
 local tat, rate, from
-local slow, ceiling = false, 0
+local slow, ceiling, slack = false, 0, 0
 local free = '0'
 if KEYS[5] then
   local start = tonumber(ARGV[6])
@@ -123,7 +128,7 @@ if KEYS[5] then
     if ceiling > 0 then rate = ceiling else rate = start end
   end
   if ceiling > 0 and rate > ceiling then rate = ceiling end
-  local slack = (math.max(1, rate * burst) - 1) / rate
+  slack = (math.max(1, rate * burst) - 1) / rate
   tat = tonumber(b.tat) or now
   from = math.max(tat, now)
   local due = math.max(now, from - slack)
@@ -147,9 +152,10 @@ if KEYS[5] then
   if wait > 0 then put(b, 'waited', (tonumber(b.waited) or 0) + wait) end
 end
 local in_slow_start = slow and '1' or '0'
+local spares = {}
 if wait > horizon then
   if b then save(b, now, tonumber(ARGV[11])) end
-  return {tostring(wait), tostring(now), epoch, '0', in_slow_start}
+  return {tostring(wait), tostring(now), epoch, '0', in_slow_start, spares}
 end
 if b then
   if wait == 0 then count_sent(b, now, tonumber(ARGV[10]), 1) end
@@ -161,11 +167,21 @@ if b then
     pace = rate * GROWTH ^ math.min(10, at - now)
     if ceiling > 0 then pace = math.min(pace, ceiling) end
   end
-  put(b, 'tat', at + 1 / pace)
+  tat = at + 1 / pace
+  if slow and ceiling == 0 and n == 0 and from > now then
+    local ahead = tonumber(ARGV[17])
+    for _ = 1, tonumber(ARGV[16]) do
+      local spare = math.max(now, tat - slack) - now
+      if spare > ahead then break end
+      spares[#spares + 1] = tostring(spare)
+      tat = tat + 1 / (rate * GROWTH ^ math.min(10, tat - now))
+    end
+  end
+  put(b, 'tat', tat)
   save(b, now, tonumber(ARGV[11]))
 end
 if n > 0 then
   redis.call('ZADD', KEYS[4], now + wait, ARGV[4])
   redis.call('EXPIRE', KEYS[4], math.ceil(w + horizon) + 60)
 end
-return {tostring(-wait), tostring(now), epoch, free, in_slow_start}
+return {tostring(-wait), tostring(now), epoch, free, in_slow_start, spares}
