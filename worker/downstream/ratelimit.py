@@ -28,7 +28,10 @@ pauses the tenant's whole fleet, and aims that limit lower (5% per 429, to at mo
 ten minutes) when the endpoint has no configured limit.
 
 Each call passes the all-endpoints limit and its endpoint's bucket in one script and so one round
-trip. The scripts read Redis's own clock, and every reply carries it, so reserved tokens fall due at
+trip. A slow start that holds no one back is skipped by each process for a while (:data:`FREE_SECONDS`);
+one that holds callers back hands a process that must wait up to :data:`SLOW_START_SPARES` spare tokens
+with its own, each spaced as a call of its own would have been, which its next calls use without a
+round trip each. The scripts read Redis's own clock, and every reply carries it, so reserved tokens fall due at
 the same moment for every host whatever their clocks say.
 
 **The all-endpoints limit is strict**: a log of call times, in which a call is granted no sooner
