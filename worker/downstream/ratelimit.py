@@ -145,7 +145,8 @@ SLOW_START_SLEEP_SECONDS = 2.0
 #: a process's call that must wait for its token also reserves up to this many spare tokens, due no
 #: later than a caller sleeps in place, which its next calls use without a round trip each. Measured on
 #: a fresh store (3,000 new customers, 32 threads, 20 ms): every call through the bucket's script in
-#: the first seconds cost the job about 7,000 Redis commands, 2.4 an item; spares make it a few hundred.
+#: the first seconds cost the job about 7,000 Redis commands, 2.4 an item; with spares the first job
+#: costs about 1,000 commands more than the next (5.1 an item against 4.8, bench/redis_cost.py).
 SLOW_START_SPARES = 8
 #: Write endpoints: an item that must wait long for one of these is requeued holding a reserved
 #: token. Lookups and the all-endpoints limit are waited out in place: every item needs them
